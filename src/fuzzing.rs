@@ -1,0 +1,41 @@
+//! Property checks shared by the cargo-fuzz targets (`fuzz/`) and their proptest smoke
+//! versions in `cargo test`: one definition of "correct" for both.
+//!
+//! Each function panics when a property fails, which is what both harnesses look for.
+
+use crate::propagation::{RequestId, RequestUuid, TraceParent, TraceState};
+
+/// Never panics; every accepted value formats and re-parses to itself.
+pub fn traceparent(data: &[u8]) {
+    if let Ok(parsed) = TraceParent::parse(data) {
+        let text = parsed.to_string();
+        assert_eq!(text.len(), 55);
+        assert_eq!(TraceParent::parse(text.as_bytes()), Ok(parsed));
+        assert_eq!(TraceParent::from_span_context(&parsed.to_span_context(&TraceState::EMPTY)), Some(parsed.with_parent_id(parsed.parent_id())));
+    }
+}
+
+/// Splits `data` into header values at `\n`; never panics; every accepted state re-parses to
+/// itself and stays within the limits.
+pub fn tracestate(data: &[u8]) {
+    if let Ok(state) = TraceState::from_headers(data.split(|&b| b == b'\n')) {
+        assert!(state.len() <= crate::propagation::MAX_MEMBERS);
+        assert_eq!(TraceState::from_headers([state.header().as_bytes()]), Ok(state.clone()));
+        let sent = state.within_limits();
+        assert!(sent.header().len() <= crate::propagation::MAX_HEADER_LEN);
+        assert_eq!(TraceState::from_headers([sent.header().as_bytes()]).as_ref(), Ok(&*sent));
+    }
+}
+
+/// Never panics; accepted ids re-parse to themselves; inbound values always yield a safe id.
+pub fn request_id(data: &[u8]) {
+    if let Ok(id) = RequestId::parse(data) {
+        assert_eq!(id.as_str().as_bytes(), data);
+        assert_eq!(RequestId::parse(id.as_str().as_bytes()), Ok(id));
+    }
+    let safe = RequestId::from_inbound(Some(data));
+    assert!(RequestId::parse(safe.as_str().as_bytes()).is_ok());
+    if let Ok(uuid) = RequestUuid::parse(data) {
+        assert_eq!(RequestUuid::parse(&uuid.to_bytes()), Ok(uuid));
+    }
+}

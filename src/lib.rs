@@ -1,0 +1,52 @@
+//! # tokentrace
+//!
+//! Tower middleware that makes one LLM request visible as **one trace** across an inference
+//! deployment: an HTTP frontend and its workers, aggregated or disaggregated.
+//!
+//! ```text
+//! aggregated:     client ──HTTP──▶ frontend ──RPC──▶ worker (prefill + decode) ──tokens──▶ back
+//! disaggregated:  client ──HTTP──▶ frontend ──RPC──▶ prefill worker ──KV──▶ decode worker ──tokens──▶ back
+//! ```
+//!
+//! The trace an operator opens in Grafana/Tempo (or Jaeger) for one request:
+//!
+//! ```text
+//! http-request                     frontend   SERVER  http.*, x_request_id, gen_ai.*, ttft, itl stats
+//! └─ rpc client span (route)       frontend   CLIENT  worker id, attempt, outcome
+//!    └─ handle_payload             worker     SERVER  component/endpoint, x_request_id
+//!       ├─ prefill                 worker             input tokens, queue time
+//!       ├─ kv_transfer (disagg)    worker             bytes, duration
+//!       └─ decode                  worker             output tokens, TTFT, ITL p50/p99/max, finish reason
+//! ```
+//!
+//! Span names, the `x_request_id` attribute and the environment variables are compatible with
+//! NVIDIA Dynamo's tracing, so its dashboards and Tempo queries work unchanged.
+//!
+//! ## Modules
+//!
+//! - [`propagation`]: strict W3C `traceparent`/`tracestate`, `x-request-id`/`request-id`, the
+//!   [`Carrier`](propagation::Carrier) trait every layer extracts from and injects into.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use http::HeaderMap;
+//! use tokentrace::propagation::{RemoteContext, RequestIds};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+//! headers.insert("x-request-id", "my-request".parse().unwrap());
+//!
+//! let remote = RemoteContext::extract(&headers).expect("valid traceparent");
+//! let ids = RequestIds::extract(&headers);
+//! assert_eq!(remote.traceparent.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+//! assert_eq!(ids.x_request_id.as_str(), "my-request");
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+#[doc(hidden)]
+pub mod fuzzing;
+mod ids;
+pub mod propagation;
+mod rate_limit;

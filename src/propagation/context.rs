@@ -1,0 +1,229 @@
+//! Extraction and injection of the propagated fields, written once against [`Carrier`].
+
+use opentelemetry::trace::{TraceContextExt, TraceId};
+use opentelemetry::Context;
+
+use super::carrier::Carrier;
+use super::request_id::{RequestId, RequestUuid};
+use super::trace_state::TraceState;
+use super::traceparent::TraceParent;
+use crate::rate_limit::RateLimitedWarning;
+
+/// Header and metadata names, lowercase.
+pub mod names {
+    /// W3C `traceparent`.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C `tracestate`.
+    pub const TRACESTATE: &str = "tracestate";
+    /// The request id operators search by.
+    pub const X_REQUEST_ID: &str = "x-request-id";
+    /// A UUID request id.
+    pub const REQUEST_ID: &str = "request-id";
+}
+use names::*;
+
+/// The caller's trace context, as received.
+///
+/// ```
+/// use http::HeaderMap;
+/// use tokentrace::propagation::RemoteContext;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+/// headers.insert("tracestate", "congo=t61rcWkgMzE".parse().unwrap());
+/// let remote = RemoteContext::extract(&headers).expect("valid");
+/// assert_eq!(remote.tracestate.get("congo"), Some("t61rcWkgMzE"));
+///
+/// headers.append("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+/// assert!(RemoteContext::extract(&headers).is_none()); // two traceparents: new trace
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteContext {
+    /// The caller's span.
+    pub traceparent: TraceParent,
+    /// Vendor entries; empty when absent or invalid.
+    pub tracestate: TraceState,
+}
+
+impl RemoteContext {
+    /// Reads `traceparent` and `tracestate`. `None` means "start a new trace": no
+    /// `traceparent`, more than one, or an invalid one (and `tracestate` is then ignored too).
+    /// An invalid `tracestate` alone is dropped and the trace continues.
+    pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Option<Self> {
+        let traceparent = TraceParent::parse(carrier.get_single(TRACEPARENT)?).ok()?;
+        let tracestate = TraceState::from_headers(carrier.get_all(TRACESTATE)).unwrap_or_default();
+        Some(Self { traceparent, tracestate })
+    }
+
+    /// The OpenTelemetry context with this remote span as parent (the full [`TraceState`] is
+    /// kept in the context for tokentrace's own injection).
+    pub fn to_context(&self) -> Context {
+        self.attach_to(&Context::new())
+    }
+
+    /// Like [`RemoteContext::to_context`], on top of `cx`.
+    pub fn attach_to(&self, cx: &Context) -> Context {
+        let span_context = self.traceparent.to_span_context(&self.tracestate);
+        let cx = cx.with_remote_span_context(span_context);
+        if self.tracestate.is_empty() {
+            cx
+        } else {
+            cx.with_value(PropagatedTraceState {
+                trace_id: self.traceparent.trace_id(),
+                state: self.tracestate.clone(),
+            })
+        }
+    }
+}
+
+/// The `tracestate` received for a trace, kept beside the span in the context.
+///
+/// OpenTelemetry's own `TraceState` refuses some Level 2 keys; this keeps what came in so it
+/// is forwarded unchanged. Used only while the current span belongs to the same trace.
+#[derive(Clone, Debug)]
+struct PropagatedTraceState {
+    trace_id: TraceId,
+    state: TraceState,
+}
+
+/// Removes inbound trace headers and injects exactly one `traceparent` and, when non-empty,
+/// one `tracestate` (kept within the spec's limits).
+///
+/// ```
+/// use http::HeaderMap;
+/// use tokentrace::propagation::{inject_trace, TraceParent, TraceState};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("traceparent", "stale".parse().unwrap());
+/// let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap();
+/// inject_trace(&mut headers, &tp, &TraceState::EMPTY);
+/// assert_eq!(headers["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+/// assert!(headers.get("tracestate").is_none());
+/// ```
+pub fn inject_trace<C: Carrier + ?Sized>(
+    carrier: &mut C,
+    traceparent: &TraceParent,
+    tracestate: &TraceState,
+) {
+    carrier.remove_all(TRACESTATE);
+    let bytes = traceparent.to_bytes();
+    // `to_bytes` writes only ASCII hex digits and dashes.
+    if let Ok(text) = std::str::from_utf8(&bytes) {
+        carrier.set(TRACEPARENT, text);
+    }
+    let tracestate = tracestate.within_limits();
+    if !tracestate.is_empty() {
+        carrier.set(TRACESTATE, tracestate.header());
+    }
+}
+
+/// Injects the span of `cx` (with its trace state); when `cx` has no valid span, removes any
+/// trace headers so nothing stale travels on.
+///
+/// ```
+/// use http::HeaderMap;
+/// use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+/// use opentelemetry::Context;
+/// use tokentrace::propagation::inject_context;
+///
+/// let sc = SpanContext::new(TraceId::from(1u128), SpanId::from(2u64), TraceFlags::SAMPLED, false, TraceState::NONE);
+/// let mut headers = HeaderMap::new();
+/// inject_context(&mut headers, &Context::new().with_remote_span_context(sc));
+/// assert_eq!(headers["traceparent"], "00-00000000000000000000000000000001-0000000000000002-01");
+/// ```
+pub fn inject_context<C: Carrier + ?Sized>(carrier: &mut C, cx: &Context) {
+    let span = cx.span();
+    let span_context = span.span_context();
+    let Some(traceparent) = TraceParent::from_span_context(span_context) else {
+        carrier.remove_all(TRACEPARENT);
+        carrier.remove_all(TRACESTATE);
+        return;
+    };
+    match cx.get::<PropagatedTraceState>() {
+        Some(kept) if kept.trace_id == span_context.trace_id() => {
+            inject_trace(carrier, &traceparent, &kept.state)
+        }
+        _ => {
+            let state = TraceState::from_otel(span_context.trace_state()).unwrap_or_default();
+            inject_trace(carrier, &traceparent, &state)
+        }
+    }
+}
+
+/// The two request ids of one request: `x-request-id` (searchable, caller-chosen when safe)
+/// and `request-id` (a UUID).
+///
+/// Stored in the request extensions and in the OpenTelemetry context by the server layers, and
+/// injected by the client layers, so one id follows the request through every service.
+///
+/// ```
+/// use http::HeaderMap;
+/// use tokentrace::propagation::RequestIds;
+///
+/// let mut inbound = HeaderMap::new();
+/// inbound.insert("x-request-id", "demo-1".parse().unwrap());
+/// let ids = RequestIds::extract(&inbound);
+/// assert_eq!(ids.x_request_id.as_str(), "demo-1");
+///
+/// let mut outbound = HeaderMap::new();
+/// ids.inject(&mut outbound);
+/// assert_eq!(outbound["x-request-id"], "demo-1");
+/// assert_eq!(outbound["request-id"].len(), 36);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestIds {
+    /// `x-request-id`.
+    pub x_request_id: RequestId,
+    /// `request-id`.
+    pub request_id: RequestUuid,
+}
+
+static INVALID_REQUEST_ID: RateLimitedWarning = RateLimitedWarning::new();
+
+impl RequestIds {
+    /// Reads both ids, generating each one that is absent, repeated or invalid. A refused
+    /// `request-id` gives a rate-limited warning that never includes the refused value.
+    pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Self {
+        let x_request_id = RequestId::from_inbound(carrier.get_single(X_REQUEST_ID));
+        let request_id = match carrier.get_all(REQUEST_ID).next() {
+            None => RequestUuid::new_v4(),
+            Some(_) => match carrier.get_single(REQUEST_ID).map(RequestUuid::parse) {
+                Some(Ok(id)) => id,
+                _ => {
+                    if INVALID_REQUEST_ID.should_emit() {
+                        tracing::warn!(
+                            target: "tokentrace",
+                            "inbound request-id is not a single UUID; generated a new one"
+                        );
+                    }
+                    RequestUuid::new_v4()
+                }
+            },
+        };
+        Self { x_request_id, request_id }
+    }
+
+    /// Fresh ids, for a request that starts here.
+    pub fn generate() -> Self {
+        Self { x_request_id: RequestId::generate(), request_id: RequestUuid::new_v4() }
+    }
+
+    /// Sets `x-request-id` and `request-id`, replacing any present.
+    pub fn inject<C: Carrier + ?Sized>(&self, carrier: &mut C) {
+        carrier.set(X_REQUEST_ID, self.x_request_id.as_str());
+        let uuid = self.request_id.to_bytes();
+        if let Ok(text) = std::str::from_utf8(&uuid) {
+            carrier.set(REQUEST_ID, text);
+        }
+    }
+
+    /// The ids stored in `cx` by a server layer, if any.
+    pub fn from_context(cx: &Context) -> Option<&Self> {
+        cx.get::<Self>()
+    }
+
+    /// The ids of the current context, if a server layer stored some.
+    pub fn current() -> Option<Self> {
+        Context::map_current(|cx| cx.get::<Self>().cloned())
+    }
+}

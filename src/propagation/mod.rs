@@ -1,0 +1,40 @@
+//! W3C Trace Context and request ids: parsed strictly, written once against [`Carrier`].
+//!
+//! - [`TraceParent`] and [`TraceState`]: Trace Context Level 2, exact and allocation-free to
+//!   parse (a non-empty `tracestate` costs one string).
+//! - [`RemoteContext::extract`] / [`inject_trace`] / [`inject_context`]: what the server and
+//!   client layers call, over any [`Carrier`] (HTTP headers, RPC metadata).
+//! - [`RequestId`] (`x-request-id`) and [`RequestUuid`] (`request-id`): untrusted input is
+//!   replaced, never logged.
+//! - [`StrictPropagator`]: the same rules as an OpenTelemetry `TextMapPropagator`.
+//!
+//! ```
+//! use http::HeaderMap;
+//! use tokentrace::propagation::{inject_trace, RemoteContext};
+//! use opentelemetry::trace::SpanId;
+//!
+//! let mut inbound = HeaderMap::new();
+//! inbound.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+//! let remote = RemoteContext::extract(&inbound).unwrap();
+//!
+//! // A client span of ours, child of the caller's:
+//! let outbound_parent = remote.traceparent.with_parent_id(SpanId::from(0x1234u64));
+//! let mut outbound = HeaderMap::new();
+//! inject_trace(&mut outbound, &outbound_parent, &remote.tracestate);
+//! assert_eq!(outbound["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000001234-01");
+//! ```
+
+mod carrier;
+mod context;
+mod hex;
+mod propagator;
+mod request_id;
+mod trace_state;
+mod traceparent;
+
+pub use carrier::Carrier;
+pub use context::{inject_context, inject_trace, names, RemoteContext, RequestIds};
+pub use propagator::StrictPropagator;
+pub use request_id::{RequestId, RequestIdError, RequestUuid, RequestUuidError, MAX_REQUEST_ID_LEN};
+pub use trace_state::{TraceState, TraceStateError, MAX_HEADER_LEN, MAX_MEMBERS};
+pub use traceparent::{TraceParent, TraceParentError, RANDOM_FLAG};
