@@ -11,7 +11,10 @@ pub fn traceparent(data: &[u8]) {
         let text = parsed.to_string();
         assert_eq!(text.len(), 55);
         assert_eq!(TraceParent::parse(text.as_bytes()), Ok(parsed));
-        assert_eq!(TraceParent::from_span_context(&parsed.to_span_context(&TraceState::EMPTY)), Some(parsed.with_parent_id(parsed.parent_id())));
+        assert_eq!(
+            TraceParent::from_span_context(&parsed.to_span_context(&TraceState::EMPTY)),
+            Some(parsed.with_parent_id(parsed.parent_id()))
+        );
     }
 }
 

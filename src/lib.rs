@@ -24,6 +24,8 @@
 //!
 //! ## Modules
 //!
+//! - [`http`]: [`ServerLayer`](http::ServerLayer) for an axum `Router`,
+//!   [`ClientLayer`](http::ClientLayer) for a hyper client.
 //! - [`propagation`]: strict W3C `traceparent`/`tracestate`, `x-request-id`/`request-id`, the
 //!   [`Carrier`](propagation::Carrier) trait every layer extracts from and injects into.
 //!
@@ -45,8 +47,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod active_span;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
 mod ids;
 pub mod propagation;
 mod rate_limit;

@@ -40,7 +40,11 @@ fn check(category: &str, case: &str, pairs: &[(&str, &str)], expect: Expect) {
         (NewTrace, None) => {}
         (Continue { flags, state }, Some(remote)) => {
             assert_eq!(remote.traceparent.trace_id(), TraceId::from_hex(TRACE).unwrap(), "{category}/{case}");
-            assert_eq!(remote.traceparent.parent_id(), SpanId::from_hex(PARENT).unwrap(), "{category}/{case}");
+            assert_eq!(
+                remote.traceparent.parent_id(),
+                SpanId::from_hex(PARENT).unwrap(),
+                "{category}/{case}"
+            );
             assert_eq!(remote.traceparent.flags(), TraceFlags::new(*flags), "{category}/{case}");
             assert_eq!(remote.tracestate.header(), *state, "{category}/{case}");
         }
@@ -54,7 +58,12 @@ fn headers_missing_present_duplicated_and_casing() {
     check("headers", "no headers", &[], NewTrace);
     check("headers", "tracestate alone", &[("tracestate", "foo=1")], NewTrace);
     check("headers", "traceparent alone", &[("traceparent", &good)], Continue { flags: 1, state: "" });
-    check("headers", "both", &[("traceparent", &good), ("tracestate", "foo=1")], Continue { flags: 1, state: "foo=1" });
+    check(
+        "headers",
+        "both",
+        &[("traceparent", &good), ("tracestate", "foo=1")],
+        Continue { flags: 1, state: "foo=1" },
+    );
     check("headers", "two traceparent headers", &[("traceparent", &good), ("traceparent", &good)], NewTrace);
     check(
         "headers",
@@ -75,8 +84,18 @@ fn headers_missing_present_duplicated_and_casing() {
 
 #[test]
 fn version() {
-    check("version", "00", &[("traceparent", &tp("00", TRACE, PARENT, "01"))], Continue { flags: 1, state: "" });
-    check("version", "cc", &[("traceparent", &tp("cc", TRACE, PARENT, "01"))], Continue { flags: 1, state: "" });
+    check(
+        "version",
+        "00",
+        &[("traceparent", &tp("00", TRACE, PARENT, "01"))],
+        Continue { flags: 1, state: "" },
+    );
+    check(
+        "version",
+        "cc",
+        &[("traceparent", &tp("cc", TRACE, PARENT, "01"))],
+        Continue { flags: 1, state: "" },
+    );
     check(
         "version",
         "cc with extra fields",
@@ -127,7 +146,14 @@ fn trace_id_and_parent_id() {
     ] {
         check("trace_id", bad, &[("traceparent", &tp("00", bad, PARENT, "01"))], NewTrace);
     }
-    for bad in ["00F067AA0BA902B7", "00f067aa0ba902b.", "00f067aa0ba902bz", "00f067aa0ba902b77", "00f067aa0ba902b", ""] {
+    for bad in [
+        "00F067AA0BA902B7",
+        "00f067aa0ba902b.",
+        "00f067aa0ba902bz",
+        "00f067aa0ba902b77",
+        "00f067aa0ba902b",
+        "",
+    ] {
         check("parent_id", bad, &[("traceparent", &tp("00", TRACE, bad, "01"))], NewTrace);
     }
 }
@@ -135,7 +161,12 @@ fn trace_id_and_parent_id() {
 #[test]
 fn flags() {
     for (flags, kept) in [("00", 0), ("01", 1), ("02", 2), ("03", 3), ("09", 1), ("ff", 3), ("fe", 2)] {
-        check("flags", flags, &[("traceparent", &tp("00", TRACE, PARENT, flags))], Continue { flags: kept, state: "" });
+        check(
+            "flags",
+            flags,
+            &[("traceparent", &tp("00", TRACE, PARENT, flags))],
+            Continue { flags: kept, state: "" },
+        );
     }
     for bad in ["0x", "zz", "-1", "0A", "AA", "010", "1", "", "0 "] {
         check("flags", bad, &[("traceparent", &tp("00", TRACE, PARENT, bad))], NewTrace);
@@ -144,7 +175,8 @@ fn flags() {
 
 #[test]
 fn random_flag_propagates() {
-    let remote = RemoteContext::extract(&headers(&[("traceparent", &tp("00", TRACE, PARENT, "02"))])).unwrap();
+    let remote =
+        RemoteContext::extract(&headers(&[("traceparent", &tp("00", TRACE, PARENT, "02"))])).unwrap();
     assert!(remote.traceparent.is_random());
     assert!(!remote.traceparent.is_sampled());
     let child = remote.traceparent.with_parent_id(SpanId::from(7u64));
@@ -183,7 +215,11 @@ fn tracestate() {
     };
     case("empty header", &[""], Continue { flags: 1, state: "" });
     case("empty members", &[",,foo=1,,"], Continue { flags: 1, state: "foo=1" });
-    case("several headers, in order", &["foo=1", "", "bar=2,baz=3"], Continue { flags: 1, state: "foo=1,bar=2,baz=3" });
+    case(
+        "several headers, in order",
+        &["foo=1", "", "bar=2,baz=3"],
+        Continue { flags: 1, state: "foo=1,bar=2,baz=3" },
+    );
     case("duplicated key, one header", &["foo=1,foo=2"], Continue { flags: 1, state: "" });
     case("duplicated key, two headers", &["foo=1", "foo=1"], Continue { flags: 1, state: "" });
     case(
@@ -196,7 +232,9 @@ fn tracestate() {
     case("vendor foo@bar", &["foo@bar=1"], Continue { flags: 1, state: "foo@bar=1" });
     case("vendor foo@@bar", &["foo@@bar=1"], Continue { flags: 1, state: "foo@@bar=1" });
     case("vendor foo@", &["foo@=1"], Continue { flags: 1, state: "foo@=1" });
-    for bad in ["@foo=1", "Foo=1", "foo.bar=1", "foo bar=1", "_foo=1", "*foo=1", "=1", "foo", "FOO@BAR=1", "föo=1"] {
+    for bad in
+        ["@foo=1", "Foo=1", "foo.bar=1", "foo bar=1", "_foo=1", "*foo=1", "=1", "foo", "FOO@BAR=1", "föo=1"]
+    {
         let pairs = [("traceparent", good.as_str()), ("tracestate", bad)];
         // Non-ASCII cannot be a `HeaderValue` built from &str in `headers`, so build bytes directly.
         let mut map = HeaderMap::new();
@@ -211,7 +249,11 @@ fn tracestate() {
     // 32-member limit.
     let members = |n: usize| (0..n).map(|i| format!("k{i}=v{i}")).collect::<Vec<_>>().join(",");
     let thirty_two = members(32);
-    case("32 members", &[&thirty_two], Continue { flags: 1, state: Box::leak(thirty_two.clone().into_boxed_str()) });
+    case(
+        "32 members",
+        &[&thirty_two],
+        Continue { flags: 1, state: Box::leak(thirty_two.clone().into_boxed_str()) },
+    );
     case("33 members", &[&members(33)], Continue { flags: 1, state: "" });
     let split = [members(16), (16..33).map(|i| format!("k{i}=v{i}")).collect::<Vec<_>>().join(",")];
     case("33 members over two headers", &[&split[0], &split[1]], Continue { flags: 1, state: "" });
@@ -226,9 +268,17 @@ fn tracestate() {
     // Values.
     let printable: String = (0x20u8..=0x7e).map(char::from).filter(|c| *c != ',' && *c != '=').collect();
     let value_ok = format!("foo={printable}");
-    case("all value characters", &[&value_ok], Continue { flags: 1, state: Box::leak(value_ok.clone().into_boxed_str()) });
+    case(
+        "all value characters",
+        &[&value_ok],
+        Continue { flags: 1, state: Box::leak(value_ok.clone().into_boxed_str()) },
+    );
     let value256 = format!("foo={}", "v".repeat(256));
-    case("256-char value", &[&value256], Continue { flags: 1, state: Box::leak(value256.clone().into_boxed_str()) });
+    case(
+        "256-char value",
+        &[&value256],
+        Continue { flags: 1, state: Box::leak(value256.clone().into_boxed_str()) },
+    );
     case("257-char value", &[&format!("foo={}", "v".repeat(257))], Continue { flags: 1, state: "" });
     case("value ending in space inside", &["foo=a ,bar=1"], Continue { flags: 1, state: "foo=a,bar=1" });
     case("empty value", &["foo="], Continue { flags: 1, state: "" });

@@ -2,6 +2,8 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::context::names;
+
 /// Something that carries propagation fields: HTTP headers, RPC metadata.
 ///
 /// Names are compared case-insensitively; tokentrace always passes them in lowercase.
@@ -37,21 +39,33 @@ pub trait Carrier {
     }
 }
 
+/// The propagated names as prebuilt `HeaderName`s: a lookup by `&str` would parse and
+/// lowercase the name on every call, which costs as much as parsing the traceparent itself.
+fn header_name(name: &'static str) -> HeaderName {
+    match name {
+        names::TRACEPARENT => const { HeaderName::from_static(names::TRACEPARENT) },
+        names::TRACESTATE => const { HeaderName::from_static(names::TRACESTATE) },
+        names::X_REQUEST_ID => const { HeaderName::from_static(names::X_REQUEST_ID) },
+        names::REQUEST_ID => const { HeaderName::from_static(names::REQUEST_ID) },
+        other => HeaderName::from_static(other),
+    }
+}
+
 impl Carrier for HeaderMap {
     fn get_all(&self, name: &'static str) -> impl Iterator<Item = &[u8]> {
-        HeaderMap::get_all(self, name).iter().map(HeaderValue::as_bytes)
+        HeaderMap::get_all(self, header_name(name)).iter().map(HeaderValue::as_bytes)
     }
 
     fn set(&mut self, name: &'static str, value: &str) {
         // tokentrace only sets values it produced or validated (visible ASCII); a value a header
         // cannot hold is skipped rather than corrupted.
         if let Ok(value) = HeaderValue::from_str(value) {
-            self.insert(HeaderName::from_static(name), value);
+            self.insert(header_name(name), value);
         }
     }
 
     fn remove_all(&mut self, name: &'static str) {
         // `remove` drops every value of the name.
-        self.remove(name);
+        self.remove(header_name(name));
     }
 }

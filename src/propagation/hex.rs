@@ -37,6 +37,50 @@ pub(crate) fn decode<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
     (bad & 0xf0 == 0).then_some(out)
 }
 
+/// Decodes 8 lowercase hex digits at once (SWAR: eight bytes in one `u64`). Returns the value
+/// and a mask that is `HIGH` exactly when all eight were lowercase hex digits. The
+/// traceparent's 48 id digits are the hot part of extraction, and this is several times faster
+/// than a table lookup per digit.
+#[inline(always)]
+fn decode8(x: u64) -> (u32, u64) {
+    // With every byte below 0x80, adding up to 0x7f per byte never carries into the next one:
+    // the high bit of (x + (0x80 - lo)) says "byte >= lo". Bytes of 0x80 and above are refused
+    // through `!x` below.
+    let at_least = |lo: u64| x.wrapping_add((0x80 - lo) * ONES) & HIGH;
+    let digit = at_least(0x30) & !at_least(0x3a);
+    let letter = at_least(0x61) & !at_least(0x67);
+    let valid = (digit | letter) & !x;
+    // '0'..'9' → low nibble; 'a'..'f' → low nibble + 9 (bit 6 marks letters).
+    let values = (x & (0x0f * ONES)) + ((x >> 6) & ONES) * 9;
+    // Little-endian: byte 0 is the first digit, the high nibble of the first output byte.
+    let pairs = ((values & 0x000f_000f_000f_000f) << 4) | ((values >> 8) & 0x000f_000f_000f_000f);
+    let quads = (pairs | (pairs >> 8)) & 0x0000_ffff_0000_ffff;
+    let packed = (quads | (quads >> 16)) & 0xffff_ffff;
+    (u32::from_be_bytes((packed as u32).to_le_bytes()), valid)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Decodes `2 * N` lowercase hex digits as a big-endian `u128`, for `N` of 4, 8 or 16.
+#[inline]
+pub(crate) fn decode_u128<const N: usize>(digits: &[u8]) -> Option<u128> {
+    if digits.len() != 2 * N || N % 4 != 0 {
+        return None;
+    }
+    let mut value = 0u128;
+    let mut valid = HIGH;
+    for chunk in digits.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let (part, ok) = decode8(u64::from_le_bytes(word));
+        value = (value << 32) | u128::from(part);
+        valid &= ok;
+    }
+    // One check for all words: no branch per eight digits.
+    (valid == HIGH).then_some(value)
+}
+
 /// Writes `bytes` as lowercase hex into `out`, which must be twice as long.
 #[inline]
 pub(crate) fn encode(bytes: &[u8], out: &mut [u8]) {
@@ -58,6 +102,25 @@ mod tests {
         encode(&bytes, &mut text);
         assert_eq!(&text, b"007fabff");
         assert_eq!(decode::<4>(&text), Some(bytes));
+    }
+
+    #[test]
+    fn swar_matches_the_table_on_every_byte() {
+        for position in 0..8 {
+            for byte in 0..=255u8 {
+                let mut digits = *b"0a1b2c3d";
+                digits[position] = byte;
+                let table = decode::<4>(&digits).map(u32::from_be_bytes);
+                let (value, valid) = decode8(u64::from_le_bytes(digits));
+                assert_eq!((valid == HIGH).then_some(value), table, "byte {byte:#x} at {position}");
+            }
+        }
+        assert_eq!(decode_u128::<8>(b"00f067aa0ba902b7"), Some(0x00f0_67aa_0ba9_02b7));
+        assert_eq!(
+            decode_u128::<16>(b"4bf92f3577b34da6a3ce929d0e0e4736"),
+            Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736)
+        );
+        assert_eq!(decode_u128::<8>(b"00f067aa0ba902b"), None);
     }
 
     #[test]

@@ -5,8 +5,6 @@ use std::fmt;
 
 use opentelemetry::trace::TraceState as OtelTraceState;
 
-use super::traceparent::trim_ows;
-
 /// Most list members a `tracestate` may carry; more discards the whole header.
 pub const MAX_MEMBERS: usize = 32;
 /// Length we keep a sent `tracestate` within (the spec asks vendors to propagate at least this).
@@ -94,32 +92,47 @@ impl TraceState {
     where
         I: IntoIterator<Item = &'a [u8]>,
     {
-        // Key spans of the members seen so far, to find duplicates without allocating.
-        let mut keys: [&[u8]; MAX_MEMBERS] = [&[]; MAX_MEMBERS];
+        // One pass per byte, validating as it goes. Keys seen so far are remembered as
+        // (cheap fingerprint, position in `header`), so the duplicate check compares integers
+        // and bytes only when two fingerprints agree.
+        let mut values = values.into_iter().peekable();
+        if values.peek().is_none() {
+            // No header at all, the common case: skip setting up the key table.
+            return Ok(Self::EMPTY);
+        }
+        let mut seen = [(0u32, 0u16, 0u16); MAX_MEMBERS];
         let mut members = 0usize;
-        let mut header = String::new();
+        let mut header: Vec<u8> = Vec::new();
         for value in values {
-            for member in value.split(|&b| b == b',') {
-                let member = trim_ows(member);
-                if member.is_empty() {
-                    continue;
-                }
-                let (key, _) = split_member(member)?;
+            let mut rest = value;
+            while let Some((key_len, member, after)) = next_member(rest)? {
+                rest = after;
                 if members == MAX_MEMBERS {
                     return Err(TraceStateError::TooManyMembers);
                 }
-                if keys[..members].contains(&key) {
+                let key = &member[..key_len];
+                let fingerprint = fingerprint(key);
+                let duplicate = seen[..members].iter().any(|&(f, start, len)| {
+                    f == fingerprint
+                        && &header[usize::from(start)..usize::from(start) + usize::from(len)] == key
+                });
+                if duplicate {
                     return Err(TraceStateError::DuplicateKey);
                 }
-                keys[members] = key;
-                members += 1;
-                if !header.is_empty() {
-                    header.push(',');
+                if header.is_empty() {
+                    // One allocation in the usual case of a single tracestate header.
+                    header.reserve(value.len());
+                } else {
+                    header.push(b',');
                 }
-                // `split_member` accepted only ASCII, so this cannot fail.
-                header.push_str(std::str::from_utf8(member).map_err(|_| TraceStateError::Value)?);
+                // 32 members of at most 514 bytes each: offsets fit in u16.
+                seen[members] = (fingerprint, header.len() as u16, key_len as u16);
+                members += 1;
+                header.extend_from_slice(member);
             }
         }
+        // Every byte kept was checked to be printable ASCII.
+        let header = String::from_utf8(header).map_err(|_| TraceStateError::Value)?;
         Ok(Self { header, members: members as u8 })
     }
 
@@ -170,10 +183,10 @@ impl TraceState {
         member.push_str(key);
         member.push('=');
         member.push_str(value);
-        let (new_key, _) = split_member(member.as_bytes())?;
-        if new_key.len() != key.len() {
-            // The key itself contained '=': not a valid key.
-            return Err(TraceStateError::Key);
+        match next_member(member.as_bytes())? {
+            Some((key_len, whole, rest))
+                if key_len == key.len() && whole.len() == member.len() && rest.is_empty() => {}
+            _ => return Err(TraceStateError::Key),
         }
         let mut entries: Vec<&str> = Vec::with_capacity(self.len() + 1);
         entries.push(&member);
@@ -236,6 +249,9 @@ impl TraceState {
     /// assert_eq!(TraceState::from_otel(&otel).unwrap().header(), "a=1");
     /// ```
     pub fn from_otel(state: &OtelTraceState) -> Result<Self, TraceStateError> {
+        if *state == OtelTraceState::NONE {
+            return Ok(Self::EMPTY);
+        }
         let header = state.header();
         Self::from_headers([header.as_bytes()])
     }
@@ -285,23 +301,69 @@ const fn key_table(rest: bool) -> [bool; 256] {
 const KEY_FIRST: [bool; 256] = key_table(false);
 const KEY_REST: [bool; 256] = key_table(true);
 
-/// Splits and validates one trimmed, non-empty list member.
-fn split_member(member: &[u8]) -> Result<(&[u8], &[u8]), TraceStateError> {
-    let eq = member.iter().position(|&b| b == b'=').ok_or(TraceStateError::Key)?;
-    let (key, value) = (&member[..eq], &member[eq + 1..]);
-    let valid_key = !key.is_empty()
-        && key.len() <= MAX_KEY_LEN
-        && KEY_FIRST[key[0] as usize]
-        && key[1..].iter().all(|&b| KEY_REST[b as usize]);
-    if !valid_key {
+/// A cheap fingerprint of a key (length and three bytes): enough to tell almost all distinct
+/// keys apart without hashing every byte.
+fn fingerprint(key: &[u8]) -> u32 {
+    let at = |i: usize| u32::from(key.get(i).copied().unwrap_or(0));
+    (key.len() as u32) | (at(0) << 8) | (at(key.len() / 2) << 16) | (at(key.len().wrapping_sub(1)) << 24)
+}
+
+/// Reads the next list member from a header value: skips whitespace and empty members, then
+/// validates `key=value` up to the next `,`.
+///
+/// Returns `(key length, member without surrounding whitespace, rest after the member)`, or
+/// `None` when only whitespace and commas are left.
+#[allow(clippy::type_complexity)]
+fn next_member(value: &[u8]) -> Result<Option<(usize, &[u8], &[u8])>, TraceStateError> {
+    let len = value.len();
+    let mut i = 0;
+    while i < len && matches!(value[i], b' ' | b'\t' | b',') {
+        i += 1;
+    }
+    if i == len {
+        return Ok(None);
+    }
+    let start = i;
+    if !KEY_FIRST[value[i] as usize] {
         return Err(TraceStateError::Key);
     }
-    let valid_value = !value.is_empty()
-        && value.len() <= MAX_VALUE_LEN
-        && value.last() != Some(&b' ')
-        && value.iter().all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=');
-    if !valid_value {
+    i += 1;
+    while i < len && KEY_REST[value[i] as usize] {
+        i += 1;
+    }
+    let key_len = i - start;
+    if i == len || value[i] != b'=' || key_len > MAX_KEY_LEN {
+        return Err(TraceStateError::Key);
+    }
+    i += 1;
+    let value_start = i;
+    while i < len && VALUE_CHARS[value[i] as usize] {
+        i += 1;
+    }
+    // Trailing spaces belong to the whitespace around the member, so a value never ends in one.
+    let mut end = i;
+    while end > value_start && value[end - 1] == b' ' {
+        end -= 1;
+    }
+    while i < len && matches!(value[i], b' ' | b'\t') {
+        i += 1;
+    }
+    if i < len && value[i] != b',' {
         return Err(TraceStateError::Value);
     }
-    Ok((key, value))
+    if end == value_start || end - value_start > MAX_VALUE_LEN {
+        return Err(TraceStateError::Value);
+    }
+    Ok(Some((key_len, &value[start..end], &value[i..])))
 }
+
+/// Value characters: 0x20–0x7e except `,` and `=`.
+const VALUE_CHARS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0x20;
+    while b <= 0x7e {
+        table[b] = b != b',' as usize && b != b'=' as usize;
+        b += 1;
+    }
+    table
+};

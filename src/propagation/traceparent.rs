@@ -126,14 +126,11 @@ impl TraceParent {
         if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
             return Err(TraceParentError::Delimiter);
         }
-        let trace_id = hex::decode::<16>(&value[3..35])
-            .map(u128::from_be_bytes)
+        let trace_id =
+            hex::decode_u128::<16>(&value[3..35]).filter(|id| *id != 0).ok_or(TraceParentError::TraceId)?;
+        let parent_id = hex::decode_u128::<8>(&value[36..52])
             .filter(|id| *id != 0)
-            .ok_or(TraceParentError::TraceId)?;
-        let parent_id = hex::decode::<8>(&value[36..52])
-            .map(u64::from_be_bytes)
-            .filter(|id| *id != 0)
-            .ok_or(TraceParentError::ParentId)?;
+            .ok_or(TraceParentError::ParentId)? as u64;
         let flags = hex::decode::<1>(&value[53..55]).ok_or(TraceParentError::Flags)?[0];
         if value.len() > LEN {
             // A future version may append fields: they must start with '-'. A comma (two

@@ -1,0 +1,39 @@
+//! Shared by the criterion benches: read back what criterion measured and print the ratios
+//! each bench promises, so every run states them next to its baseline.
+
+use std::path::PathBuf;
+
+fn criterion_dir() -> PathBuf {
+    // Criterion writes below `$CARGO_TARGET_DIR/criterion` (default `target/criterion`).
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("criterion")
+}
+
+/// Criterion's directory name for a group or function id.
+fn dir_name(id: &str) -> String {
+    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+/// The mean time, in nanoseconds, of `group/function` from the run that just finished.
+pub fn mean_ns(group: &str, function: &str) -> Option<f64> {
+    let path = criterion_dir().join(dir_name(group)).join(dir_name(function)).join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    // {"mean":{"confidence_interval":{...},"point_estimate":123.4,...},...}
+    let mean = &text[text.find("\"mean\"")?..];
+    let value = &mean[mean.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
+    let end = value.find([',', '}'])?;
+    value[..end].trim().parse().ok()
+}
+
+/// Prints `candidate` against `baseline` in `group` as a speed-up (`baseline / candidate`).
+pub fn print_speedup(group: &str, candidate: &str, baseline: &str) {
+    match (mean_ns(group, candidate), mean_ns(group, baseline)) {
+        (Some(ours), Some(theirs)) => println!(
+            "ratio {group}: {candidate} {ours:.1} ns vs {baseline} {theirs:.1} ns -> {:.2}x faster",
+            theirs / ours
+        ),
+        _ => println!("ratio {group}: {candidate} or {baseline} was not measured in this run (filtered?)"),
+    }
+}

@@ -1,0 +1,89 @@
+//! A response body that ends its span when the body ends.
+
+use std::pin::Pin;
+use std::task::{ready, Context as TaskContext, Poll};
+
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::Context;
+use pin_project_lite::pin_project;
+
+use crate::active_span::ActiveSpan;
+
+pin_project! {
+    /// Wraps a response body so its span covers the whole body: the span ends at the end of
+    /// the stream (last data frame, trailers, or an error), or — if the body is dropped first
+    /// because the peer went away — then, recorded as `cancelled`.
+    ///
+    /// For server responses the request's context is attached while the body is polled, so a
+    /// streaming handler's log lines and outbound calls see it. No clock read and no span
+    /// operation happens per frame.
+    ///
+    /// Produced by [`ServerLayer`](super::ServerLayer) and [`ClientLayer`](super::ClientLayer):
+    ///
+    /// ```
+    /// use tokentrace::http::TracedBody;
+    /// fn assert_body<B: http_body::Body>() {}
+    /// assert_body::<TracedBody<String>>();
+    /// ```
+    #[derive(Debug)]
+    pub struct TracedBody<B: Body> {
+        #[pin]
+        inner: B,
+        attach: Option<Context>,
+        span: Option<ActiveSpan>,
+    }
+
+    impl<B: Body> PinnedDrop for TracedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(span) = this.span {
+                // Servers stop polling a body that reports its end; that is a normal end.
+                if this.inner.is_end_stream() {
+                    span.end();
+                } else {
+                    span.cancel();
+                }
+            }
+        }
+    }
+}
+
+impl<B: Body> TracedBody<B> {
+    pub(crate) fn new(inner: B, attach: Option<Context>, span: Option<ActiveSpan>) -> Self {
+        Self { inner, attach, span }
+    }
+}
+
+impl<B: Body> Body for TracedBody<B>
+where
+    B::Error: std::fmt::Display,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let _attached = this.attach.as_ref().map(|context| context.clone().attach());
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(span) = this.span.as_mut() {
+            match &frame {
+                None => span.end(),
+                Some(Err(error)) => span.fail("body", format!("response body failed: {error}")),
+                Some(Ok(frame)) if frame.is_trailers() || this.inner.is_end_stream() => span.end(),
+                Some(Ok(_)) => {}
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

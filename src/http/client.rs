@@ -1,0 +1,230 @@
+//! The client layer: one CLIENT span per outbound HTTP call, with the trace context injected.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context as TaskContext, Poll};
+
+use http::{Request, Response};
+use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::body::TracedBody;
+use super::semconv;
+use super::server::status_code_name;
+use crate::active_span::ActiveSpan;
+use crate::propagation::{inject_context, RequestIds};
+
+/// Traces outbound HTTP calls (wrap a `hyper_util` client, or any
+/// `tower::Service<http::Request<B>>`).
+///
+/// For each call it opens a CLIENT span as a child of the current context (one new span id per
+/// call), removes any trace headers already on the request, injects exactly one `traceparent`,
+/// `tracestate` when non-empty, and the request's `x-request-id` and `request-id` (those of
+/// the current context, else valid ones already on the request, else new ones). The span
+/// records the status code (`error.type` and an error status from 400 up) and ends when the
+/// response body ends.
+///
+/// ```
+/// use http_body_util::Empty;
+/// use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+/// use tokentrace::http::ClientLayer;
+/// use tower::ServiceBuilder;
+///
+/// let hyper_client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+/// let client = ServiceBuilder::new().layer(ClientLayer::default()).service(hyper_client);
+/// # let _ = client;
+/// ```
+pub struct ClientLayer<T = BoxedTracer> {
+    tracer: Arc<T>,
+}
+
+impl Default for ClientLayer<BoxedTracer> {
+    fn default() -> Self {
+        Self::with_tracer(global::tracer("tokentrace"))
+    }
+}
+
+impl<T> Clone for ClientLayer<T> {
+    fn clone(&self) -> Self {
+        Self { tracer: Arc::clone(&self.tracer) }
+    }
+}
+
+impl<T> fmt::Debug for ClientLayer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientLayer").finish_non_exhaustive()
+    }
+}
+
+impl<T> ClientLayer<T> {
+    /// A layer that starts spans with `tracer`.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::SdkTracerProvider;
+    /// use tokentrace::http::ClientLayer;
+    ///
+    /// let layer = ClientLayer::with_tracer(SdkTracerProvider::builder().build().tracer("frontend"));
+    /// # let _ = layer;
+    /// ```
+    pub fn with_tracer(tracer: T) -> Self {
+        Self { tracer: Arc::new(tracer) }
+    }
+}
+
+impl<S, T> Layer<S> for ClientLayer<T> {
+    type Service = ClientService<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientService { inner, tracer: Arc::clone(&self.tracer) }
+    }
+}
+
+/// The service [`ClientLayer`] produces.
+///
+/// ```
+/// use tokentrace::http::{ClientLayer, ClientService};
+/// use tower_layer::Layer;
+///
+/// let service: ClientService<_, _> = ClientLayer::default().layer(tower::service_fn(|_: http::Request<String>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+/// }));
+/// # let _ = service;
+/// ```
+pub struct ClientService<S, T = BoxedTracer> {
+    inner: S,
+    tracer: Arc<T>,
+}
+
+impl<S: Clone, T> Clone for ClientService<S, T> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), tracer: Arc::clone(&self.tracer) }
+    }
+}
+
+impl<S: fmt::Debug, T> fmt::Debug for ClientService<S, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientService").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl<S, T, ReqBody, ResBody> Service<Request<ReqBody>> for ClientService<S, T>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: fmt::Display,
+    ResBody: http_body::Body,
+    T: Tracer + Send + Sync + 'static,
+    T::Span: Send + Sync + 'static,
+{
+    type Response = Response<TracedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ClientFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let parent = Context::current();
+        let method = semconv::method(request.method());
+        let mut attributes = Vec::with_capacity(5);
+        attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, method));
+        if let Some((host, port)) = semconv::host_and_port(request.uri(), request.headers()) {
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
+            if let Some(port) = port {
+                attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+            }
+        }
+        attributes.push(KeyValue::new(semconv::URL_FULL, url_without_secrets(request.uri())));
+        let span = self
+            .tracer
+            .span_builder(method)
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(&*self.tracer, &parent);
+        let cx = parent.with_span(span);
+
+        let ids = match RequestIds::from_context(&parent) {
+            Some(ids) => ids.clone(),
+            None => RequestIds::extract(request.headers()),
+        };
+        cx.span().set_attribute(KeyValue::new(semconv::X_REQUEST_ID, ids.x_request_id.as_str().to_owned()));
+        inject_context(request.headers_mut(), &cx);
+        ids.inject(request.headers_mut());
+
+        let inner = self.inner.call(request);
+        ClientFuture { inner, span: Some(ActiveSpan::new(cx)) }
+    }
+}
+
+/// `scheme://host[:port]/path`: the query and any user info are left out, as they may hold
+/// secrets.
+fn url_without_secrets(uri: &http::Uri) -> String {
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => {
+            let host = authority.host();
+            match authority.port_u16() {
+                Some(port) => format!("{scheme}://{host}:{port}{}", uri.path()),
+                None => format!("{scheme}://{host}{}", uri.path()),
+            }
+        }
+        _ => uri.path().to_owned(),
+    }
+}
+
+pin_project! {
+    /// The response future of [`ClientService`]; the span moves into the response body.
+    pub struct ClientFuture<F> {
+        #[pin]
+        inner: F,
+        span: Option<ActiveSpan>,
+    }
+}
+
+impl<F> fmt::Debug for ClientFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ClientFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: fmt::Display,
+    B: http_body::Body,
+{
+    type Output = Result<Response<TracedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(task));
+        let mut span = this.span.take();
+        Poll::Ready(match result {
+            Ok(response) => {
+                let status = response.status();
+                if let Some(span) = &span {
+                    span.set_attribute(KeyValue::new(
+                        semconv::HTTP_RESPONSE_STATUS_CODE,
+                        i64::from(status.as_u16()),
+                    ));
+                    if status.is_client_error() || status.is_server_error() {
+                        span.set_error(status_code_name(status), "error status");
+                    }
+                }
+                Ok(response.map(|body| TracedBody::new(body, None, span)))
+            }
+            Err(error) => {
+                if let Some(span) = span.as_mut() {
+                    span.fail(std::any::type_name::<E>(), format!("request failed: {error}"));
+                }
+                Err(error)
+            }
+        })
+    }
+}

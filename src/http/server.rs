@@ -1,0 +1,376 @@
+//! The server layer: one span per inbound HTTP request, ended with its response body.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context as TaskContext, Poll};
+
+use http::{HeaderValue, Request, Response};
+use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::body::TracedBody;
+use super::semconv;
+use crate::active_span::ActiveSpan;
+use crate::propagation::{names, RemoteContext, RequestIds};
+
+/// Span name used by NVIDIA Dynamo's frontend, kept so its dashboards and queries match.
+pub const DYNAMO_SPAN_NAME: &str = "http-request";
+
+/// How the server span is named.
+///
+/// ```
+/// use tokentrace::http::{ServerLayer, SpanNameStyle};
+/// let layer = ServerLayer::default().span_name(SpanNameStyle::MethodAndRoute);
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpanNameStyle {
+    /// `http-request`, as NVIDIA Dynamo names it (the default).
+    #[default]
+    Dynamo,
+    /// `{method} {route}` per the HTTP semantic conventions (`{method}` alone when no route
+    /// is known; the route comes from axum's `MatchedPath`).
+    MethodAndRoute,
+}
+
+type Filter = Arc<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
+
+/// Traces every inbound request of an HTTP service (an axum `Router`, any
+/// `tower::Service<http::Request<B>>`).
+///
+/// For each request it:
+/// - extracts the caller's W3C trace context with the strict propagator, or starts a new trace;
+/// - opens the SERVER span (`http-request` by default) with the stable HTTP semantic-convention
+///   attributes, `x_request_id` and `request_id` (never arbitrary headers);
+/// - keeps a valid inbound `x-request-id` or generates one, stores it (and the context) in the
+///   request extensions, and echoes it on the response;
+/// - attaches the context while the handler's future and the response body are polled, so log
+///   lines and outbound calls (through [`ClientLayer`](super::ClientLayer) or
+///   [`rpc::ClientLayer`](crate::rpc::ClientLayer)) join the trace;
+/// - ends the span when the response **body** ends, fails or is dropped (`cancelled=true`).
+///
+/// The tracer is taken when the layer is built: build it after installing your tracer
+/// provider (or pass one with [`ServerLayer::with_tracer`]).
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use tokentrace::http::ServerLayer;
+///
+/// let app: Router = Router::new()
+///     .route("/v1/models", get(|| async { "[]" }))
+///     .route("/health", get(|| async { "ok" }))
+///     .layer(ServerLayer::default().filter(|_, uri| uri.path() != "/health"));
+/// # let _ = app;
+/// ```
+pub struct ServerLayer<T = BoxedTracer> {
+    tracer: Arc<T>,
+    filter: Option<Filter>,
+    public_endpoint: bool,
+    span_name: SpanNameStyle,
+}
+
+impl Default for ServerLayer<BoxedTracer> {
+    fn default() -> Self {
+        Self::with_tracer(global::tracer("tokentrace"))
+    }
+}
+
+impl<T> Clone for ServerLayer<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tracer: Arc::clone(&self.tracer),
+            filter: self.filter.clone(),
+            public_endpoint: self.public_endpoint,
+            span_name: self.span_name,
+        }
+    }
+}
+
+impl<T> fmt::Debug for ServerLayer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerLayer")
+            .field("filter", &self.filter.is_some())
+            .field("public_endpoint", &self.public_endpoint)
+            .field("span_name", &self.span_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> ServerLayer<T>
+where
+    T: Tracer + Send + Sync + 'static,
+    T::Span: Send + Sync + 'static,
+{
+    /// A layer that starts spans with `tracer`.
+    ///
+    /// ```
+    /// use opentelemetry_sdk::trace::SdkTracerProvider;
+    /// use opentelemetry::trace::TracerProvider;
+    /// use tokentrace::http::ServerLayer;
+    ///
+    /// let provider = SdkTracerProvider::builder().build();
+    /// let layer = ServerLayer::with_tracer(provider.tracer("frontend"));
+    /// # let _ = layer;
+    /// ```
+    pub fn with_tracer(tracer: T) -> Self {
+        Self {
+            tracer: Arc::new(tracer),
+            filter: None,
+            public_endpoint: false,
+            span_name: SpanNameStyle::Dynamo,
+        }
+    }
+
+    /// Traces only the requests for which `filter(method, uri)` is true (for example, not
+    /// `/health` or `/metrics`). Untraced requests still get an `x-request-id` and carry the
+    /// caller's context on.
+    pub fn filter<F>(mut self, filter: F) -> Self
+    where
+        F: Fn(&http::Method, &http::Uri) -> bool + Send + Sync + 'static,
+    {
+        self.filter = Some(Arc::new(filter));
+        self
+    }
+
+    /// For a service exposed to the public: an inbound trace context is not trusted. Each
+    /// request starts a new trace whose root span links to the caller's context, and the
+    /// caller's sampled flag is not obeyed.
+    ///
+    /// ```
+    /// use tokentrace::http::ServerLayer;
+    /// let layer = ServerLayer::default().public_endpoint(true);
+    /// # let _ = layer;
+    /// ```
+    pub fn public_endpoint(mut self, public: bool) -> Self {
+        self.public_endpoint = public;
+        self
+    }
+
+    /// How spans are named (default: `http-request`, as Dynamo).
+    pub fn span_name(mut self, style: SpanNameStyle) -> Self {
+        self.span_name = style;
+        self
+    }
+
+    /// Starts the server span for `request` under `parent`.
+    fn start_span<B>(
+        &self,
+        request: &Request<B>,
+        parent: &Context,
+        ids: &RequestIds,
+        link: Option<Link>,
+    ) -> Context {
+        let method = semconv::method(request.method());
+        let route = matched_path(request);
+        let name: Cow<'static, str> = match (self.span_name, route) {
+            (SpanNameStyle::Dynamo, _) => Cow::Borrowed(DYNAMO_SPAN_NAME),
+            (SpanNameStyle::MethodAndRoute, Some(route)) => Cow::Owned(format!("{method} {route}")),
+            (SpanNameStyle::MethodAndRoute, None) => Cow::Borrowed(method),
+        };
+        let uri = request.uri();
+        let mut attributes = Vec::with_capacity(10);
+        attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, method));
+        attributes.push(KeyValue::new(semconv::URL_PATH, uri.path().to_owned()));
+        attributes.push(KeyValue::new(semconv::URL_SCHEME, uri.scheme_str().map_or("http", scheme_name)));
+        attributes.push(KeyValue::new(
+            semconv::NETWORK_PROTOCOL_VERSION,
+            semconv::protocol_version(request.version()),
+        ));
+        if let Some(route) = route {
+            attributes.push(KeyValue::new(semconv::HTTP_ROUTE, route.to_owned()));
+        }
+        if let Some((host, port)) = semconv::host_and_port(uri, request.headers()) {
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
+            if let Some(port) = port {
+                attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+            }
+        }
+        attributes.push(KeyValue::new(semconv::X_REQUEST_ID, ids.x_request_id.as_str().to_owned()));
+        attributes.push(KeyValue::new(semconv::REQUEST_ID, ids.request_id.to_string()));
+        let mut builder =
+            self.tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes);
+        if let Some(link) = link {
+            builder = builder.with_links(vec![link]);
+        }
+        let span = builder.start_with_context(&*self.tracer, parent);
+        parent.with_span(span)
+    }
+}
+
+/// Scheme names as static strings (only `http`/`https` are expected here).
+fn scheme_name(scheme: &str) -> &'static str {
+    match scheme {
+        "https" => "https",
+        "http" => "http",
+        _ => "_OTHER",
+    }
+}
+
+#[cfg(feature = "axum")]
+fn matched_path<B>(request: &Request<B>) -> Option<&str> {
+    request.extensions().get::<axum::extract::MatchedPath>().map(|path| path.as_str())
+}
+
+#[cfg(not(feature = "axum"))]
+fn matched_path<B>(_request: &Request<B>) -> Option<&str> {
+    None
+}
+
+impl<S, T> Layer<S> for ServerLayer<T> {
+    type Service = ServerService<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerService { inner, layer: self.clone() }
+    }
+}
+
+/// The service [`ServerLayer`] produces.
+///
+/// ```
+/// use tokentrace::http::{ServerLayer, ServerService};
+/// use tower_layer::Layer;
+///
+/// let service: ServerService<_, _> = ServerLayer::default().layer(tower::service_fn(|_: http::Request<String>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+/// }));
+/// # let _ = service;
+/// ```
+pub struct ServerService<S, T = BoxedTracer> {
+    inner: S,
+    layer: ServerLayer<T>,
+}
+
+impl<S: Clone, T> Clone for ServerService<S, T> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), layer: self.layer.clone() }
+    }
+}
+
+impl<S: fmt::Debug, T> fmt::Debug for ServerService<S, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerService").field("inner", &self.inner).field("layer", &self.layer).finish()
+    }
+}
+
+impl<S, T, ReqBody, ResBody> Service<Request<ReqBody>> for ServerService<S, T>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: fmt::Display,
+    ResBody: http_body::Body,
+    T: Tracer + Send + Sync + 'static,
+    T::Span: Send + Sync + 'static,
+{
+    type Response = Response<TracedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let ids = RequestIds::extract(request.headers());
+        let remote = RemoteContext::extract(request.headers());
+        let traced = self.layer.filter.as_ref().is_none_or(|filter| filter(request.method(), request.uri()));
+
+        let (parent, link) = match (&remote, self.layer.public_endpoint) {
+            (Some(remote), true) => {
+                let span_context = remote.traceparent.to_span_context(&remote.tracestate);
+                (Context::new(), Some(Link::with_context(span_context)))
+            }
+            (Some(remote), false) => (remote.to_context(), None),
+            (None, _) => (Context::new(), None),
+        };
+        let parent = parent.with_value(ids.clone());
+        let (cx, span) = if traced {
+            let cx = self.layer.start_span(&request, &parent, &ids, link);
+            (cx.clone(), Some(ActiveSpan::new(cx)))
+        } else {
+            (parent, None)
+        };
+
+        let x_request_id = ids.x_request_id.header_value().clone();
+        request.extensions_mut().insert(cx.clone());
+        request.extensions_mut().insert(ids);
+        let inner = {
+            let _attached = cx.clone().attach();
+            self.inner.call(request)
+        };
+        ResponseFuture { inner, cx, span, x_request_id }
+    }
+}
+
+pin_project! {
+    /// The response future of [`ServerService`]: attaches the request's context while the
+    /// handler runs, then hands the span to the response body.
+    ///
+    /// If it is dropped before the response is ready (the client went away), the span ends
+    /// as `cancelled`.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        cx: Context,
+        span: Option<ActiveSpan>,
+        x_request_id: HeaderValue,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").field("x_request_id", &self.x_request_id).finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: fmt::Display,
+    B: http_body::Body,
+{
+    type Output = Result<Response<TracedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = {
+            let _attached = this.cx.clone().attach();
+            ready!(this.inner.poll(task))
+        };
+        let mut span = this.span.take();
+        Poll::Ready(match result {
+            Ok(mut response) => {
+                let status = response.status();
+                if let Some(span) = &span {
+                    span.set_attribute(KeyValue::new(
+                        semconv::HTTP_RESPONSE_STATUS_CODE,
+                        i64::from(status.as_u16()),
+                    ));
+                    // Server spans mark 5xx as errors; 4xx are the caller's problem.
+                    if status.is_server_error() {
+                        span.set_error(status_code_name(status), "server error status");
+                    }
+                }
+                response.headers_mut().insert(names::X_REQUEST_ID, this.x_request_id.clone());
+                Ok(response.map(|body| TracedBody::new(body, Some(this.cx.clone()), span)))
+            }
+            Err(error) => {
+                if let Some(span) = span.as_mut() {
+                    span.fail(std::any::type_name::<E>(), format!("service failed: {error}"));
+                }
+                Err(error)
+            }
+        })
+    }
+}
+
+/// The status code as a static string for `error.type`.
+pub(crate) fn status_code_name(status: http::StatusCode) -> Cow<'static, str> {
+    Cow::Owned(status.as_u16().to_string())
+}

@@ -1,0 +1,381 @@
+//! The HTTP layers over real sockets on 127.0.0.1: a real axum server, a real hyper client.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::sse::{Event, Sse};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::Context;
+use opentelemetry_sdk::trace::SdkTracer;
+use support::{attr, Spans};
+use tokentrace::http::{ClientLayer, ClientService, ServerLayer, SpanNameStyle};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+type TracedClient = ClientService<Client<HttpConnector, Empty<Bytes>>, SdkTracer>;
+
+fn client(tracer: SdkTracer) -> TracedClient {
+    let hyper = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    ServiceBuilder::new().layer(ClientLayer::with_tracer(tracer)).service(hyper)
+}
+
+fn plain_client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>()
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn get_request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> http::Request<Empty<Bytes>> {
+    let mut builder = http::Request::get(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Empty::new()).unwrap()
+}
+
+/// The headers a handler saw, recorded for assertions.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<http::HeaderMap>>>);
+
+impl Seen {
+    fn record(&self, headers: &http::HeaderMap) {
+        self.0.lock().unwrap().push(headers.clone());
+    }
+    fn all(&self) -> Vec<http::HeaderMap> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn recording_app(seen: Seen) -> Router {
+    Router::new().route(
+        "/echo",
+        get(move |request: Request| {
+            let seen = seen.clone();
+            async move {
+                seen.record(request.headers());
+                "ok"
+            }
+        }),
+    )
+}
+
+#[tokio::test]
+async fn parent_and_child_across_a_real_server_and_client() {
+    let spans = Spans::new();
+    let addr =
+        serve(recording_app(Seen::default()).layer(ServerLayer::with_tracer(spans.tracer("server")))).await;
+    let mut client = client(spans.tracer("client"));
+
+    let root = spans.tracer("test").start("root");
+    let cx = Context::current_with_span(root);
+    // The call is made while the root's context is current, as in a traced handler.
+    let response = async { client.ready().await.unwrap().call(get_request(addr, "/echo", &[])).await }
+        .with_context(cx.clone())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
+    cx.span().end();
+
+    let spans = spans.wait_for("three spans", |s| s.len() == 3);
+    let server = spans.iter().find(|s| s.span_kind == SpanKind::Server).unwrap();
+    let client = spans.iter().find(|s| s.span_kind == SpanKind::Client).unwrap();
+    let root = spans.iter().find(|s| s.name == "root").unwrap();
+    assert_eq!(server.name, "http-request");
+    assert_eq!(client.name, "GET");
+    assert_eq!(server.span_context.trace_id(), root.span_context.trace_id());
+    assert_eq!(client.parent_span_id, root.span_context.span_id());
+    assert_eq!(server.parent_span_id, client.span_context.span_id());
+    assert!(server.parent_span_is_remote);
+    assert_eq!(attr(server, "http.request.method").as_deref(), Some("GET"));
+    assert_eq!(attr(server, "url.path").as_deref(), Some("/echo"));
+    assert_eq!(attr(server, "http.route").as_deref(), Some("/echo"));
+    assert_eq!(attr(server, "http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(attr(server, "server.address").as_deref(), Some("127.0.0.1"));
+    assert_eq!(attr(server, "network.protocol.version").as_deref(), Some("1.1"));
+    assert_eq!(attr(client, "http.response.status_code").as_deref(), Some("200"));
+    // The same x-request-id on both sides.
+    assert!(attr(server, "x_request_id").is_some());
+    assert_eq!(attr(server, "x_request_id"), attr(client, "x_request_id"));
+}
+
+#[tokio::test]
+async fn three_outbound_calls_carry_three_parent_ids_and_one_trace_id() {
+    let spans = Spans::new();
+    let downstream_seen = Seen::default();
+    let downstream = serve(
+        recording_app(downstream_seen.clone()).layer(ServerLayer::with_tracer(spans.tracer("downstream"))),
+    )
+    .await;
+    let outbound = client(spans.tracer("frontend-client"));
+    let frontend = Router::new()
+        .route(
+            "/fanout",
+            get(move || {
+                let mut outbound = outbound.clone();
+                async move {
+                    for _ in 0..3 {
+                        let response = outbound
+                            .ready()
+                            .await
+                            .unwrap()
+                            .call(get_request(
+                                downstream,
+                                "/echo",
+                                &[("traceparent", "00-11111111111111111111111111111111-2222222222222222-01")],
+                            ))
+                            .await
+                            .unwrap();
+                        response.into_body().collect().await.unwrap();
+                    }
+                    "done"
+                }
+            }),
+        )
+        .layer(ServerLayer::with_tracer(spans.tracer("frontend")));
+    let frontend = serve(frontend).await;
+
+    let response =
+        plain_client().request(get_request(frontend, "/fanout", &[("x-request-id", "fan-1")])).await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "fan-1");
+    response.into_body().collect().await.unwrap();
+
+    let spans = spans.wait_for("1 + 3 + 3 spans", |s| s.len() == 7);
+    let front = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Server && attr(s, "url.path").as_deref() == Some("/fanout"))
+        .unwrap();
+    let client_ids: Vec<_> =
+        spans.iter().filter(|s| s.span_kind == SpanKind::Client).map(|s| s.span_context.span_id()).collect();
+    assert_eq!(client_ids.len(), 3);
+
+    let seen = downstream_seen.all();
+    assert_eq!(seen.len(), 3);
+    let mut parents = Vec::new();
+    for headers in &seen {
+        assert_eq!(headers.get_all("traceparent").iter().count(), 1, "exactly one traceparent");
+        let tp: tokentrace::propagation::TraceParent =
+            headers["traceparent"].to_str().unwrap().parse().unwrap();
+        assert_eq!(tp.trace_id(), front.span_context.trace_id(), "the stale header was replaced");
+        assert!(client_ids.contains(&tp.parent_id()));
+        assert_eq!(headers["x-request-id"], "fan-1");
+        assert_eq!(headers["request-id"].len(), 36);
+        parents.push(tp.parent_id().to_string());
+    }
+    parents.sort();
+    parents.dedup();
+    assert_eq!(parents.len(), 3, "three distinct parent ids");
+}
+
+#[tokio::test]
+async fn x_request_id_is_kept_generated_replaced_and_echoed() {
+    let spans = Spans::new();
+    let seen = Seen::default();
+    let addr =
+        serve(recording_app(seen.clone()).layer(ServerLayer::with_tracer(spans.tracer("server")))).await;
+    let client = plain_client();
+
+    let kept = client.request(get_request(addr, "/echo", &[("x-request-id", "abc-123")])).await.unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "abc-123");
+
+    let generated = client.request(get_request(addr, "/echo", &[])).await.unwrap();
+    let generated_id = generated.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(generated_id.len(), 36);
+
+    let hostile = "<script>alert(1)</script>";
+    let replaced = client.request(get_request(addr, "/echo", &[("x-request-id", hostile)])).await.unwrap();
+    let replaced_id = replaced.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(replaced_id, hostile);
+    assert_eq!(replaced_id.len(), 36);
+
+    let too_long = "a".repeat(129);
+    let replaced = client.request(get_request(addr, "/echo", &[("x-request-id", &too_long)])).await.unwrap();
+    assert_eq!(replaced.headers()["x-request-id"].len(), 36);
+
+    let spans = spans.wait_for("four server spans", |s| s.len() == 4);
+    let ids: Vec<_> = spans.iter().filter_map(|s| attr(s, "x_request_id")).collect();
+    assert!(ids.contains(&"abc-123".to_owned()));
+    assert!(ids.contains(&generated_id));
+    assert!(ids.contains(&replaced_id));
+    assert!(!ids.iter().any(|id| id.contains('<')), "hostile value never recorded");
+}
+
+fn sse_app(chunks: usize, delay: Duration) -> Router {
+    Router::new().route(
+        "/stream",
+        get(move || async move {
+            let events = futures_util::stream::unfold(0, move |i| async move {
+                if i == chunks {
+                    return None;
+                }
+                tokio::time::sleep(delay).await;
+                Some((Ok::<_, Infallible>(Event::default().data(format!("token {i}"))), i + 1))
+            });
+            Sse::new(events)
+        }),
+    )
+}
+
+#[tokio::test]
+async fn the_server_span_covers_the_whole_sse_stream() {
+    let spans = Spans::new();
+    let chunks = 8;
+    let delay = Duration::from_millis(25);
+    let addr = serve(sse_app(chunks, delay).layer(ServerLayer::with_tracer(spans.tracer("server")))).await;
+
+    let response = plain_client().request(get_request(addr, "/stream", &[])).await.unwrap();
+    // Headers are here; the span must still be open.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(spans.finished().is_empty(), "span ended when headers were sent");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body).matches("data: token").count(), chunks);
+
+    let spans = spans.wait_for_async("server span", |s| s.len() == 1).await;
+    let span = &spans[0];
+    let duration = span.end_time.duration_since(span.start_time).unwrap();
+    assert!(
+        duration >= delay * chunks as u32,
+        "span lasted {duration:?}, stream took at least {:?}",
+        delay * chunks as u32
+    );
+    assert_eq!(attr(span, "cancelled"), None);
+    assert_eq!(span.status, Status::Unset);
+}
+
+#[tokio::test]
+async fn a_client_disconnect_mid_stream_ends_the_span_as_cancelled() {
+    let spans = Spans::new();
+    let addr = serve(
+        sse_app(1000, Duration::from_millis(5)).layer(ServerLayer::with_tracer(spans.tracer("server"))),
+    )
+    .await;
+
+    let response = plain_client().request(get_request(addr, "/stream", &[])).await.unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    drop(body); // the client goes away mid-stream
+
+    let spans = spans.wait_for_async("cancelled server span", |s| s.len() == 1).await;
+    assert_eq!(attr(&spans[0], "cancelled").as_deref(), Some("true"));
+    assert!(matches!(spans[0].status, Status::Error { .. }));
+}
+
+#[tokio::test]
+async fn server_errors_mark_the_span() {
+    let spans = Spans::new();
+    let app = Router::new()
+        .route("/boom", get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "overloaded") }))
+        .route("/missing", get(|| async { StatusCode::NOT_FOUND }))
+        .layer(ServerLayer::with_tracer(spans.tracer("server")));
+    let addr = serve(app).await;
+    let client = plain_client();
+    let boom = client.request(get_request(addr, "/boom", &[])).await.unwrap();
+    assert_eq!(boom.status(), StatusCode::SERVICE_UNAVAILABLE);
+    boom.into_body().collect().await.unwrap();
+    client.request(get_request(addr, "/missing", &[])).await.unwrap().into_body().collect().await.unwrap();
+
+    let spans = spans.wait_for("two spans", |s| s.len() == 2);
+    let boom = spans.iter().find(|s| attr(s, "url.path").as_deref() == Some("/boom")).unwrap();
+    assert!(matches!(boom.status, Status::Error { .. }));
+    assert_eq!(attr(boom, "error.type").as_deref(), Some("503"));
+    let missing = spans.iter().find(|s| attr(s, "url.path").as_deref() == Some("/missing")).unwrap();
+    assert_eq!(missing.status, Status::Unset, "4xx is not a server error");
+}
+
+#[tokio::test]
+async fn filtered_requests_get_no_span_but_keep_their_request_id() {
+    let spans = Spans::new();
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/models", get(|| async { "[]" }))
+        .layer(ServerLayer::with_tracer(spans.tracer("server")).filter(|_, uri| uri.path() != "/health"));
+    let addr = serve(app).await;
+    let client = plain_client();
+    let health = client.request(get_request(addr, "/health", &[("x-request-id", "probe")])).await.unwrap();
+    assert_eq!(health.headers()["x-request-id"], "probe");
+    client.request(get_request(addr, "/v1/models", &[])).await.unwrap().into_body().collect().await.unwrap();
+    let spans = spans.wait_for("one span", |s| !s.is_empty());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(spans.len(), 1);
+    assert_eq!(attr(&spans[0], "url.path").as_deref(), Some("/v1/models"));
+}
+
+#[tokio::test]
+async fn a_public_endpoint_starts_a_new_trace_linked_to_the_caller() {
+    let spans = Spans::new();
+    let app = recording_app(Seen::default()).layer(
+        ServerLayer::with_tracer(spans.tracer("server"))
+            .public_endpoint(true)
+            .span_name(SpanNameStyle::MethodAndRoute),
+    );
+    let addr = serve(app).await;
+    let inbound = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    plain_client().request(get_request(addr, "/echo", &[("traceparent", inbound)])).await.unwrap();
+
+    let spans = spans.wait_for("one span", |s| s.len() == 1);
+    let span = &spans[0];
+    assert_eq!(span.name, "GET /echo");
+    assert_ne!(span.span_context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(!span.parent_span_id.to_string().is_empty());
+    assert_eq!(span.parent_span_id, opentelemetry::trace::SpanId::INVALID, "a root span");
+    assert_eq!(span.links.links.len(), 1);
+    assert_eq!(span.links.links[0].span_context.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    // The caller's "not sampled" was not obeyed: the span was recorded and exported.
+}
+
+#[tokio::test]
+async fn an_unsampled_parent_stays_unsampled_downstream() {
+    let spans = Spans::new();
+    let downstream_seen = Seen::default();
+    let downstream = serve(
+        recording_app(downstream_seen.clone()).layer(ServerLayer::with_tracer(spans.tracer("downstream"))),
+    )
+    .await;
+    let outbound = client(spans.tracer("client"));
+    let frontend = Router::new()
+        .route(
+            "/call",
+            get(move || {
+                let outbound = outbound.clone();
+                async move {
+                    let response = outbound.oneshot(get_request(downstream, "/echo", &[])).await.unwrap();
+                    response.into_body().collect().await.unwrap();
+                    "done"
+                }
+            }),
+        )
+        .layer(ServerLayer::with_tracer(spans.tracer("frontend")));
+    let frontend = serve(frontend).await;
+
+    let inbound = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let response =
+        plain_client().request(get_request(frontend, "/call", &[("traceparent", inbound)])).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    assert!(spans.finished().is_empty(), "nothing exported for an unsampled trace");
+    let seen = downstream_seen.all();
+    assert_eq!(seen.len(), 1);
+    let traceparent = seen[0]["traceparent"].to_str().unwrap();
+    assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    assert!(traceparent.ends_with("-00"), "{traceparent}");
+    assert!(!traceparent.contains("00f067aa0ba902b7"), "a new span id for the hop");
+}
