@@ -42,3 +42,45 @@ pub fn request_id(data: &[u8]) {
         assert_eq!(RequestUuid::parse(&uuid.to_bytes()), Ok(uuid));
     }
 }
+
+/// Splits `data` (after its first byte) into frames with a 64 KiB limit: never panics, never
+/// buffers past the limit, decodes the same frames when the bytes arrive in two pieces (the
+/// first byte picks the split), and every decoded frame re-encodes to itself.
+pub fn rpc_frame(data: &[u8]) {
+    use crate::rpc::tcp::FrameCodec;
+    const LIMIT: usize = 64 * 1024;
+    let Some((&split, data)) = data.split_first() else { return };
+    let decode_all = |pieces: &[&[u8]]| {
+        let mut codec = FrameCodec::new(LIMIT);
+        let mut buffer = bytes::BytesMut::new();
+        let mut frames = Vec::new();
+        for piece in pieces {
+            buffer.extend_from_slice(piece);
+            loop {
+                match codec.decode(&mut buffer) {
+                    Ok(Some(frame)) => frames.push(Ok(frame)),
+                    Ok(None) => break,
+                    Err(error) => {
+                        frames.push(Err(error));
+                        return frames;
+                    }
+                }
+            }
+            // The codec reserves room for an announced frame only within the limit.
+            assert!(buffer.capacity() <= 2 * data.len().max(LIMIT + 4));
+        }
+        frames
+    };
+    let whole = decode_all(&[data]);
+    let (first, second) = data.split_at(usize::from(split).min(data.len()));
+    assert_eq!(decode_all(&[first, second]), whole);
+
+    let codec = FrameCodec::new(LIMIT);
+    for frame in whole.into_iter().flatten() {
+        let mut wire = bytes::BytesMut::new();
+        if codec.encode(&frame, &mut wire).is_ok() {
+            assert_eq!(FrameCodec::new(LIMIT).decode(&mut wire), Ok(Some(frame)));
+            assert!(wire.is_empty());
+        }
+    }
+}

@@ -26,6 +26,7 @@
 //!
 //! - [`http`]: [`ServerLayer`](http::ServerLayer) for an axum `Router`,
 //!   [`ClientLayer`](http::ClientLayer) for a hyper client.
+//! - [`rpc`]: the worker RPC envelope, its client/server layers and a TCP transport.
 //! - [`propagation`]: strict W3C `traceparent`/`tracestate`, `x-request-id`/`request-id`, the
 //!   [`Carrier`](propagation::Carrier) trait every layer extracts from and injects into.
 //!
@@ -54,3 +55,4 @@ pub mod http;
 mod ids;
 pub mod propagation;
 mod rate_limit;
+pub mod rpc;

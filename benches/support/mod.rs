@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each bench uses a part
 //! Shared by the criterion benches: read back what criterion measured and print the ratios
 //! each bench promises, so every run states them next to its baseline.
 
@@ -35,5 +36,37 @@ pub fn print_speedup(group: &str, candidate: &str, baseline: &str) {
             theirs / ours
         ),
         _ => println!("ratio {group}: {candidate} or {baseline} was not measured in this run (filtered?)"),
+    }
+}
+
+/// Prints the overheads of `candidate` and `other` over `bare` in `group`, and their ratio
+/// (`candidate overhead / other overhead`; below 1 means the candidate costs less).
+pub fn print_overhead_ratio(group: &str, bare: &str, candidate: &str, other: &str) {
+    match (mean_ns(group, bare), mean_ns(group, candidate), mean_ns(group, other)) {
+        (Some(bare_ns), Some(ours), Some(theirs)) => {
+            let (ours, theirs) = (ours - bare_ns, theirs - bare_ns);
+            println!(
+                "overhead {group}: {candidate} +{ours:.0} ns, {other} +{theirs:.0} ns over {bare} -> ratio {:.2}",
+                ours / theirs
+            );
+        }
+        _ => println!(
+            "overhead {group}: {bare}, {candidate} or {other} was not measured in this run (filtered?)"
+        ),
+    }
+}
+
+/// A span exporter that drops every batch: measures instrumentation, not export.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub struct DiscardExporter;
+
+impl opentelemetry_sdk::trace::SpanExporter for DiscardExporter {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        std::hint::black_box(batch);
+        Ok(())
     }
 }

@@ -1,0 +1,340 @@
+//! The RPC client and server layers: transport-agnostic, over any
+//! `tower::Service<rpc::Request<T>>` whose response is a stream of `Result<_, RpcError>`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context as TaskContext, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::request::Request;
+use super::stream::{TracedStream, OUTCOME};
+use crate::active_span::ActiveSpan;
+use crate::propagation::{inject_context, Carrier, RemoteContext, RequestIds};
+
+/// Metadata entry carrying the client's send time (nanoseconds since the Unix epoch), from
+/// which the server derives the network transit time.
+pub const SEND_TIMESTAMP: &str = "x-frontend-send-ts-ns";
+/// Span name of the worker's server span, as NVIDIA Dynamo names it.
+pub const HANDLE_PAYLOAD: &str = "handle_payload";
+
+const RPC_METHOD: &str = "rpc.method";
+const SERVER_ADDRESS: &str = "server.address";
+const INSTANCE_ID: &str = "instance_id";
+const ATTEMPT: &str = "attempt";
+const COMPONENT: &str = "component";
+const ENDPOINT: &str = "endpoint";
+const TRANSIT_MS: &str = "network.transit_ms";
+const X_REQUEST_ID: &str = "x_request_id";
+const REQUEST_ID: &str = "request_id";
+
+fn unix_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Traces calls from the frontend to a worker: a CLIENT span per call (child of the current
+/// context; `rpc.method`, `server.address`, `instance_id`, `attempt`, `outcome`), with
+/// `traceparent`/`tracestate`/`x-request-id`/`request-id` and [`SEND_TIMESTAMP`] injected into
+/// the request metadata. The span ends when the response stream ends, fails or is dropped.
+///
+/// ```
+/// use tokentrace::rpc::ClientLayer;
+/// let layer = ClientLayer::default().server_address("10.0.0.7:9000").instance_id(7);
+/// # let _ = layer;
+/// ```
+pub struct ClientLayer<T = BoxedTracer> {
+    tracer: Arc<T>,
+    server_address: Option<Arc<str>>,
+    instance_id: Option<i64>,
+}
+
+impl Default for ClientLayer<BoxedTracer> {
+    fn default() -> Self {
+        Self::with_tracer(global::tracer("tokentrace"))
+    }
+}
+
+impl<T> Clone for ClientLayer<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tracer: Arc::clone(&self.tracer),
+            server_address: self.server_address.clone(),
+            instance_id: self.instance_id,
+        }
+    }
+}
+
+impl<T> fmt::Debug for ClientLayer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientLayer")
+            .field("server_address", &self.server_address)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> ClientLayer<T> {
+    /// A layer that starts spans with `tracer`.
+    pub fn with_tracer(tracer: T) -> Self {
+        Self { tracer: Arc::new(tracer), server_address: None, instance_id: None }
+    }
+
+    /// The worker's address, recorded as `server.address`.
+    pub fn server_address(mut self, address: impl Into<Arc<str>>) -> Self {
+        self.server_address = Some(address.into());
+        self
+    }
+
+    /// The worker instance, recorded as `instance_id`.
+    pub fn instance_id(mut self, id: i64) -> Self {
+        self.instance_id = Some(id);
+        self
+    }
+}
+
+impl<S, T> Layer<S> for ClientLayer<T> {
+    type Service = ClientService<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientService { inner, layer: self.clone() }
+    }
+}
+
+/// The service [`ClientLayer`] produces.
+#[derive(Clone, Debug)]
+pub struct ClientService<S, T = BoxedTracer> {
+    inner: S,
+    layer: ClientLayer<T>,
+}
+
+impl<S, T, P, St> Service<Request<P>> for ClientService<S, T>
+where
+    S: Service<Request<P>, Response = St>,
+    S::Error: fmt::Display,
+    T: Tracer + Send + Sync + 'static,
+    T::Span: Send + Sync + 'static,
+{
+    type Response = TracedStream<St>;
+    type Error = S::Error;
+    type Future = CallFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<P>) -> Self::Future {
+        let parent = Context::current();
+        let mut attributes = Vec::with_capacity(5);
+        attributes.push(KeyValue::new(RPC_METHOD, request.endpoint().to_owned()));
+        attributes.push(KeyValue::new(ATTEMPT, i64::from(request.attempt())));
+        if let Some(address) = &self.layer.server_address {
+            attributes.push(KeyValue::new(SERVER_ADDRESS, Arc::clone(address)));
+        }
+        if let Some(id) = self.layer.instance_id {
+            attributes.push(KeyValue::new(INSTANCE_ID, id));
+        }
+        let ids = match RequestIds::from_context(&parent) {
+            Some(ids) => ids.clone(),
+            None => RequestIds::extract(&request.metadata),
+        };
+        attributes.push(KeyValue::new(X_REQUEST_ID, ids.x_request_id.as_str().to_owned()));
+        let tracer = &*self.layer.tracer;
+        let span = tracer
+            .span_builder(Cow::Owned(request.endpoint().to_owned()))
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        let cx = parent.with_span(span);
+        inject_context(&mut request.metadata, &cx);
+        ids.inject(&mut request.metadata);
+        request.metadata.set(SEND_TIMESTAMP, &unix_nanos().to_string());
+        CallFuture { inner: self.inner.call(request), attach: None, span: Some(ActiveSpan::new(cx)) }
+    }
+}
+
+/// Traces a worker's handler: extracts the caller's context from the metadata and opens the
+/// `handle_payload` SERVER span (`component`, `endpoint`, `instance_id`, `x_request_id`,
+/// `network.transit_ms` from the client's send time), attaches the context while the handler
+/// and its stream are polled, and ends the span with the stream.
+///
+/// ```
+/// use tokentrace::rpc::ServerLayer;
+/// let layer = ServerLayer::default().component("backend").instance_id(1);
+/// # let _ = layer;
+/// ```
+pub struct ServerLayer<T = BoxedTracer> {
+    tracer: Arc<T>,
+    component: Option<Arc<str>>,
+    instance_id: Option<i64>,
+}
+
+impl Default for ServerLayer<BoxedTracer> {
+    fn default() -> Self {
+        Self::with_tracer(global::tracer("tokentrace"))
+    }
+}
+
+impl<T> Clone for ServerLayer<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tracer: Arc::clone(&self.tracer),
+            component: self.component.clone(),
+            instance_id: self.instance_id,
+        }
+    }
+}
+
+impl<T> fmt::Debug for ServerLayer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerLayer")
+            .field("component", &self.component)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> ServerLayer<T> {
+    /// A layer that starts spans with `tracer`.
+    pub fn with_tracer(tracer: T) -> Self {
+        Self { tracer: Arc::new(tracer), component: None, instance_id: None }
+    }
+
+    /// The worker component (for example `backend`, `prefill`, `decode`).
+    pub fn component(mut self, component: impl Into<Arc<str>>) -> Self {
+        self.component = Some(component.into());
+        self
+    }
+
+    /// This worker's instance id.
+    pub fn instance_id(mut self, id: i64) -> Self {
+        self.instance_id = Some(id);
+        self
+    }
+}
+
+impl<S, T> Layer<S> for ServerLayer<T> {
+    type Service = ServerService<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerService { inner, layer: self.clone() }
+    }
+}
+
+/// The service [`ServerLayer`] produces.
+#[derive(Clone, Debug)]
+pub struct ServerService<S, T = BoxedTracer> {
+    inner: S,
+    layer: ServerLayer<T>,
+}
+
+impl<S, T, P, St> Service<Request<P>> for ServerService<S, T>
+where
+    S: Service<Request<P>, Response = St>,
+    S::Error: fmt::Display,
+    T: Tracer + Send + Sync + 'static,
+    T::Span: Send + Sync + 'static,
+{
+    type Response = TracedStream<St>;
+    type Error = S::Error;
+    type Future = CallFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<P>) -> Self::Future {
+        let ids = RequestIds::extract(&request.metadata);
+        let parent = match RemoteContext::extract(&request.metadata) {
+            Some(remote) => remote.to_context(),
+            None => Context::new(),
+        }
+        .with_value(ids.clone());
+        let mut attributes = Vec::with_capacity(6);
+        attributes.push(KeyValue::new(ENDPOINT, request.endpoint().to_owned()));
+        if let Some(component) = &self.layer.component {
+            attributes.push(KeyValue::new(COMPONENT, Arc::clone(component)));
+        }
+        if let Some(id) = self.layer.instance_id {
+            attributes.push(KeyValue::new(INSTANCE_ID, id));
+        }
+        attributes.push(KeyValue::new(X_REQUEST_ID, ids.x_request_id.as_str().to_owned()));
+        attributes.push(KeyValue::new(REQUEST_ID, ids.request_id.to_string()));
+        if let Some(transit_ms) = transit_ms(&request) {
+            attributes.push(KeyValue::new(TRANSIT_MS, transit_ms));
+        }
+        let tracer = &*self.layer.tracer;
+        let span = tracer
+            .span_builder(HANDLE_PAYLOAD)
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        let cx = parent.with_span(span);
+        let inner = {
+            let _attached = cx.clone().attach();
+            self.inner.call(request)
+        };
+        CallFuture { inner, attach: Some(cx.clone()), span: Some(ActiveSpan::new(cx)) }
+    }
+}
+
+/// Milliseconds since the client's send timestamp; `None` when absent, malformed, or from the
+/// future (clock skew makes it meaningless).
+fn transit_ms<P>(request: &Request<P>) -> Option<f64> {
+    let sent: u64 = request.metadata.get(SEND_TIMESTAMP)?.parse().ok()?;
+    let elapsed = unix_nanos().checked_sub(sent)?;
+    Some(elapsed as f64 / 1e6)
+}
+
+pin_project! {
+    /// The future of a traced RPC call: becomes a [`TracedStream`] that owns the span.
+    pub struct CallFuture<F> {
+        #[pin]
+        inner: F,
+        attach: Option<Context>,
+        span: Option<ActiveSpan>,
+    }
+}
+
+impl<F> fmt::Debug for CallFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, St, E> Future for CallFuture<F>
+where
+    F: Future<Output = Result<St, E>>,
+    E: fmt::Display,
+{
+    type Output = Result<TracedStream<St>, E>;
+
+    fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = {
+            let _attached = this.attach.as_ref().map(|cx| cx.clone().attach());
+            ready!(this.inner.poll(task))
+        };
+        let Some(mut span) = this.span.take() else {
+            // Polled again after completion: a contract violation by the caller; fail loudly
+            // rather than hang.
+            panic!("CallFuture polled after completion");
+        };
+        Poll::Ready(match result {
+            Ok(stream) => Ok(TracedStream::new(stream, this.attach.take(), span)),
+            Err(error) => {
+                span.set_attribute(KeyValue::new(OUTCOME, "error"));
+                span.fail(std::any::type_name::<E>(), error.to_string());
+                Err(error)
+            }
+        })
+    }
+}

@@ -1,0 +1,265 @@
+//! The client side: many concurrent request streams over one TCP connection.
+
+use std::collections::HashMap;
+use std::future::Ready;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::mpsc;
+use tower_service::Service;
+
+use super::codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
+use super::frame::Frame;
+use crate::rpc::request::{Request, RpcError};
+
+type ItemSender = mpsc::UnboundedSender<Result<Bytes, RpcError>>;
+
+/// What the reader task and the client handles share.
+#[derive(Debug, Default)]
+struct Streams {
+    open: HashMap<u64, ItemSender>,
+    /// Set once the connection is gone: every later call fails with it.
+    failed: Option<RpcError>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    streams: Mutex<Streams>,
+    next_stream: AtomicU64,
+    codec: FrameCodec,
+    peer: SocketAddr,
+}
+
+impl Shared {
+    fn streams(&self) -> MutexGuard<'_, Streams> {
+        // A panic elsewhere while holding the lock leaves the map consistent (single-step
+        // updates), so a poisoned lock is still usable.
+        self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fails every open stream and all later calls.
+    fn fail_all(&self, error: RpcError) {
+        let mut streams = self.streams();
+        for (_, sender) in streams.open.drain() {
+            let _ = sender.send(Err(error.clone()));
+        }
+        streams.failed.get_or_insert(error);
+    }
+}
+
+/// A worker RPC client over one TCP connection, multiplexing any number of concurrent
+/// request streams. Cheap to clone (clones share the connection).
+///
+/// It is a `tower::Service<rpc::Request<Bytes>>`: wrap it in
+/// [`rpc::ClientLayer`](crate::rpc::ClientLayer), and in tower's timeout, retry or balance.
+/// Dropping a [`ResponseStream`] before its end cancels the request on the server. When the
+/// connection is lost every in-flight stream ends with [`RpcError::ConnectionLost`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use bytes::Bytes;
+/// use futures_util::StreamExt;
+/// use tokentrace::rpc::{tcp, Request};
+/// use tower::ServiceExt;
+///
+/// let client = tcp::Client::connect("127.0.0.1:9000").await?;
+/// let mut tokens = client.oneshot(Request::new("generate", Bytes::from_static(b"hi"))).await?;
+/// while let Some(token) = tokens.next().await {
+///     println!("{:?}", token?);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    shared: Arc<Shared>,
+    outgoing: mpsc::UnboundedSender<Bytes>,
+}
+
+impl Client {
+    /// Connects with the default frame limit (8 MiB).
+    pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<Self> {
+        Self::connect_with_limit(addr, DEFAULT_MAX_FRAME_LEN).await
+    }
+
+    /// Connects, refusing frames (sent or received) over `max_frame_len` bytes.
+    pub async fn connect_with_limit(addr: impl ToSocketAddrs, max_frame_len: usize) -> io::Result<Self> {
+        let socket = TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        let peer = socket.peer_addr()?;
+        let (reader, writer) = socket.into_split();
+        let shared = Arc::new(Shared {
+            streams: Mutex::new(Streams::default()),
+            next_stream: AtomicU64::new(1),
+            codec: FrameCodec::new(max_frame_len),
+            peer,
+        });
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_frames(writer, queue, Arc::clone(&shared)));
+        tokio::spawn(read_frames(reader, Arc::clone(&shared)));
+        Ok(Self { shared, outgoing })
+    }
+
+    /// The server's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// Opens a stream: sends the request and returns its response items.
+    pub fn send(&self, request: Request<Bytes>) -> Result<ResponseStream, RpcError> {
+        let stream = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
+        let frame = Frame::Request {
+            stream,
+            endpoint: request.endpoint().to_owned(),
+            metadata: request.metadata,
+            payload: request.payload,
+        };
+        let bytes = self.shared.codec.encode_to_bytes(&frame)?;
+        let (sender, items) = mpsc::unbounded_channel();
+        {
+            let mut streams = self.shared.streams();
+            if let Some(error) = &streams.failed {
+                return Err(error.clone());
+            }
+            streams.open.insert(stream, sender);
+        }
+        if self.outgoing.send(bytes).is_err() {
+            self.shared.streams().open.remove(&stream);
+            return Err(RpcError::ConnectionLost("the connection's writer has stopped".into()));
+        }
+        Ok(ResponseStream {
+            stream,
+            items,
+            shared: Arc::clone(&self.shared),
+            outgoing: self.outgoing.clone(),
+            done: false,
+        })
+    }
+}
+
+impl Service<Request<Bytes>> for Client {
+    type Response = ResponseStream;
+    type Error = RpcError;
+    type Future = Ready<Result<ResponseStream, RpcError>>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        match &self.shared.streams().failed {
+            Some(error) => Poll::Ready(Err(error.clone())),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        std::future::ready(self.send(request))
+    }
+}
+
+/// The response items of one request. Dropping it before its end sends a cancel.
+#[derive(Debug)]
+pub struct ResponseStream {
+    stream: u64,
+    items: mpsc::UnboundedReceiver<Result<Bytes, RpcError>>,
+    shared: Arc<Shared>,
+    outgoing: mpsc::UnboundedSender<Bytes>,
+    done: bool,
+}
+
+impl Stream for ResponseStream {
+    type Item = Result<Bytes, RpcError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let item = std::task::ready!(self.items.poll_recv(cx));
+        // The reader drops the sender at the end of the stream and after an error.
+        if !matches!(item, Some(Ok(_))) {
+            self.done = true;
+        }
+        Poll::Ready(item)
+    }
+}
+
+impl Drop for ResponseStream {
+    fn drop(&mut self) {
+        if !self.done && self.shared.streams().open.remove(&self.stream).is_some() {
+            if let Ok(cancel) = self.shared.codec.encode_to_bytes(&Frame::Cancel { stream: self.stream }) {
+                let _ = self.outgoing.send(cancel);
+            }
+        }
+    }
+}
+
+/// Writes queued frames, batching whatever is queued into one write.
+async fn write_frames(
+    mut writer: OwnedWriteHalf,
+    mut queue: mpsc::UnboundedReceiver<Bytes>,
+    shared: Arc<Shared>,
+) {
+    let mut batch = BytesMut::new();
+    while let Some(frame) = queue.recv().await {
+        batch.extend_from_slice(&frame);
+        while let Ok(frame) = queue.try_recv() {
+            batch.extend_from_slice(&frame);
+        }
+        if let Err(error) = writer.write_all(&batch).await {
+            shared.fail_all(RpcError::ConnectionLost(format!("write to {} failed: {error}", shared.peer)));
+            return;
+        }
+        batch.clear();
+    }
+    // Every client handle and stream is gone: close our side.
+    let _ = writer.shutdown().await;
+}
+
+/// Reads frames and routes them to their streams until the connection ends.
+async fn read_frames(mut reader: OwnedReadHalf, shared: Arc<Shared>) {
+    let mut codec = FrameCodec::new(shared.codec.max_frame_len());
+    let mut buffer = BytesMut::with_capacity(8 * 1024);
+    let error = loop {
+        match codec.decode(&mut buffer) {
+            Ok(Some(frame)) => route(&shared, frame),
+            Ok(None) => match reader.read_buf(&mut buffer).await {
+                Ok(0) => break RpcError::ConnectionLost(format!("{} closed the connection", shared.peer)),
+                Ok(_) => {}
+                Err(error) => {
+                    break RpcError::ConnectionLost(format!("read from {} failed: {error}", shared.peer))
+                }
+            },
+            // A bad frame means the byte stream can no longer be trusted.
+            Err(error) => {
+                break RpcError::ConnectionLost(format!("{} sent a bad frame: {error}", shared.peer))
+            }
+        }
+    };
+    shared.fail_all(error);
+}
+
+fn route(shared: &Shared, frame: Frame) {
+    let mut streams = shared.streams();
+    match frame {
+        Frame::Item { stream, payload } => {
+            if let Some(sender) = streams.open.get(&stream) {
+                let _ = sender.send(Ok(payload));
+            }
+        }
+        Frame::End { stream } => {
+            streams.open.remove(&stream);
+        }
+        Frame::Error { stream, message } => {
+            if let Some(sender) = streams.open.remove(&stream) {
+                let _ = sender.send(Err(RpcError::Remote(message)));
+            }
+        }
+        // A server never sends these; ignore rather than trust them.
+        Frame::Request { .. } | Frame::Cancel { .. } => {}
+    }
+}

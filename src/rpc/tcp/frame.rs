@@ -1,0 +1,222 @@
+//! The wire format of the TCP transport.
+//!
+//! Every frame travels inside a length-delimited envelope (tokio-util's
+//! `LengthDelimitedCodec`: a 4-byte big-endian length, then the body). The body:
+//!
+//! ```text
+//! kind: u8 | stream id: u64 BE | rest by kind
+//!   1 request: endpoint (u16 len + UTF-8) | metadata count (u16) | per entry: name (u16 len +
+//!              UTF-8), value (u16 len + UTF-8) | payload (the remaining bytes)
+//!   2 item:    payload (the remaining bytes)
+//!   3 end:     nothing
+//!   4 error:   message (UTF-8, the remaining bytes)
+//!   5 cancel:  nothing
+//! ```
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::rpc::metadata::{Metadata, MAX_METADATA_ENTRIES};
+use crate::rpc::request::RpcError;
+
+/// Longest endpoint name, metadata name or metadata value, in bytes.
+pub const MAX_FIELD_LEN: usize = u16::MAX as usize;
+
+const REQUEST: u8 = 1;
+const ITEM: u8 = 2;
+const END: u8 = 3;
+const ERROR: u8 = 4;
+const CANCEL: u8 = 5;
+
+/// One frame of the TCP transport.
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use tokentrace::rpc::tcp::Frame;
+///
+/// let frame = Frame::Item { stream: 7, payload: Bytes::from_static(b"token") };
+/// let mut body = BytesMut::new();
+/// frame.encode(&mut body).unwrap();
+/// assert_eq!(Frame::decode(body.freeze()).unwrap(), frame);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Frame {
+    /// Opens stream `stream` with a request.
+    Request {
+        /// Stream id, chosen by the client.
+        stream: u64,
+        /// Endpoint name.
+        endpoint: String,
+        /// Request metadata.
+        metadata: Metadata,
+        /// Request payload.
+        payload: Bytes,
+    },
+    /// One response item.
+    Item {
+        /// Stream id.
+        stream: u64,
+        /// Item payload.
+        payload: Bytes,
+    },
+    /// The response stream ended.
+    End {
+        /// Stream id.
+        stream: u64,
+    },
+    /// The response stream failed.
+    Error {
+        /// Stream id.
+        stream: u64,
+        /// What went wrong.
+        message: String,
+    },
+    /// The client no longer wants stream `stream`.
+    Cancel {
+        /// Stream id.
+        stream: u64,
+    },
+}
+
+impl Frame {
+    /// The stream this frame belongs to.
+    pub fn stream(&self) -> u64 {
+        match self {
+            Self::Request { stream, .. }
+            | Self::Item { stream, .. }
+            | Self::End { stream }
+            | Self::Error { stream, .. }
+            | Self::Cancel { stream } => *stream,
+        }
+    }
+
+    /// Appends the frame body (without the length prefix) to `out`.
+    ///
+    /// Fails when a field does not fit its 16-bit length or there are too many metadata
+    /// entries; nothing is written then.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), RpcError> {
+        let start = out.len();
+        let result = self.encode_unchecked(out);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
+    fn encode_unchecked(&self, out: &mut BytesMut) -> Result<(), RpcError> {
+        match self {
+            Self::Request { stream, endpoint, metadata, payload } => {
+                if metadata.len() > MAX_METADATA_ENTRIES {
+                    return Err(RpcError::Malformed(format!(
+                        "{} metadata entries, at most {MAX_METADATA_ENTRIES} allowed",
+                        metadata.len()
+                    )));
+                }
+                out.reserve(1 + 8 + 2 + endpoint.len() + 2 + payload.len() + metadata.len() * 64);
+                out.put_u8(REQUEST);
+                out.put_u64(*stream);
+                put_field(out, endpoint)?;
+                out.put_u16(metadata.len() as u16);
+                for (name, value) in metadata.iter() {
+                    put_field(out, name)?;
+                    put_field(out, value)?;
+                }
+                out.put_slice(payload);
+            }
+            Self::Item { stream, payload } => {
+                out.reserve(9 + payload.len());
+                out.put_u8(ITEM);
+                out.put_u64(*stream);
+                out.put_slice(payload);
+            }
+            Self::End { stream } => {
+                out.put_u8(END);
+                out.put_u64(*stream);
+            }
+            Self::Error { stream, message } => {
+                out.put_u8(ERROR);
+                out.put_u64(*stream);
+                out.put_slice(message.as_bytes());
+            }
+            Self::Cancel { stream } => {
+                out.put_u8(CANCEL);
+                out.put_u64(*stream);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a frame body (the length prefix already removed). Payloads are slices of `body`,
+    /// not copies. Never panics; every allocation is bounded by `body.len()`.
+    pub fn decode(mut body: Bytes) -> Result<Self, RpcError> {
+        if body.len() < 9 {
+            return Err(RpcError::Malformed(format!(
+                "frame of {} bytes is shorter than its header",
+                body.len()
+            )));
+        }
+        let kind = body.get_u8();
+        let stream = body.get_u64();
+        let frame = match kind {
+            REQUEST => {
+                let endpoint = take_field(&mut body, "endpoint")?;
+                let count = usize::from(take_u16(&mut body, "metadata count")?);
+                if count > MAX_METADATA_ENTRIES {
+                    return Err(RpcError::Malformed(format!(
+                        "{count} metadata entries, at most {MAX_METADATA_ENTRIES} allowed"
+                    )));
+                }
+                let mut metadata = Metadata::new();
+                for _ in 0..count {
+                    let name = take_field(&mut body, "metadata name")?;
+                    let value = take_field(&mut body, "metadata value")?;
+                    metadata.insert(&name, value);
+                }
+                Self::Request { stream, endpoint, metadata, payload: body }
+            }
+            ITEM => Self::Item { stream, payload: body },
+            END => expect_empty(body, Self::End { stream })?,
+            ERROR => Self::Error {
+                stream,
+                message: String::from_utf8(body.to_vec())
+                    .map_err(|_| RpcError::Malformed("error message is not UTF-8".into()))?,
+            },
+            CANCEL => expect_empty(body, Self::Cancel { stream })?,
+            other => return Err(RpcError::Malformed(format!("unknown frame kind {other}"))),
+        };
+        Ok(frame)
+    }
+}
+
+fn put_field(out: &mut BytesMut, field: &str) -> Result<(), RpcError> {
+    let len = u16::try_from(field.len()).map_err(|_| {
+        RpcError::Malformed(format!("field of {} bytes exceeds {MAX_FIELD_LEN}", field.len()))
+    })?;
+    out.put_u16(len);
+    out.put_slice(field.as_bytes());
+    Ok(())
+}
+
+fn take_u16(body: &mut Bytes, what: &str) -> Result<u16, RpcError> {
+    if body.len() < 2 {
+        return Err(RpcError::Malformed(format!("frame ends inside the {what}")));
+    }
+    Ok(body.get_u16())
+}
+
+fn take_field(body: &mut Bytes, what: &str) -> Result<String, RpcError> {
+    let len = usize::from(take_u16(body, what)?);
+    if body.len() < len {
+        return Err(RpcError::Malformed(format!("frame ends inside the {what}")));
+    }
+    let bytes = body.split_to(len);
+    String::from_utf8(bytes.to_vec()).map_err(|_| RpcError::Malformed(format!("{what} is not UTF-8")))
+}
+
+fn expect_empty(body: Bytes, frame: Frame) -> Result<Frame, RpcError> {
+    if body.is_empty() {
+        Ok(frame)
+    } else {
+        Err(RpcError::Malformed(format!("{} unexpected bytes after the frame header", body.len())))
+    }
+}

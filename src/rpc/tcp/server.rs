@@ -1,0 +1,297 @@
+//! The server side: serve a `tower::Service` of RPC requests on a TCP listener.
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use tower_service::Service;
+
+use super::codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
+use super::frame::Frame;
+use crate::rpc::request::{Request, RpcError};
+
+/// Serves `service` on `listener` until the listener fails; see [`Server`] for the limit and
+/// graceful shutdown.
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// use bytes::Bytes;
+/// use tokentrace::rpc::{tcp, Request, RpcError};
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:9000").await?;
+/// let echo = tower::service_fn(|request: Request<Bytes>| async move {
+///     Ok::<_, RpcError>(futures_util::stream::iter([Ok::<_, RpcError>(request.payload)]))
+/// });
+/// tcp::serve(listener, echo).await
+/// # }
+/// ```
+pub async fn serve<S, St>(listener: TcpListener, service: S) -> io::Result<()>
+where
+    S: Service<Request<Bytes>, Response = St> + Clone + Send + 'static,
+    S::Error: std::fmt::Display + Send,
+    S::Future: Send,
+    St: Stream<Item = Result<Bytes, RpcError>> + Send + 'static,
+{
+    Server::new(service).serve_with_shutdown(listener, std::future::pending()).await
+}
+
+/// A configurable TCP RPC server.
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// # let service = tower::service_fn(|request: tokentrace::rpc::Request<bytes::Bytes>| async move {
+/// #     Ok::<_, tokentrace::rpc::RpcError>(futures_util::stream::iter([Ok(request.payload)]))
+/// # });
+/// use tokentrace::rpc::tcp::Server;
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let server = tokio::spawn(Server::new(service).max_frame_len(1 << 20).serve_with_shutdown(listener, async {
+///     let _ = stopped.await;
+/// }));
+/// // ... later: stop accepting, let in-flight streams finish, then return.
+/// let _ = stop.send(());
+/// server.await.unwrap()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Server<S> {
+    service: S,
+    max_frame_len: usize,
+}
+
+impl<S, St> Server<S>
+where
+    S: Service<Request<Bytes>, Response = St> + Clone + Send + 'static,
+    S::Error: std::fmt::Display + Send,
+    S::Future: Send,
+    St: Stream<Item = Result<Bytes, RpcError>> + Send + 'static,
+{
+    /// A server with the default frame limit (8 MiB).
+    pub fn new(service: S) -> Self {
+        Self { service, max_frame_len: DEFAULT_MAX_FRAME_LEN }
+    }
+
+    /// Refuses frames (received or sent) over `max_frame_len` bytes.
+    pub fn max_frame_len(mut self, max_frame_len: usize) -> Self {
+        self.max_frame_len = max_frame_len;
+        self
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, lets every in-flight stream
+    /// finish, closes the connections and returns.
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let (stop, stopping) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        let mut shutdown = pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (socket, _) = match accepted {
+                        Ok(accepted) => accepted,
+                        // Per-connection failures (reset before accept, out of descriptors)
+                        // must not take the server down.
+                        Err(error) => {
+                            tracing::warn!(target: "tokentrace", %error, "rpc accept failed");
+                            continue;
+                        }
+                    };
+                    connections.spawn(serve_connection(socket, self.service.clone(), self.max_frame_len, stopping.clone()));
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        let _ = stop.send(true);
+        while connections.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// Stream ids in flight on one connection, for cancel.
+type InFlight = Arc<Mutex<HashMap<u64, AbortHandle>>>;
+
+async fn serve_connection<S, St>(
+    socket: TcpStream,
+    service: S,
+    max_frame_len: usize,
+    mut stopping: watch::Receiver<bool>,
+) where
+    S: Service<Request<Bytes>, Response = St> + Clone + Send + 'static,
+    S::Error: std::fmt::Display + Send,
+    S::Future: Send,
+    St: Stream<Item = Result<Bytes, RpcError>> + Send + 'static,
+{
+    let _ = socket.set_nodelay(true);
+    let peer = socket.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown peer".into());
+    let (mut reader, writer) = socket.into_split();
+    let (outgoing, queue) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_frames(writer, queue));
+    let codec = Arc::new(FrameCodec::new(max_frame_len));
+    let mut decoder = FrameCodec::new(max_frame_len);
+    let in_flight: InFlight = Arc::default();
+    let mut handlers = JoinSet::new();
+    let mut buffer = BytesMut::with_capacity(8 * 1024);
+
+    let graceful = loop {
+        tokio::select! {
+            frame = next_frame(&mut reader, &mut decoder, &mut buffer) => match frame {
+                Ok(Some(Frame::Request { stream, endpoint, metadata, payload })) => {
+                    let mut request = Request::new(endpoint, payload);
+                    request.metadata = metadata;
+                    let handler = handle(stream, request, service.clone(), outgoing.clone(), Arc::clone(&codec), Arc::clone(&in_flight));
+                    let abort = handlers.spawn(handler);
+                    lock(&in_flight).insert(stream, abort);
+                }
+                Ok(Some(Frame::Cancel { stream })) => {
+                    if let Some(handler) = lock(&in_flight).remove(&stream) {
+                        handler.abort();
+                    }
+                }
+                // A client never sends these; ignore rather than trust them.
+                Ok(Some(_)) => {}
+                Ok(None) => break false,
+                Err(error) => {
+                    // The byte stream can no longer be trusted: tell the client why, then close.
+                    tracing::warn!(target: "tokentrace", %error, peer, "closing rpc connection");
+                    if let Ok(frame) = codec.encode_to_bytes(&Frame::Error { stream: 0, message: error.to_string() }) {
+                        let _ = outgoing.send(frame);
+                    }
+                    break false;
+                }
+            },
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
+            _ = stopping.wait_for(|stop| *stop) => break true,
+        }
+    };
+    if graceful {
+        // Stop reading new requests; finish the ones in flight.
+        while handlers.join_next().await.is_some() {}
+    } else {
+        // The client is gone (or misbehaved): drop its handlers.
+        handlers.shutdown().await;
+    }
+    drop(outgoing);
+    let _ = writer.await;
+}
+
+fn lock(in_flight: &InFlight) -> std::sync::MutexGuard<'_, HashMap<u64, AbortHandle>> {
+    in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads until one whole frame is buffered. Cancel-safe: bytes read stay in `buffer`.
+async fn next_frame(
+    reader: &mut OwnedReadHalf,
+    decoder: &mut FrameCodec,
+    buffer: &mut BytesMut,
+) -> Result<Option<Frame>, RpcError> {
+    loop {
+        if let Some(frame) = decoder.decode(buffer)? {
+            return Ok(Some(frame));
+        }
+        match reader.read_buf(buffer).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(error) => return Err(RpcError::ConnectionLost(error.to_string())),
+        }
+    }
+}
+
+/// Ends a stream on the wire however its handler ends: normally, with an error, by panic or
+/// by cancellation (the client ignores frames for streams it dropped).
+struct StreamGuard {
+    stream: u64,
+    outgoing: mpsc::UnboundedSender<Bytes>,
+    codec: Arc<FrameCodec>,
+    in_flight: InFlight,
+    finished: bool,
+}
+
+impl StreamGuard {
+    fn send(&self, frame: &Frame) -> Result<(), RpcError> {
+        let bytes = self.codec.encode_to_bytes(frame)?;
+        self.outgoing.send(bytes).map_err(|_| RpcError::ConnectionLost("connection writer stopped".into()))
+    }
+
+    fn fail(&mut self, message: String) {
+        self.finished = true;
+        let _ = self.send(&Frame::Error { stream: self.stream, message });
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        lock(&self.in_flight).remove(&self.stream);
+        if !self.finished {
+            let _ = self.send(&Frame::Error {
+                stream: self.stream,
+                message: "handler stopped before its end".into(),
+            });
+        }
+    }
+}
+
+async fn handle<S, St>(
+    stream: u64,
+    request: Request<Bytes>,
+    mut service: S,
+    outgoing: mpsc::UnboundedSender<Bytes>,
+    codec: Arc<FrameCodec>,
+    in_flight: InFlight,
+) where
+    S: Service<Request<Bytes>, Response = St>,
+    S::Error: std::fmt::Display,
+    St: Stream<Item = Result<Bytes, RpcError>>,
+{
+    let mut guard = StreamGuard { stream, outgoing, codec, in_flight, finished: false };
+    if let Err(error) = poll_fn(|cx| service.poll_ready(cx)).await {
+        return guard.fail(error.to_string());
+    }
+    let items = match service.call(request).await {
+        Ok(items) => items,
+        Err(error) => return guard.fail(error.to_string()),
+    };
+    let mut items = pin!(items);
+    while let Some(item) = poll_fn(|cx| items.as_mut().poll_next(cx)).await {
+        match item {
+            Ok(payload) => match guard.send(&Frame::Item { stream, payload }) {
+                Ok(()) => {}
+                Err(error @ RpcError::FrameTooLarge { .. }) => return guard.fail(error.to_string()),
+                // The connection is gone: nobody to tell.
+                Err(_) => return guard.finished = true,
+            },
+            Err(error) => return guard.fail(error.to_string()),
+        }
+    }
+    guard.finished = true;
+    let _ = guard.send(&Frame::End { stream });
+}
+
+async fn write_frames(mut writer: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Bytes>) {
+    let mut batch = BytesMut::new();
+    while let Some(frame) = queue.recv().await {
+        batch.extend_from_slice(&frame);
+        while let Ok(frame) = queue.try_recv() {
+            batch.extend_from_slice(&frame);
+        }
+        if writer.write_all(&batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+    let _ = writer.shutdown().await;
+}

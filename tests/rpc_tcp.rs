@@ -1,0 +1,289 @@
+//! The worker RPC layers and TCP transport over real loopback sockets.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::Context;
+use support::{attr, Spans};
+use tokentrace::rpc::{self, tcp, Request, RpcError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tower::{ServiceBuilder, ServiceExt};
+
+type Items = futures_util::stream::BoxStream<'static, Result<Bytes, RpcError>>;
+
+/// Yields `count` items `"<payload>:<i>"`, each after `delay`; flags `dropped` when the
+/// handler's stream is dropped.
+fn counting_handler(
+    count: usize,
+    delay: Duration,
+    dropped: Arc<AtomicBool>,
+) -> impl tower::Service<Request<Bytes>, Response = Items, Error = RpcError, Future = impl Send>
+       + Clone
+       + Send
+       + 'static {
+    tower::service_fn(move |request: Request<Bytes>| {
+        let dropped = Arc::clone(&dropped);
+        async move {
+            let prefix = String::from_utf8(request.payload.to_vec()).unwrap();
+            struct OnDrop(Arc<AtomicBool>);
+            impl Drop for OnDrop {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let guard = OnDrop(dropped);
+            let items = stream::unfold((0, guard), move |(i, guard)| {
+                let prefix = prefix.clone();
+                async move {
+                    if i == count {
+                        return None;
+                    }
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Some((Ok(Bytes::from(format!("{prefix}:{i}"))), (i + 1, guard)))
+                }
+            });
+            Ok::<Items, RpcError>(items.boxed())
+        }
+    })
+}
+
+async fn listen() -> (TcpListener, std::net::SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_streams_over_one_connection_stay_in_order_without_cross_talk() {
+    let (listener, addr) = listen().await;
+    tokio::spawn(tcp::serve(listener, counting_handler(50, Duration::ZERO, Arc::default())));
+    let client = tcp::Client::connect(addr).await.unwrap();
+
+    let mut tasks = Vec::new();
+    for n in 0..256 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let items = client.oneshot(Request::new("generate", Bytes::from(format!("s{n}")))).await.unwrap();
+            let items: Vec<_> =
+                items.map(|item| String::from_utf8(item.unwrap().to_vec()).unwrap()).collect().await;
+            let expected: Vec<_> = (0..50).map(|i| format!("s{n}:{i}")).collect();
+            assert_eq!(items, expected, "stream {n}");
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_response_stream_cancels_the_handler() {
+    let (listener, addr) = listen().await;
+    let dropped = Arc::new(AtomicBool::new(false));
+    tokio::spawn(tcp::serve(
+        listener,
+        counting_handler(usize::MAX, Duration::from_millis(5), Arc::clone(&dropped)),
+    ));
+    let client = tcp::Client::connect(addr).await.unwrap();
+    let mut items = client.clone().oneshot(Request::new("generate", Bytes::from_static(b"c"))).await.unwrap();
+    assert_eq!(items.next().await.unwrap().unwrap(), "c:0");
+    drop(items);
+    for _ in 0..200 {
+        if dropped.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(dropped.load(Ordering::SeqCst), "the server dropped the handler's stream");
+    // The connection still works.
+    let items: Vec<_> = client
+        .oneshot(Request::new("generate", Bytes::from_static(b"d")))
+        .await
+        .unwrap()
+        .take(1)
+        .collect()
+        .await;
+    assert_eq!(items[0].as_ref().unwrap(), "d:0");
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused_without_crashing_either_side() {
+    let (listener, addr) = listen().await;
+    tokio::spawn(
+        tcp::Server::new(counting_handler(1, Duration::ZERO, Arc::default()))
+            .max_frame_len(1024)
+            .serve_with_shutdown(listener, std::future::pending()),
+    );
+
+    // The client refuses to send a frame over its own limit, before writing anything.
+    let client = tcp::Client::connect_with_limit(addr, 1024).await.unwrap();
+    let error =
+        client.clone().oneshot(Request::new("generate", Bytes::from(vec![b'x'; 4096]))).await.unwrap_err();
+    assert!(matches!(error, RpcError::FrameTooLarge { size, max: 1024 } if size > 4096), "{error}");
+
+    // A peer announcing a 1 GiB frame is cut off from its header alone...
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut reply)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&reply).contains("exceeds the 1024-byte limit"));
+
+    // ...and the server keeps serving everyone else.
+    let items: Vec<_> =
+        client.oneshot(Request::new("generate", Bytes::from_static(b"ok"))).await.unwrap().collect().await;
+    assert_eq!(items[0].as_ref().unwrap(), "ok:0");
+}
+
+#[tokio::test]
+async fn malformed_frames_are_refused_and_the_server_survives() {
+    let (listener, addr) = listen().await;
+    tokio::spawn(tcp::serve(listener, counting_handler(1, Duration::ZERO, Arc::default())));
+    for garbage in [
+        &[0, 0, 0, 3, 1, 2, 3][..],
+        &[0, 0, 0, 9, 99, 0, 0, 0, 0, 0, 0, 0, 1],
+        &[0, 0, 0, 12, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0],
+    ] {
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        raw.write_all(garbage).await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut reply)).await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&reply).contains("malformed frame"), "{garbage:?} -> {reply:?}");
+    }
+    let client = tcp::Client::connect(addr).await.unwrap();
+    let items: Vec<_> =
+        client.oneshot(Request::new("generate", Bytes::from_static(b"ok"))).await.unwrap().collect().await;
+    assert_eq!(items[0].as_ref().unwrap(), "ok:0");
+}
+
+#[tokio::test]
+async fn a_server_dying_mid_stream_fails_every_in_flight_stream() {
+    let (listener, addr) = listen().await;
+    let server = tokio::spawn(tcp::serve(
+        listener,
+        counting_handler(usize::MAX, Duration::from_millis(5), Arc::default()),
+    ));
+    let client = tcp::Client::connect(addr).await.unwrap();
+    let mut streams = Vec::new();
+    for n in 0..4 {
+        let mut items =
+            client.clone().oneshot(Request::new("generate", Bytes::from(format!("{n}")))).await.unwrap();
+        assert!(items.next().await.unwrap().is_ok());
+        streams.push(items);
+    }
+    server.abort(); // the worker process dies: its connections close
+    for mut items in streams {
+        let error = loop {
+            match tokio::time::timeout(Duration::from_secs(5), items.next()).await.unwrap() {
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => break error,
+                None => panic!("stream ended without an error"),
+            }
+        };
+        // Either the dying server's last word or the closed connection: never silence.
+        assert!(matches!(error, RpcError::ConnectionLost(_) | RpcError::Remote(_)), "{error}");
+        assert!(items.next().await.is_none());
+    }
+    let error = client.oneshot(Request::new("generate", Bytes::new())).await.unwrap_err();
+    assert!(matches!(error, RpcError::ConnectionLost(_)));
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_streams_finish() {
+    let (listener, addr) = listen().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tcp::Server::new(counting_handler(20, Duration::from_millis(10), Arc::default()))
+            .serve_with_shutdown(listener, async {
+                let _ = stopped.await;
+            }),
+    );
+    let client = tcp::Client::connect(addr).await.unwrap();
+    let mut items = client.clone().oneshot(Request::new("generate", Bytes::from_static(b"g"))).await.unwrap();
+    assert!(items.next().await.unwrap().is_ok());
+    stop.send(()).unwrap();
+    let rest: Vec<_> = items.collect().await;
+    assert_eq!(rest.len(), 19);
+    assert!(rest.iter().all(Result::is_ok));
+    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "no longer accepting");
+}
+
+#[tokio::test]
+async fn the_trace_is_continuous_across_a_real_tcp_hop() {
+    let spans = Spans::new();
+    let (listener, addr) = listen().await;
+    let worker = ServiceBuilder::new()
+        .layer(rpc::ServerLayer::with_tracer(spans.tracer("worker")).component("backend").instance_id(3))
+        .service(counting_handler(5, Duration::ZERO, Arc::default()));
+    tokio::spawn(tcp::serve(listener, worker));
+    let client = ServiceBuilder::new()
+        .layer(
+            rpc::ClientLayer::with_tracer(spans.tracer("frontend"))
+                .server_address(addr.to_string())
+                .instance_id(3),
+        )
+        .service(tcp::Client::connect(addr).await.unwrap());
+
+    let root = Context::current_with_span(spans.tracer("test").start("http-request"));
+    let items: Vec<_> = async {
+        client
+            .oneshot(Request::new("generate", Bytes::from_static(b"t")))
+            .await
+            .unwrap()
+            .collect::<Vec<_>>()
+            .await
+    }
+    .with_context(root.clone())
+    .await;
+    assert_eq!(items.len(), 5);
+    root.span().end();
+
+    let spans = spans.wait_for_async("root, client and handle_payload", |s| s.len() == 3).await;
+    let root = spans.iter().find(|s| s.name == "http-request").unwrap();
+    let client = spans.iter().find(|s| s.span_kind == SpanKind::Client).unwrap();
+    let server = spans.iter().find(|s| s.name == "handle_payload").unwrap();
+    assert_eq!(client.name, "generate");
+    assert_eq!(client.parent_span_id, root.span_context.span_id());
+    assert_eq!(server.parent_span_id, client.span_context.span_id());
+    assert_eq!(server.span_context.trace_id(), root.span_context.trace_id());
+    assert_eq!(server.span_kind, SpanKind::Server);
+    assert_eq!(attr(server, "component").as_deref(), Some("backend"));
+    assert_eq!(attr(server, "instance_id").as_deref(), Some("3"));
+    assert_eq!(attr(server, "endpoint").as_deref(), Some("generate"));
+    assert_eq!(attr(server, "x_request_id"), attr(client, "x_request_id"));
+    assert!(attr(server, "network.transit_ms").unwrap().parse::<f64>().unwrap() >= 0.0);
+    assert_eq!(attr(client, "outcome").as_deref(), Some("ok"));
+    assert_eq!(attr(client, "rpc.response.items").as_deref(), Some("5"));
+    assert_eq!(attr(client, "server.address"), Some(addr.to_string()));
+    assert_eq!(attr(client, "attempt").as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn a_dropped_traced_stream_is_recorded_as_cancelled_on_both_sides() {
+    let spans = Spans::new();
+    let (listener, addr) = listen().await;
+    let worker = ServiceBuilder::new()
+        .layer(rpc::ServerLayer::with_tracer(spans.tracer("worker")))
+        .service(counting_handler(usize::MAX, Duration::from_millis(5), Arc::default()));
+    tokio::spawn(tcp::serve(listener, worker));
+    let client = ServiceBuilder::new()
+        .layer(rpc::ClientLayer::with_tracer(spans.tracer("frontend")))
+        .service(tcp::Client::connect(addr).await.unwrap());
+    let mut items = client.oneshot(Request::new("generate", Bytes::from_static(b"x"))).await.unwrap();
+    items.next().await.unwrap().unwrap();
+    drop(items);
+    let spans = spans.wait_for_async("both spans", |s| s.len() == 2).await;
+    for span in &spans {
+        assert_eq!(attr(span, "outcome").as_deref(), Some("cancelled"), "{}", span.name);
+        assert_eq!(attr(span, "cancelled").as_deref(), Some("true"));
+    }
+}
