@@ -110,10 +110,16 @@ impl<S, T> Layer<S> for ClientLayer<T> {
 }
 
 /// The service [`ClientLayer`] produces.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ClientService<S, T = BoxedTracer> {
     inner: S,
     layer: ClientLayer<T>,
+}
+
+impl<S: Clone, T> Clone for ClientService<S, T> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), layer: self.layer.clone() }
+    }
 }
 
 impl<S, T, P, St> Service<Request<P>> for ClientService<S, T>
@@ -230,10 +236,16 @@ impl<S, T> Layer<S> for ServerLayer<T> {
 }
 
 /// The service [`ServerLayer`] produces.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ServerService<S, T = BoxedTracer> {
     inner: S,
     layer: ServerLayer<T>,
+}
+
+impl<S: Clone, T> Clone for ServerService<S, T> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), layer: self.layer.clone() }
+    }
 }
 
 impl<S, T, P, St> Service<Request<P>> for ServerService<S, T>
