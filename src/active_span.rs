@@ -29,6 +29,12 @@ impl ActiveSpan {
         }
     }
 
+    pub(crate) fn set_attributes(&self, attributes: Vec<KeyValue>) {
+        if let Some(cx) = &self.cx {
+            cx.span().set_attributes(attributes);
+        }
+    }
+
     /// Marks the span failed (it stays open).
     pub(crate) fn set_error(
         &self,

@@ -26,6 +26,8 @@
 //!
 //! - [`http`]: [`ServerLayer`](http::ServerLayer) for an axum `Router`,
 //!   [`ClientLayer`](http::ClientLayer) for a hyper client.
+//! - [`inference`]: phase spans and token-stream statistics (TTFT, ITL) at near-zero cost
+//!   per token.
 //! - [`rpc`]: the worker RPC envelope, its client/server layers and a TCP transport.
 //! - [`propagation`]: strict W3C `traceparent`/`tracestate`, `x-request-id`/`request-id`, the
 //!   [`Carrier`](propagation::Carrier) trait every layer extracts from and injects into.
@@ -45,7 +47,7 @@
 //! assert_eq!(remote.traceparent.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 //! assert_eq!(ids.x_request_id.as_str(), "my-request");
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one audited exception: the TSC read in `inference::clock`
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod active_span;
@@ -53,6 +55,7 @@ mod active_span;
 pub mod fuzzing;
 pub mod http;
 mod ids;
+pub mod inference;
 pub mod propagation;
 mod rate_limit;
 pub mod rpc;

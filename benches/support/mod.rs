@@ -70,3 +70,23 @@ impl opentelemetry_sdk::trace::SpanExporter for DiscardExporter {
         Ok(())
     }
 }
+
+/// Prints each candidate's overhead per item over `bare` (`items` per iteration), and how many
+/// times cheaper `ours` is than each other candidate.
+pub fn print_per_item_overhead(group: &str, bare: &str, ours: &str, others: &[&str], items: u64) {
+    let per_item = |name: &str| Some((mean_ns(group, name)? - mean_ns(group, bare)?) / items as f64);
+    let Some(our_cost) = per_item(ours) else {
+        println!("per-item {group}: {bare} or {ours} was not measured in this run (filtered?)");
+        return;
+    };
+    println!("per-item {group}: {ours} +{our_cost:.2} ns/item over {bare}");
+    for other in others {
+        match per_item(other) {
+            Some(cost) => println!(
+                "per-item {group}: {other} +{cost:.2} ns/item -> {ours} is {:.1}x cheaper",
+                cost / our_cost
+            ),
+            None => println!("per-item {group}: {other} was not measured in this run (filtered?)"),
+        }
+    }
+}

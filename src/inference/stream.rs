@@ -1,0 +1,275 @@
+//! A token stream that records its statistics with no allocation and no span per token.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context as TaskContext, Poll};
+use std::time::Instant;
+
+use futures_core::Stream;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
+use pin_project_lite::pin_project;
+
+use super::clock::{Anchor, Clock, CpuClock};
+use super::phases::{Phase, INPUT_TOKENS};
+use super::stats::{FinishReason, TokenChunk, TokenStats, TokenSummary};
+
+/// Where a [`TokenStream`] writes its statistics when it ends.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StatsTarget {
+    /// Nowhere: read them with [`TokenStream::summary`].
+    Detached,
+    /// Onto the span of this context, which stays open (the frontend's HTTP span: TTFT as the
+    /// client sees it).
+    Span(Context),
+    /// Onto this phase (the worker's `decode`), which the stream then ends.
+    Phase(Phase),
+}
+
+impl StatsTarget {
+    /// The span of the current context (for example the HTTP server span in a handler).
+    pub fn current_span() -> Self {
+        Self::Span(Context::current())
+    }
+}
+
+/// What a [`TokenStream`] knows beyond its tokens.
+///
+/// ```
+/// use tokentrace::inference::StreamOptions;
+/// let options = StreamOptions::new().model("llama-3-8b").input_tokens(42);
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct StreamOptions {
+    model: Option<Arc<str>>,
+    input_tokens: Option<u64>,
+    request_start: Option<Instant>,
+    token_events: u32,
+}
+
+impl StreamOptions {
+    /// No model, no input count, TTFT from the stream's start, no token events.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `gen_ai.request.model`.
+    pub fn model(mut self, model: impl Into<Arc<str>>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// `gen_ai.usage.input_tokens`.
+    pub fn input_tokens(mut self, tokens: u64) -> Self {
+        self.input_tokens = Some(tokens);
+        self
+    }
+
+    /// Measure TTFT from here (the request's arrival) rather than from the stream's start.
+    pub fn request_start(mut self, start: Instant) -> Self {
+        self.request_start = Some(start);
+        self
+    }
+
+    /// Add a `token` span event for each of the first `count` chunks of a sampled request (off
+    /// by default; each event costs an allocation, so keep `count` small).
+    pub fn token_events(mut self, count: u32) -> Self {
+        self.token_events = count;
+        self
+    }
+}
+
+pin_project! {
+    /// Wraps a stream of token chunks and records, per chunk, one clock read and a few integer
+    /// updates: token count, time to first token, inter-token latency in a fixed-size
+    /// histogram, finish reason. When the stream ends — or is dropped first, then with
+    /// `cancelled=true` — it writes `gen_ai.request.model`, `gen_ai.usage.input_tokens`,
+    /// `gen_ai.usage.output_tokens`, `gen_ai.response.finish_reasons`, `ttft_ms`,
+    /// `avg_itl_ms`, `itl_p50_ms`, `itl_p99_ms`, `itl_max_ms` and `cancelled` once, to its
+    /// [`StatsTarget`].
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use tokentrace::inference::{FinishReason, StatsTarget, StreamOptions, TokenChunk, TokenStream};
+    ///
+    /// struct Chunk(u32);
+    /// impl TokenChunk for Chunk {
+    ///     fn token_count(&self) -> u32 { self.0 }
+    ///     fn finish_reason(&self) -> Option<FinishReason> { (self.0 == 0).then_some(FinishReason::Stop) }
+    /// }
+    ///
+    /// # futures_util::future::block_on(async {
+    /// let chunks = futures_util::stream::iter([Chunk(1), Chunk(2), Chunk(0)]);
+    /// let mut tokens = TokenStream::new(chunks, StatsTarget::Detached, StreamOptions::new());
+    /// while let Some(_chunk) = tokens.next().await {}
+    /// let summary = tokens.summary();
+    /// assert_eq!(summary.output_tokens, 3);
+    /// assert_eq!(summary.finish_reason, Some(FinishReason::Stop));
+    /// # });
+    /// ```
+    pub struct TokenStream<S, C = CpuClock>
+    where
+        C: Clock,
+    {
+        #[pin]
+        inner: S,
+        clock: C,
+        stats: TokenStats,
+        target: Option<StatsTarget>,
+        options: StreamOptions,
+        events_left: u32,
+    }
+
+    impl<S, C> PinnedDrop for TokenStream<S, C>
+    where
+        C: Clock,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(target) = this.target.take() {
+                let summary = this.stats.summary_now(&*this.clock, this.options.request_start);
+                write(target, &summary, this.options, true);
+            }
+        }
+    }
+}
+
+impl<S> TokenStream<S, CpuClock> {
+    /// Wraps `stream`, timing with the CPU clock.
+    pub fn new(stream: S, target: StatsTarget, options: StreamOptions) -> Self {
+        Self::with_clock(stream, target, options, CpuClock::default())
+    }
+}
+
+impl<S, C: Clock> TokenStream<S, C> {
+    /// Wraps `stream`, timing with `clock` (a [`ManualClock`](super::ManualClock) in tests).
+    pub fn with_clock(stream: S, target: StatsTarget, options: StreamOptions, clock: C) -> Self {
+        let anchor: Anchor = clock.anchor();
+        let events_left = match &target {
+            StatsTarget::Span(cx) if cx.span().span_context().is_sampled() => options.token_events,
+            StatsTarget::Phase(phase) if phase.span_context().is_sampled() => options.token_events,
+            _ => 0,
+        };
+        Self {
+            inner: stream,
+            clock,
+            stats: TokenStats::new(anchor),
+            target: Some(target),
+            options,
+            events_left,
+        }
+    }
+
+    /// The statistics so far (final once the stream has ended).
+    pub fn summary(&self) -> TokenSummary {
+        self.stats.summary_now(&self.clock, self.options.request_start)
+    }
+}
+
+impl TokenStats {
+    fn summary_now<C: Clock>(&self, clock: &C, request_start: Option<Instant>) -> TokenSummary {
+        self.summary(clock.nanos_per_tick(self.anchor()), request_start)
+    }
+}
+
+impl<S, C> Stream for TokenStream<S, C>
+where
+    S: Stream,
+    S::Item: TokenChunk,
+    C: Clock,
+{
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.project();
+        let item = ready!(this.inner.poll_next(cx));
+        match &item {
+            Some(chunk) => {
+                let tokens = chunk.token_count();
+                this.stats.record(this.clock.ticks(), tokens);
+                if let Some(reason) = chunk.finish_reason() {
+                    this.stats.finish(reason);
+                }
+                if *this.events_left > 0 && tokens > 0 {
+                    *this.events_left -= 1;
+                    token_event(this.target.as_ref(), this.stats.tokens(), tokens);
+                }
+            }
+            None => {
+                if let Some(target) = this.target.take() {
+                    let summary = this.stats.summary_now(&*this.clock, this.options.request_start);
+                    write(target, &summary, this.options, false);
+                }
+            }
+        }
+        Poll::Ready(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+fn token_event(target: Option<&StatsTarget>, tokens_so_far: u64, chunk_tokens: u32) {
+    let attributes = vec![
+        KeyValue::new("gen_ai.token.index", tokens_so_far as i64),
+        KeyValue::new("chunk_tokens", i64::from(chunk_tokens)),
+    ];
+    match target {
+        Some(StatsTarget::Span(cx)) => cx.span().add_event("token", attributes),
+        Some(StatsTarget::Phase(phase)) => phase.context().span().add_event("token", attributes),
+        _ => {}
+    }
+}
+
+/// The attributes a finished stream writes, once.
+fn attributes(summary: &TokenSummary, options: &StreamOptions, cancelled: bool) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(10);
+    if let Some(model) = &options.model {
+        attributes.push(KeyValue::new("gen_ai.request.model", Arc::clone(model)));
+    }
+    if let Some(input) = options.input_tokens {
+        attributes.push(KeyValue::new(INPUT_TOKENS, input as i64));
+    }
+    attributes.push(KeyValue::new("gen_ai.usage.output_tokens", summary.output_tokens as i64));
+    let reason = match (summary.finish_reason, cancelled) {
+        (Some(reason), _) => Some(reason),
+        (None, true) => Some(FinishReason::Cancelled),
+        (None, false) => None,
+    };
+    if let Some(reason) = reason {
+        let reasons = Array::String(vec![StringValue::from(reason.as_str())]);
+        attributes.push(KeyValue::new("gen_ai.response.finish_reasons", Value::Array(reasons)));
+    }
+    let timings = [
+        ("ttft_ms", summary.ttft_ms),
+        ("avg_itl_ms", summary.avg_itl_ms),
+        ("itl_p50_ms", summary.itl_p50_ms),
+        ("itl_p99_ms", summary.itl_p99_ms),
+        ("itl_max_ms", summary.itl_max_ms),
+    ];
+    for (key, value) in timings {
+        if let Some(value) = value {
+            attributes.push(KeyValue::new(key, value));
+        }
+    }
+    attributes.push(KeyValue::new("cancelled", cancelled));
+    attributes
+}
+
+fn write(target: StatsTarget, summary: &TokenSummary, options: &StreamOptions, cancelled: bool) {
+    match target {
+        StatsTarget::Detached => {}
+        StatsTarget::Span(cx) => cx.span().set_attributes(attributes(summary, options, cancelled)),
+        StatsTarget::Phase(phase) => {
+            phase.set_attributes(attributes(summary, options, cancelled));
+            if cancelled {
+                phase.cancel();
+            } else {
+                phase.end();
+            }
+        }
+    }
+}
