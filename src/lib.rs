@@ -29,6 +29,8 @@
 //! - [`inference`]: phase spans and token-stream statistics (TTFT, ITL) at near-zero cost
 //!   per token.
 //! - [`rpc`]: the worker RPC envelope, its client/server layers and a TCP transport.
+//! - `telemetry` (feature `telemetry`, on by default): OTLP traces and logs, JSON Lines logs
+//!   and sampling, configured from the environment.
 //! - [`propagation`]: strict W3C `traceparent`/`tracestate`, `x-request-id`/`request-id`, the
 //!   [`Carrier`](propagation::Carrier) trait every layer extracts from and injects into.
 //!
@@ -59,3 +61,5 @@ pub mod inference;
 pub mod propagation;
 mod rate_limit;
 pub mod rpc;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;

@@ -2,6 +2,8 @@
 //! spans to arrive.
 #![allow(dead_code)]
 
+pub mod otlp;
+
 use std::time::{Duration, Instant};
 
 use opentelemetry::trace::TracerProvider as _;

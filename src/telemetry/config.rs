@@ -1,0 +1,331 @@
+//! The environment, read once at start and validated: every bad value is an error naming its
+//! variable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tracing_subscriber::filter::Targets;
+
+/// The OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP over gRPC (port 4317 by default).
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (port 4318, paths `/v1/traces`, `/v1/logs`).
+    HttpProtobuf,
+}
+
+/// Where and how one signal is exported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpTarget {
+    /// Full endpoint URL (for HTTP, including the `/v1/...` path).
+    pub endpoint: String,
+    /// Transport.
+    pub protocol: Protocol,
+    /// Extra headers (gRPC metadata), such as authentication.
+    pub headers: Vec<(String, String)>,
+    /// Limit for one export.
+    pub timeout: Duration,
+}
+
+/// The trace sampler (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SamplerConfig {
+    /// Record everything.
+    AlwaysOn,
+    /// Record nothing.
+    AlwaysOff,
+    /// Record a fraction of traces, chosen by trace id.
+    TraceIdRatio(f64),
+    /// Follow the parent's decision; use the inner sampler for roots. An unsampled parent stays
+    /// unsampled.
+    ParentBased(Box<SamplerConfig>),
+}
+
+/// Everything [`init`](super::init) sets up, as read from the environment.
+///
+/// ```
+/// use tokentrace::telemetry::{Protocol, TelemetryConfig};
+///
+/// let config = TelemetryConfig::from_vars("dynamo-frontend", [
+///     ("OTEL_EXPORT_ENABLED", "true"),
+///     ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://tempo:4317"),
+/// ])?;
+/// assert!(config.export_traces && config.export_logs);
+/// assert_eq!(config.traces.endpoint, "http://tempo:4317");
+/// assert_eq!(config.logs.endpoint, "http://tempo:4317"); // logs follow traces
+/// assert_eq!(config.traces.protocol, Protocol::Grpc);
+/// assert_eq!(config.service_name, "dynamo-frontend");
+///
+/// let error = TelemetryConfig::from_vars("x", [("OTEL_TRACES_SAMPLER_ARG", "lots")]).unwrap_err();
+/// assert!(error.to_string().starts_with("OTEL_TRACES_SAMPLER_ARG"));
+/// # Ok::<(), tokentrace::telemetry::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryConfig {
+    /// `service.name`: `OTEL_SERVICE_NAME`, else the component's default.
+    pub service_name: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES`.
+    pub resource_attributes: Vec<(String, String)>,
+    /// `OTEL_EXPORT_ENABLED`.
+    pub export_traces: bool,
+    /// `OTEL_EXPORT_ENABLED` unless `OTEL_EXPORT_LOGS_ENABLED` opts out.
+    pub export_logs: bool,
+    /// `DYN_LOGGING_JSONL`.
+    pub jsonl: bool,
+    /// `DYN_LOG` (validated filter directives, `info` by default).
+    pub log_filter: String,
+    /// Trace export.
+    pub traces: OtlpTarget,
+    /// Log export.
+    pub logs: OtlpTarget,
+    /// The sampler.
+    pub sampler: SamplerConfig,
+}
+
+/// A bad environment value; names the variable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    variable: String,
+    problem: String,
+}
+
+impl ConfigError {
+    fn new(variable: &str, problem: impl Into<String>) -> Self {
+        Self { variable: variable.to_owned(), problem: problem.into() }
+    }
+
+    /// The variable at fault.
+    pub fn variable(&self) -> &str {
+        &self.variable
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const GRPC_DEFAULT: &str = "http://localhost:4317";
+const HTTP_DEFAULT_BASE: &str = "http://localhost:4318";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The variables, looked up by name.
+struct Vars(HashMap<String, String>);
+
+impl Vars {
+    /// A set, non-blank value.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    fn flag(&self, name: &str) -> Result<Option<bool>, ConfigError> {
+        let Some(value) = self.get(name) else { return Ok(None) };
+        match value.to_ascii_lowercase().as_str() {
+            "1" | "true" | "on" | "yes" => Ok(Some(true)),
+            "0" | "false" | "off" | "no" => Ok(Some(false)),
+            _ => Err(ConfigError::new(
+                name,
+                format!("expected 1/true/on/yes or 0/false/off/no, got {value:?}"),
+            )),
+        }
+    }
+
+    /// The first of `names` that is set, with its name.
+    fn first<'a>(&'a self, names: &[&'a str]) -> Option<(&'a str, &'a str)> {
+        names.iter().find_map(|name| self.get(name).map(|value| (*name, value)))
+    }
+}
+
+impl TelemetryConfig {
+    /// Reads the process environment. `default_service_name` names this component
+    /// (`dynamo-frontend`, `dynamo-worker-vllm`, ...) unless `OTEL_SERVICE_NAME` is set.
+    pub fn from_env(default_service_name: &str) -> Result<Self, ConfigError> {
+        Self::from_vars(default_service_name, std::env::vars())
+    }
+
+    /// Reads the given variables instead of the process environment.
+    pub fn from_vars<I, K, V>(default_service_name: &str, vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars = Vars(vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect());
+        let export = vars.flag("OTEL_EXPORT_ENABLED")?.unwrap_or(false);
+        let logs_opt_in = vars.flag("OTEL_EXPORT_LOGS_ENABLED")?.unwrap_or(true);
+        let log_filter = vars.get("DYN_LOG").unwrap_or("info").to_owned();
+        Targets::from_str(&log_filter).map_err(|error| ConfigError::new("DYN_LOG", error.to_string()))?;
+        let traces = otlp_target(&vars, "TRACES", "/v1/traces", None)?;
+        // Dynamo's rule: logs go where traces go, unless told otherwise.
+        let logs = otlp_target(&vars, "LOGS", "/v1/logs", vars.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))?;
+        Ok(Self {
+            service_name: vars.get("OTEL_SERVICE_NAME").unwrap_or(default_service_name).to_owned(),
+            resource_attributes: match vars.get("OTEL_RESOURCE_ATTRIBUTES") {
+                Some(list) => key_value_list("OTEL_RESOURCE_ATTRIBUTES", list)?,
+                None => Vec::new(),
+            },
+            export_traces: export,
+            export_logs: export && logs_opt_in,
+            jsonl: vars.flag("DYN_LOGGING_JSONL")?.unwrap_or(false),
+            log_filter,
+            traces,
+            logs,
+            sampler: sampler(&vars)?,
+        })
+    }
+}
+
+/// Resolves one signal's target: its own variables, then the generic ones, then (for logs)
+/// the traces endpoint `fallback`, then the default for the protocol.
+fn otlp_target(
+    vars: &Vars,
+    signal: &str,
+    http_path: &str,
+    fallback: Option<&str>,
+) -> Result<OtlpTarget, ConfigError> {
+    let var = |suffix: &str| format!("OTEL_EXPORTER_OTLP_{signal}_{suffix}");
+    let protocol = match vars.first(&[&var("PROTOCOL"), "OTEL_EXPORTER_OTLP_PROTOCOL"]) {
+        None => Protocol::Grpc,
+        Some((_, "grpc")) => Protocol::Grpc,
+        Some((_, "http/protobuf")) => Protocol::HttpProtobuf,
+        Some((name, other)) => {
+            return Err(ConfigError::new(name, format!("expected grpc or http/protobuf, got {other:?}")))
+        }
+    };
+    let signal_endpoint = var("ENDPOINT");
+    let (endpoint, from) = if let Some(endpoint) = vars.get(&signal_endpoint) {
+        (endpoint.to_owned(), signal_endpoint.as_str())
+    } else if let Some(base) = vars.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        let endpoint = match protocol {
+            Protocol::Grpc => base.to_owned(),
+            Protocol::HttpProtobuf => format!("{}{http_path}", base.trim_end_matches('/')),
+        };
+        (endpoint, "OTEL_EXPORTER_OTLP_ENDPOINT")
+    } else if let Some(traces) = fallback {
+        let endpoint = match (protocol, traces.strip_suffix("/v1/traces")) {
+            (Protocol::HttpProtobuf, Some(base)) => format!("{base}{http_path}"),
+            _ => traces.to_owned(),
+        };
+        (endpoint, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    } else {
+        let endpoint = match protocol {
+            Protocol::Grpc => GRPC_DEFAULT.to_owned(),
+            Protocol::HttpProtobuf => format!("{HTTP_DEFAULT_BASE}{http_path}"),
+        };
+        (endpoint, "")
+    };
+    validate_endpoint(from, &endpoint)?;
+    let headers = match vars.first(&[&var("HEADERS"), "OTEL_EXPORTER_OTLP_HEADERS"]) {
+        Some((variable, list)) => {
+            let headers = key_value_list(variable, list)?;
+            for (name, value) in &headers {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(value).is_err()
+                {
+                    return Err(ConfigError::new(variable, format!("{name:?} is not a valid header")));
+                }
+            }
+            headers
+        }
+        None => Vec::new(),
+    };
+    let timeout = match vars.first(&[&var("TIMEOUT"), "OTEL_EXPORTER_OTLP_TIMEOUT"]) {
+        Some((name, value)) => value
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| ConfigError::new(name, format!("expected milliseconds, got {value:?}")))?,
+        None => DEFAULT_TIMEOUT,
+    };
+    Ok(OtlpTarget { endpoint, protocol, headers, timeout })
+}
+
+fn validate_endpoint(variable: &str, endpoint: &str) -> Result<(), ConfigError> {
+    let variable = if variable.is_empty() { "OTEL_EXPORTER_OTLP_ENDPOINT" } else { variable };
+    let uri: http::Uri =
+        endpoint.parse().map_err(|_| ConfigError::new(variable, format!("{endpoint:?} is not a URL")))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(()),
+        _ => Err(ConfigError::new(
+            variable,
+            format!("{endpoint:?} must be an http:// or https:// URL with a host"),
+        )),
+    }
+}
+
+/// `k1=v1,k2=v2` with percent-encoded values (W3C Baggage octets), as the OTel spec defines
+/// for headers and resource attributes.
+fn key_value_list(variable: &str, list: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| ConfigError::new(variable, format!("{item:?} is not key=value")))?;
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(ConfigError::new(variable, format!("{item:?} has an empty key")));
+            }
+            let value = percent_decode(value.trim())
+                .ok_or_else(|| ConfigError::new(variable, format!("{item:?} has a bad percent escape")))?;
+            Ok((key.to_owned(), value))
+        })
+        .collect()
+}
+
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn sampler(vars: &Vars) -> Result<SamplerConfig, ConfigError> {
+    const ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+    let ratio = || -> Result<f64, ConfigError> {
+        match vars.get(ARG) {
+            None => Ok(1.0),
+            Some(value) => match value.parse::<f64>() {
+                Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+                _ => Err(ConfigError::new(ARG, format!("expected a ratio from 0 to 1, got {value:?}"))),
+            },
+        }
+    };
+    let parent_based = |root: SamplerConfig| SamplerConfig::ParentBased(Box::new(root));
+    // Validate the argument even when the chosen sampler ignores it: a typo should not hide.
+    let ratio = ratio()?;
+    Ok(match vars.get("OTEL_TRACES_SAMPLER") {
+        None | Some("parentbased_always_on") => parent_based(SamplerConfig::AlwaysOn),
+        Some("always_on") => SamplerConfig::AlwaysOn,
+        Some("always_off") => SamplerConfig::AlwaysOff,
+        Some("traceidratio") => SamplerConfig::TraceIdRatio(ratio),
+        Some("parentbased_always_off") => parent_based(SamplerConfig::AlwaysOff),
+        Some("parentbased_traceidratio") => parent_based(SamplerConfig::TraceIdRatio(ratio)),
+        Some(other) => {
+            return Err(ConfigError::new(
+                "OTEL_TRACES_SAMPLER",
+                format!(
+                    "expected always_on, always_off, traceidratio, parentbased_always_on, \
+                     parentbased_always_off or parentbased_traceidratio, got {other:?}"
+                ),
+            ))
+        }
+    })
+}

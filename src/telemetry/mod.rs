@@ -1,0 +1,316 @@
+//! Environment-driven telemetry setup: OTLP traces and logs (gRPC or HTTP), JSON Lines logs
+//! carrying trace ids, sampling, and a guard that flushes on drop.
+//!
+//! One call at the start of each process:
+//!
+//! ```no_run
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Reads OTEL_EXPORT_ENABLED, DYN_LOGGING_JSONL, DYN_LOG, OTEL_EXPORTER_OTLP_*, ...
+//!     let _telemetry = tokentrace::telemetry::init("dynamo-frontend")?;
+//!     tracing::info!("serving");
+//!     Ok(())
+//! } // the guard flushes and shuts down, within a bounded time
+//! ```
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `OTEL_EXPORT_ENABLED` | export traces **and** logs over OTLP (`1/true/on/yes`) |
+//! | `OTEL_EXPORT_LOGS_ENABLED` | `false` keeps logs local while traces are exported |
+//! | `DYN_LOGGING_JSONL` | JSON Lines on stderr: `time, level, target, file, line, message, trace_id, span_id, x_request_id, request_id`, fields |
+//! | `DYN_LOG` | filter directives (`info`; `info,tokentrace=debug`) |
+//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | default `http://localhost:4317` |
+//! | `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` | default: where traces go |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL` (`grpc`, `http/protobuf`), `_HEADERS`, `_TIMEOUT` | the standard variables, per-signal variants too |
+//! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | the resource |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `parentbased_always_on` by default |
+//!
+//! Export runs on its own thread and runtime behind bounded queues: a collector that is down
+//! or slow never blocks or fails a request; what is lost is counted and reported at shutdown.
+
+mod config;
+mod export;
+mod jsonl;
+mod queue;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+use tokio::runtime::Runtime;
+use tracing::level_filters::LevelFilter;
+use tracing::Subscriber;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::Layer;
+
+pub use config::{ConfigError, OtlpTarget, Protocol, SamplerConfig, TelemetryConfig};
+pub use jsonl::JsonLines;
+use queue::Losses;
+
+/// Why telemetry could not be set up.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// A bad environment value (the message names the variable).
+    Config(ConfigError),
+    /// An exporter or its runtime could not be built.
+    Export(String),
+    /// A global tracing subscriber was already installed.
+    AlreadyInitialized,
+}
+
+impl fmt::Display for TelemetryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(error) => write!(f, "telemetry configuration: {error}"),
+            Self::Export(error) => write!(f, "telemetry export: {error}"),
+            Self::AlreadyInitialized => f.write_str("telemetry: a global tracing subscriber is already set"),
+        }
+    }
+}
+
+impl std::error::Error for TelemetryError {}
+
+impl From<ConfigError> for TelemetryError {
+    fn from(error: ConfigError) -> Self {
+        Self::Config(error)
+    }
+}
+
+/// Reads the environment and installs everything globally: the tracer provider, the strict
+/// W3C propagator, and the `tracing` subscriber (human-readable or JSON Lines on stderr, plus
+/// OTLP logs). `default_service_name` names this component unless `OTEL_SERVICE_NAME` is set.
+pub fn init(default_service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
+    Telemetry::build(TelemetryConfig::from_env(default_service_name)?)?.install()
+}
+
+/// Telemetry built from a [`TelemetryConfig`], not yet installed: use its parts directly (in
+/// tests, with `tracing::subscriber::with_default`), or [`Telemetry::install`] it.
+///
+/// ```
+/// use tokentrace::telemetry::{Telemetry, TelemetryConfig};
+///
+/// let config = TelemetryConfig::from_vars("worker", [("DYN_LOGGING_JSONL", "1")])?;
+/// let telemetry = Telemetry::build(config)?;
+/// tracing::subscriber::with_default(telemetry.subscriber(), || tracing::info!("hello"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Telemetry {
+    config: TelemetryConfig,
+    tracer_provider: SdkTracerProvider,
+    logger_provider: Option<SdkLoggerProvider>,
+    span_losses: Option<Arc<Losses>>,
+    log_losses: Option<Arc<Losses>>,
+    runtime: Option<Runtime>,
+}
+
+impl fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Telemetry").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn sampler(config: &SamplerConfig) -> Sampler {
+    match config {
+        SamplerConfig::AlwaysOn => Sampler::AlwaysOn,
+        SamplerConfig::AlwaysOff => Sampler::AlwaysOff,
+        SamplerConfig::TraceIdRatio(ratio) => Sampler::TraceIdRatioBased(*ratio),
+        SamplerConfig::ParentBased(root) => Sampler::ParentBased(Box::new(sampler(root))),
+    }
+}
+
+/// How long shutdown may take, all of it.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Telemetry {
+    /// Builds providers and exporters (nothing global is touched).
+    pub fn build(config: TelemetryConfig) -> Result<Self, TelemetryError> {
+        let mut resource = Resource::builder_empty().with_service_name(config.service_name.clone());
+        for (key, value) in &config.resource_attributes {
+            resource = resource.with_attribute(KeyValue::new(key.clone(), value.clone()));
+        }
+        let resource = resource.build();
+
+        let runtime = if config.export_traces || config.export_logs {
+            Some(export::export_runtime().map_err(|error| TelemetryError::Export(error.to_string()))?)
+        } else {
+            None
+        };
+
+        let mut traces = SdkTracerProvider::builder()
+            .with_resource(resource.clone())
+            .with_sampler(sampler(&config.sampler));
+        let mut span_losses = None;
+        if let (true, Some(runtime)) = (config.export_traces, &runtime) {
+            let exporter = export::span_exporter(runtime, &config.traces).map_err(TelemetryError::Export)?;
+            let processor = export::QueueSpanProcessor::new(
+                exporter,
+                &resource,
+                runtime.handle().clone(),
+                config.traces.timeout,
+            );
+            span_losses = Some(processor.losses());
+            traces = traces.with_span_processor(processor);
+        }
+
+        let mut log_losses = None;
+        let logger_provider = match (config.export_logs, &runtime) {
+            (true, Some(runtime)) => {
+                let exporter = export::log_exporter(runtime, &config.logs).map_err(TelemetryError::Export)?;
+                let processor = export::QueueLogProcessor::new(
+                    exporter,
+                    &resource,
+                    runtime.handle().clone(),
+                    config.logs.timeout,
+                );
+                log_losses = Some(processor.losses());
+                Some(
+                    SdkLoggerProvider::builder()
+                        .with_resource(resource)
+                        .with_log_processor(processor)
+                        .build(),
+                )
+            }
+            _ => None,
+        };
+
+        Ok(Self {
+            tracer_provider: traces.build(),
+            logger_provider,
+            span_losses,
+            log_losses,
+            runtime,
+            config,
+        })
+    }
+
+    /// The configuration this was built from.
+    pub fn config(&self) -> &TelemetryConfig {
+        &self.config
+    }
+
+    /// The tracer provider (hand its tracers to the layers' `with_tracer`).
+    pub fn tracer_provider(&self) -> &SdkTracerProvider {
+        &self.tracer_provider
+    }
+
+    /// A tracer named `name`.
+    pub fn tracer(&self, name: &'static str) -> SdkTracer {
+        self.tracer_provider.tracer(name)
+    }
+
+    /// The `tracing` subscriber: `DYN_LOG` filter; JSON Lines or human-readable lines on
+    /// stderr; OTLP logs when enabled (without the exporter's own transport crates, which
+    /// would otherwise log about their own exports).
+    pub fn subscriber(&self) -> impl Subscriber + Send + Sync + 'static {
+        // Validated when the configuration was read.
+        let filter = Targets::from_str(&self.config.log_filter)
+            .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
+        let jsonl = self.config.jsonl.then(JsonLines::stderr);
+        let readable =
+            (!self.config.jsonl).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+        let bridge = self.logger_provider.as_ref().map(|provider| {
+            let quiet = [
+                "h2",
+                "hyper",
+                "hyper_util",
+                "tonic",
+                "tower",
+                "opentelemetry",
+                "opentelemetry_sdk",
+                "opentelemetry_otlp",
+            ]
+            .into_iter()
+            .fold(filter.clone(), |targets, target| targets.with_target(target, LevelFilter::OFF));
+            OpenTelemetryTracingBridge::new(provider).with_filter(quiet)
+        });
+        tracing_subscriber::registry()
+            .with(bridge)
+            .with(jsonl.with_filter(filter.clone()))
+            .with(readable.with_filter(filter))
+    }
+
+    /// Installs the tracer provider, the strict propagator and the subscriber globally.
+    pub fn install(self) -> Result<TelemetryGuard, TelemetryError> {
+        tracing::subscriber::set_global_default(self.subscriber())
+            .map_err(|_| TelemetryError::AlreadyInitialized)?;
+        opentelemetry::global::set_text_map_propagator(crate::propagation::StrictPropagator::new());
+        opentelemetry::global::set_tracer_provider(self.tracer_provider.clone());
+        Ok(TelemetryGuard { telemetry: Some(self) })
+    }
+
+    /// Flushes and shuts down, within a bounded time; returns what was lost.
+    pub fn shutdown(mut self) -> Lost {
+        self.shutdown_inner()
+    }
+
+    fn shutdown_inner(&mut self) -> Lost {
+        let _ = self.tracer_provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
+        if let Some(logs) = &self.logger_provider {
+            let _ = logs.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
+        }
+        if let Some(runtime) = self.runtime.take() {
+            // Never blocks, and is allowed inside another runtime.
+            runtime.shutdown_background();
+        }
+        self.losses()
+    }
+
+    /// What never reached the collector so far.
+    pub fn losses(&self) -> Lost {
+        Lost {
+            spans: self.span_losses.as_ref().map_or(0, |l| l.total()),
+            logs: self.log_losses.as_ref().map_or(0, |l| l.total()),
+        }
+    }
+}
+
+/// Spans and log records that never reached the collector (queue full, or the export failed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lost {
+    /// Spans lost.
+    pub spans: u64,
+    /// Log records lost.
+    pub logs: u64,
+}
+
+/// Keeps telemetry running; on drop, flushes and shuts down within a bounded time and reports
+/// on stderr anything that was lost.
+#[must_use = "telemetry shuts down when the guard is dropped"]
+pub struct TelemetryGuard {
+    telemetry: Option<Telemetry>,
+}
+
+impl fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelemetryGuard").finish_non_exhaustive()
+    }
+}
+
+impl TelemetryGuard {
+    /// What never reached the collector so far.
+    pub fn losses(&self) -> Lost {
+        self.telemetry.as_ref().map(Telemetry::losses).unwrap_or_default()
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(mut telemetry) = self.telemetry.take() {
+            let lost = telemetry.shutdown_inner();
+            if lost.spans > 0 || lost.logs > 0 {
+                eprintln!(
+                    "tokentrace: {} spans and {} log records never reached the collector (down, slow or refusing)",
+                    lost.spans, lost.logs
+                );
+            }
+        }
+    }
+}

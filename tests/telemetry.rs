@@ -1,0 +1,353 @@
+//! Telemetry from the environment against a real OTLP receiver (gRPC and HTTP/protobuf, built
+//! from the official protobuf definitions), JSON Lines, and a collector that is down.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry::trace::{TraceContextExt, Tracer};
+use opentelemetry::Context;
+use support::otlp;
+use tokentrace::propagation::RequestIds;
+use tokentrace::telemetry::{JsonLines, Telemetry, TelemetryConfig, TelemetryError};
+use tracing_subscriber::layer::SubscriberExt;
+
+fn config(vars: &[(&str, &str)]) -> TelemetryConfig {
+    TelemetryConfig::from_vars("test-service", vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .unwrap()
+}
+
+/// Writes one span with one log line inside it; returns the span's ids.
+fn span_with_a_log(telemetry: &Telemetry) -> (Vec<u8>, Vec<u8>) {
+    let tracer = telemetry.tracer("test");
+    tracing::subscriber::with_default(telemetry.subscriber(), || {
+        let cx = Context::current_with_span(tracer.start("handle_payload"));
+        let span_context = cx.span().span_context().clone();
+        {
+            let _attached = cx.clone().attach();
+            tracing::info!(answer = 42, "inside the span");
+        }
+        cx.span().end();
+        (span_context.trace_id().to_bytes().to_vec(), span_context.span_id().to_bytes().to_vec())
+    })
+}
+
+async fn shutdown(telemetry: Telemetry) -> tokentrace::telemetry::Lost {
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await.unwrap()
+}
+
+async fn spans_and_logs_arrive(receiver: otlp::Receiver, vars: &[(&str, &str)]) {
+    let telemetry = Telemetry::build(config(vars)).unwrap();
+    let (trace_id, span_id) = span_with_a_log(&telemetry);
+    let lost = shutdown(telemetry).await;
+    assert_eq!(lost, Default::default());
+
+    let received = receiver.received.clone();
+    received.wait_for("a span and a log", |r| !r.spans().is_empty() && !r.logs().is_empty()).await;
+    let spans = received.spans();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].service, "test-service");
+    assert_eq!(spans[0].span.name, "handle_payload");
+    assert_eq!(spans[0].span.trace_id, trace_id);
+    let logs = received.logs();
+    let log = logs
+        .iter()
+        .find(|l| format!("{:?}", l.record.body).contains("inside the span"))
+        .expect("our log line");
+    assert_eq!(log.service, "test-service");
+    assert_eq!(log.record.trace_id, trace_id, "the log carries the trace id of its span");
+    assert_eq!(log.record.span_id, span_id, "and the span id");
+    assert_eq!(otlp::string_value(&log.record.attributes, "answer").as_deref(), Some("42"));
+    receiver.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_logs_arrive_over_grpc_with_their_trace_ids() {
+    let receiver = otlp::grpc().await;
+    let endpoint = receiver.endpoint();
+    spans_and_logs_arrive(
+        receiver,
+        &[("OTEL_EXPORT_ENABLED", "true"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint)],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_logs_arrive_over_http_protobuf() {
+    let receiver = otlp::http().await;
+    let endpoint = receiver.endpoint();
+    spans_and_logs_arrive(
+        receiver,
+        &[
+            ("OTEL_EXPORT_ENABLED", "1"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_can_stay_local_while_traces_are_exported() {
+    let receiver = otlp::grpc().await;
+    let endpoint = receiver.endpoint();
+    let telemetry = Telemetry::build(config(&[
+        ("OTEL_EXPORT_ENABLED", "true"),
+        ("OTEL_EXPORT_LOGS_ENABLED", "false"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+    ]))
+    .unwrap();
+    span_with_a_log(&telemetry);
+    shutdown(telemetry).await;
+    receiver.received.wait_for("the span", |r| !r.spans().is_empty()).await;
+    assert!(receiver.received.logs().is_empty());
+    receiver.stop().await;
+}
+
+/// An axum app traced with `telemetry`'s tracer, on 127.0.0.1.
+async fn traced_app(telemetry: &Telemetry) -> std::net::SocketAddr {
+    let app = axum::Router::new()
+        .route("/v1/models", get(|| async { "[]" }))
+        .layer(tokentrace::http::ServerLayer::with_tracer(telemetry.tracer("frontend")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+async fn send_requests(addr: std::net::SocketAddr, count: usize) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    for _ in 0..count {
+        let response = client.get(format!("http://{addr}/v1/models").parse().unwrap()).await.unwrap();
+        assert_eq!(response.status(), 200, "the service keeps answering");
+        response.into_body().collect().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_down_at_start_never_fails_requests_and_every_loss_is_counted() {
+    // Nothing listens on this port: connections are refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let endpoint = format!("http://{closed}");
+    let telemetry = Telemetry::build(config(&[
+        ("OTEL_EXPORT_ENABLED", "true"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+    ]))
+    .unwrap();
+    let addr = traced_app(&telemetry).await;
+    let started = Instant::now();
+    // More spans than the export queue holds: memory stays bounded by the queue.
+    send_requests(addr, 3000).await;
+    let serving = started.elapsed();
+    let started = Instant::now();
+    let lost = shutdown(telemetry).await;
+    assert!(started.elapsed() < Duration::from_secs(12), "shutdown is bounded: {:?}", started.elapsed());
+    assert_eq!(lost.spans, 3000, "every span is accounted for as lost (served 3000 in {serving:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_going_down_mid_run_is_survived_and_reported() {
+    let receiver = otlp::grpc().await;
+    let endpoint = receiver.endpoint();
+    let telemetry = Telemetry::build(config(&[
+        ("OTEL_EXPORT_ENABLED", "true"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+    ]))
+    .unwrap();
+    let addr = traced_app(&telemetry).await;
+    send_requests(addr, 100).await;
+    let received = receiver.received.clone();
+    received.wait_for("the first 100 spans", |r| r.spans().len() == 100).await;
+    receiver.stop().await;
+
+    send_requests(addr, 200).await;
+    let lost = shutdown(telemetry).await;
+    assert_eq!(received.spans().len(), 100);
+    assert_eq!(lost.spans, 200);
+}
+
+#[test]
+fn jsonl_lines_are_valid_json_with_ids_even_for_hostile_content() {
+    let (layer, lines) = JsonLines::capture();
+    let subscriber = tracing_subscriber::registry().with(layer);
+    let spans = support::Spans::new();
+    let hostile = "\"}\n{\"level\":\"FORGED\"}\u{0}\u{1b}[31m\\\u{2028}";
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::warn!(field = hostile, "outside any span: {hostile}");
+        let ids = RequestIds::extract(&{
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-request-id", "req-7".parse().unwrap());
+            headers
+        });
+        let cx = Context::current_with_span(spans.tracer("t").start("s")).with_value(ids);
+        let _attached = cx.clone().attach();
+        tracing::info!(
+            time = "not the time",
+            message2 = hostile,
+            count = 3u64,
+            ratio = f64::NAN,
+            ok = true,
+            "inside {hostile}"
+        );
+    });
+    let lines = lines.lock().unwrap().clone();
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        assert!(!line.contains('\n'), "one line per event");
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let time = value["time"].as_str().unwrap();
+        assert!(time.ends_with('Z') && time.len() == "2026-11-27T19:34:22.123456Z".len(), "{time}");
+        assert!(value["message"].as_str().unwrap().contains(hostile), "message kept exactly");
+        assert_ne!(value["level"], "FORGED");
+        assert!(value["file"].as_str().unwrap().ends_with("telemetry.rs"));
+        assert!(value["line"].as_u64().is_some());
+    }
+    let outside: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert!(outside.get("trace_id").is_none());
+    assert_eq!(outside["field"], hostile);
+    let inside: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    let trace_id = inside["trace_id"].as_str().unwrap();
+    let span_id = inside["span_id"].as_str().unwrap();
+    assert!(trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(span_id.len() == 16 && span_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(inside["x_request_id"], "req-7");
+    assert_eq!(inside["request_id"].as_str().unwrap().len(), 36);
+    assert_eq!(inside["field.time"], "not the time", "a field cannot overwrite the line's own keys");
+    assert_eq!(inside["count"], 3);
+    assert_eq!(inside["ratio"], "NaN");
+    assert_eq!(inside["ok"], true);
+}
+
+#[test]
+fn environment_values_are_validated_and_errors_name_the_variable() {
+    let bad = [
+        ("OTEL_EXPORT_ENABLED", "maybe"),
+        ("OTEL_EXPORT_LOGS_ENABLED", "2"),
+        ("DYN_LOGGING_JSONL", "jsonl"),
+        ("DYN_LOG", "info,=="),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "localhost:4317"),
+        ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "ftp://collector"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "udp"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization"),
+        ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "bad header=1"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment=%zz"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+    ];
+    for (variable, value) in bad {
+        let error = TelemetryConfig::from_vars("svc", [(variable, value)]).unwrap_err();
+        assert_eq!(error.variable(), variable, "{variable}={value:?} gave {error}");
+    }
+
+    let config = TelemetryConfig::from_vars(
+        "svc",
+        [
+            ("OTEL_SERVICE_NAME", "dynamo-worker-decode"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod,team=a%20b"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://tempo:4318/v1/traces"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20x"),
+            ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "250"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("DYN_LOG", "warn,tokentrace=debug"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.service_name, "dynamo-worker-decode");
+    assert_eq!(
+        config.resource_attributes,
+        [("deployment.environment".into(), "prod".into()), ("team".into(), "a b".into())]
+    );
+    assert_eq!(config.traces.endpoint, "http://tempo:4318/v1/traces");
+    assert_eq!(config.logs.endpoint, "http://tempo:4318/v1/logs", "logs follow traces, on their own path");
+    assert_eq!(config.traces.headers, [("authorization".into(), "Bearer x".into())]);
+    assert_eq!(config.logs.timeout, Duration::from_millis(250));
+    assert_eq!(config.traces.timeout, Duration::from_secs(10));
+    assert!(!config.export_traces && !config.export_logs, "export is opt-in");
+    assert_eq!(
+        config.sampler,
+        tokentrace::telemetry::SamplerConfig::ParentBased(Box::new(
+            tokentrace::telemetry::SamplerConfig::TraceIdRatio(0.25)
+        ))
+    );
+
+    let defaults = TelemetryConfig::from_vars("svc", Vec::<(String, String)>::new()).unwrap();
+    assert_eq!(defaults.traces.endpoint, "http://localhost:4317");
+    assert_eq!(defaults.logs.endpoint, "http://localhost:4317");
+    assert_eq!(defaults.log_filter, "info");
+}
+
+/// Runs one scenario of `init` (which installs process-wide state) in a child process with its
+/// own environment, and returns its stderr.
+fn run_scenario(scenario: &str, env: &[(&str, &str)]) -> String {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args(["--exact", "scenario_child", "--nocapture", "--test-threads=1"]);
+    command.env("TOKENTRACE_TEST_SCENARIO", scenario);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "scenario {scenario} failed:\n{stderr}\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    stderr
+}
+
+/// The child side of the `init` scenarios. Run directly (no scenario variable), it has
+/// nothing to do.
+#[test]
+fn scenario_child() {
+    let Ok(scenario) = std::env::var("TOKENTRACE_TEST_SCENARIO") else { return };
+    match scenario.as_str() {
+        "jsonl" => {
+            let guard = tokentrace::telemetry::init("dynamo-frontend").expect("init");
+            let tracer = opentelemetry::global::tracer("child");
+            let cx = Context::current_with_span(tracer.start("http-request"));
+            let _attached = cx.clone().attach();
+            tracing::info!(user_input = "\"}\n{\"x\":1}", "hostile \u{7} content");
+            assert!(matches!(tokentrace::telemetry::init("again"), Err(TelemetryError::AlreadyInitialized)));
+            drop(guard);
+        }
+        "bad-env" => match tokentrace::telemetry::init("svc") {
+            Err(error) => eprintln!("init refused: {error}"),
+            Ok(_) => panic!("a bad sampler was accepted"),
+        },
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+#[test]
+fn init_installs_jsonl_logs_with_trace_ids_in_a_fresh_process() {
+    let stderr = run_scenario("jsonl", &[("DYN_LOGGING_JSONL", "true"), ("DYN_LOG", "info")]);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let ours = lines
+        .iter()
+        .find(|l| l["message"] == "hostile \u{7} content")
+        .unwrap_or_else(|| panic!("no line in {stderr}"));
+    assert_eq!(ours["user_input"], "\"}\n{\"x\":1}");
+    assert_eq!(ours["trace_id"].as_str().unwrap().len(), 32);
+    assert_eq!(ours["level"], "INFO");
+}
+
+#[test]
+fn init_with_a_bad_variable_is_an_error_naming_it_not_a_panic() {
+    let stderr = run_scenario("bad-env", &[("OTEL_TRACES_SAMPLER", "bogus")]);
+    assert!(stderr.contains("init refused: telemetry configuration: OTEL_TRACES_SAMPLER:"), "{stderr}");
+}
