@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn rfc3339() {
         let mut out = String::new();
-        write_rfc3339(&mut out, UNIX_EPOCH + Duration::from_micros(1_795_815_262_123_456));
+        write_rfc3339(&mut out, UNIX_EPOCH + Duration::from_micros(1_795_808_062_123_456));
         assert_eq!(out, "2026-11-27T19:34:22.123456Z");
         out.clear();
         write_rfc3339(&mut out, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day
