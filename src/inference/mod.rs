@@ -15,7 +15,7 @@
 //!     fn token_count(&self) -> u32 { self.0 }
 //! }
 //!
-//! # futures_util::future::block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! let phases = InferenceTracer::default();
 //! let prefill = phases.prefill(12);
 //! prefill.end();

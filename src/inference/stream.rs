@@ -100,7 +100,7 @@ pin_project! {
     ///     fn finish_reason(&self) -> Option<FinishReason> { (self.0 == 0).then_some(FinishReason::Stop) }
     /// }
     ///
-    /// # futures_util::future::block_on(async {
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let chunks = futures_util::stream::iter([Chunk(1), Chunk(2), Chunk(0)]);
     /// let mut tokens = TokenStream::new(chunks, StatsTarget::Detached, StreamOptions::new());
     /// while let Some(_chunk) = tokens.next().await {}
