@@ -2,6 +2,7 @@
 //! spans to arrive.
 #![allow(dead_code)]
 
+#[path = "../../examples/serve/receiver.rs"]
 pub mod otlp;
 
 use std::time::{Duration, Instant};

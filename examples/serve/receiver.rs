@@ -1,4 +1,4 @@
-//! A real OTLP receiver for tests, built from the official protobuf definitions
+//! A real OTLP receiver, built from the official protobuf definitions
 //! (`opentelemetry-proto`): gRPC through tonic, and HTTP/protobuf through axum.
 #![allow(dead_code)]
 

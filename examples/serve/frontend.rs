@@ -1,0 +1,273 @@
+//! The frontend: an OpenAI-compatible HTTP API (axum, traced by `http::ServerLayer`) that
+//! calls a worker over the traced TCP RPC transport and streams its tokens back as SSE.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::Context;
+use serde_json::{json, Value};
+use tokentrace::inference::{StatsTarget, StreamOptions, TokenStream};
+use tokentrace::propagation::RequestIds;
+use tokentrace::rpc::{self, tcp, Request, RpcError};
+use tokio::sync::Mutex;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::protocol::{GenerateRequest, TokenItem, GENERATE};
+
+pub struct Frontend {
+    worker: String,
+    model: String,
+    client: Mutex<Option<rpc::ClientService<tcp::Client>>>,
+}
+
+#[derive(Clone, Copy)]
+enum Api {
+    Chat,
+    Completions,
+}
+
+pub fn app(worker: String, model: String) -> Router {
+    let frontend = Arc::new(Frontend { worker, model, client: Mutex::new(None) });
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .with_state(frontend)
+        .layer(tokentrace::http::ServerLayer::default().filter(|_, uri| uri.path() != "/health"))
+}
+
+async fn models(State(frontend): State<Arc<Frontend>>) -> Json<Value> {
+    Json(
+        json!({"object": "list", "data": [{"id": frontend.model, "object": "model", "owned_by": "tokentrace"}]}),
+    )
+}
+
+async fn chat(
+    state: State<Arc<Frontend>>,
+    cx: Extension<Context>,
+    ids: Extension<RequestIds>,
+    body: Json<Value>,
+) -> Response {
+    complete(state, cx, ids, body, Api::Chat).await
+}
+
+async fn completions(
+    state: State<Arc<Frontend>>,
+    cx: Extension<Context>,
+    ids: Extension<RequestIds>,
+    body: Json<Value>,
+) -> Response {
+    complete(state, cx, ids, body, Api::Completions).await
+}
+
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": {"message": message.into(), "type": kind}}))).into_response()
+}
+
+fn prompt_of(body: &Value, api: Api) -> Option<String> {
+    match api {
+        Api::Completions => body["prompt"].as_str().map(str::to_owned),
+        Api::Chat => {
+            let messages = body["messages"].as_array()?;
+            Some(messages.iter().filter_map(|m| m["content"].as_str()).collect::<Vec<_>>().join("\n"))
+        }
+    }
+}
+
+impl Frontend {
+    /// The traced connection to the worker, opened (again) when needed.
+    async fn client(&self) -> Result<rpc::ClientService<tcp::Client>, RpcError> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref() {
+            return Ok(client.clone());
+        }
+        let connection = tcp::Client::connect(&self.worker)
+            .await
+            .map_err(|e| RpcError::ConnectionLost(format!("cannot reach worker {}: {e}", self.worker)))?;
+        let client = ServiceBuilder::new()
+            .layer(rpc::ClientLayer::default().server_address(self.worker.clone()))
+            .service(connection);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn forget_client(&self) {
+        *self.client.lock().await = None;
+    }
+}
+
+async fn complete(
+    State(frontend): State<Arc<Frontend>>,
+    Extension(cx): Extension<Context>,
+    Extension(ids): Extension<RequestIds>,
+    Json(body): Json<Value>,
+    api: Api,
+) -> Response {
+    let start = Instant::now();
+    let Some(prompt) = prompt_of(&body, api).filter(|p| !p.is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "a non-empty prompt (or messages) is required",
+        );
+    };
+    let model = body["model"].as_str().unwrap_or(&frontend.model).to_owned();
+    let request = GenerateRequest {
+        prompt,
+        max_tokens: body["max_tokens"].as_u64().unwrap_or(16).clamp(1, 2048) as u32,
+        model,
+    };
+    let stream_response = body["stream"].as_bool().unwrap_or(false);
+    tracing::info!(
+        model = request.model,
+        max_tokens = request.max_tokens,
+        stream = stream_response,
+        "completion request"
+    );
+
+    let items = match frontend.client().await {
+        Ok(client) => client.oneshot(Request::new(GENERATE, request.to_bytes())).await,
+        Err(error) => Err(error),
+    };
+    let items = match items {
+        Ok(items) => items,
+        Err(failure) => {
+            frontend.forget_client().await;
+            tracing::error!(error = %failure, "worker call failed");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable", failure.to_string());
+        }
+    };
+    let tokens =
+        items.map(|item| item.and_then(|bytes| TokenItem::parse(&bytes).map_err(RpcError::Malformed)));
+    let options = StreamOptions::new().model(request.model.clone()).request_start(start);
+    let tokens = TokenStream::new(tokens, StatsTarget::Span(cx.clone()), options);
+    let id = format!("{}-{}", if matches!(api, Api::Chat) { "chatcmpl" } else { "cmpl" }, ids.x_request_id);
+    if stream_response {
+        Sse::new(sse_events(tokens, cx, frontend, id, request.model, api)).into_response()
+    } else {
+        collect(tokens, cx, frontend, id, request.model, api).await
+    }
+}
+
+fn created() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn chunk(id: &str, model: &str, api: Api, text: &str, finish: Option<&str>) -> String {
+    match api {
+        Api::Chat => json!({
+            "id": id, "object": "chat.completion.chunk", "created": created(), "model": model,
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}],
+        }),
+        Api::Completions => json!({
+            "id": id, "object": "text_completion", "created": created(), "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish}],
+        }),
+    }
+    .to_string()
+}
+
+/// Marks the HTTP span failed: the status line was already sent, so only the span can say it.
+fn fail_span(cx: &Context, failure: &RpcError) {
+    cx.span().set_attribute(opentelemetry::KeyValue::new("error.type", failure.kind()));
+    cx.span().set_status(Status::error(failure.to_string()));
+}
+
+fn sse_events<S>(
+    tokens: S,
+    cx: Context,
+    frontend: Arc<Frontend>,
+    id: String,
+    model: String,
+    api: Api,
+) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    S: Stream<Item = Result<TokenItem, RpcError>> + Send + 'static,
+{
+    enum State<S> {
+        Streaming(S),
+        Done,
+    }
+    let tokens = Box::pin(tokens);
+    stream::unfold(State::Streaming(tokens), move |state| {
+        let (cx, frontend, id, model) = (cx.clone(), Arc::clone(&frontend), id.clone(), model.clone());
+        async move {
+            let State::Streaming(mut tokens) = state else { return None };
+            match tokens.next().await {
+                Some(Ok(token)) => {
+                    let finish = token.finish_reason.map(|r| r.as_str());
+                    Some((
+                        Ok(Event::default().data(chunk(&id, &model, api, &token.text, finish))),
+                        State::Streaming(tokens),
+                    ))
+                }
+                None => Some((Ok(Event::default().data("[DONE]")), State::Done)),
+                Some(Err(failure)) => {
+                    fail_span(&cx, &failure);
+                    tracing::error!(error = %failure, "token stream failed");
+                    if matches!(failure, RpcError::ConnectionLost(_) | RpcError::Closed) {
+                        frontend.forget_client().await;
+                    }
+                    let event = json!({"error": {"message": failure.to_string(), "type": "worker_error"}});
+                    Some((Ok(Event::default().event("error").data(event.to_string())), State::Done))
+                }
+            }
+        }
+    })
+}
+
+async fn collect<S>(
+    tokens: S,
+    cx: Context,
+    frontend: Arc<Frontend>,
+    id: String,
+    model: String,
+    api: Api,
+) -> Response
+where
+    S: Stream<Item = Result<TokenItem, RpcError>>,
+{
+    let mut tokens = std::pin::pin!(tokens);
+    let mut text = String::new();
+    let mut count = 0u64;
+    let mut finish = None;
+    while let Some(item) = tokens.next().await {
+        match item {
+            Ok(token) => {
+                text.push_str(&token.text);
+                count += 1;
+                finish = token.finish_reason.map(|r| r.as_str());
+            }
+            Err(failure) => {
+                fail_span(&cx, &failure);
+                if matches!(failure, RpcError::ConnectionLost(_) | RpcError::Closed) {
+                    frontend.forget_client().await;
+                }
+                return error(StatusCode::BAD_GATEWAY, "worker_error", failure.to_string());
+            }
+        }
+    }
+    let choice = match api {
+        Api::Chat => {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
+        }
+        Api::Completions => json!({"index": 0, "text": text, "finish_reason": finish}),
+    };
+    let object = if matches!(api, Api::Chat) { "chat.completion" } else { "text_completion" };
+    Json(json!({
+        "id": id, "object": object, "created": created(), "model": model,
+        "choices": [choice],
+        "usage": {"completion_tokens": count},
+    }))
+    .into_response()
+}

@@ -1,0 +1,267 @@
+//! A worker: serves `generate` (aggregated or decode role) and `prefill` (prefill role) over
+//! the traced TCP RPC transport, with phase spans and token statistics on every request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use futures_util::StreamExt;
+use opentelemetry::trace::SpanContext;
+use tokentrace::inference::{FinishReason, InferenceTracer, StatsTarget, StreamOptions, TokenStream};
+use tokentrace::propagation::TraceParent;
+use tokentrace::rpc::{self, tcp, Request, RpcError};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::engine::{detokenize, tokenize, Engine, KvState};
+use crate::protocol::{GenerateRequest, PrefillHeader, TokenItem, GENERATE, KV_CHUNK, PREFILL};
+
+pub type Items = BoxStream<'static, Result<Bytes, RpcError>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Aggregated,
+    Prefill,
+    Decode,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "agg" => Some(Self::Aggregated),
+            "prefill" => Some(Self::Prefill),
+            "decode" => Some(Self::Decode),
+            _ => None,
+        }
+    }
+
+    pub fn component(self) -> &'static str {
+        match self {
+            Self::Aggregated => "backend",
+            Self::Prefill => "prefill",
+            Self::Decode => "decode",
+        }
+    }
+}
+
+pub struct WorkerConfig {
+    pub role: Role,
+    pub step: Duration,
+    pub slots: usize,
+    pub instance_id: i64,
+    /// Where a decode worker finds its prefill worker.
+    pub prefill: Option<String>,
+    pub name: String,
+}
+
+struct Worker<E: Engine> {
+    engine: Arc<E>,
+    phases: InferenceTracer,
+    slots: Arc<Semaphore>,
+    config: WorkerConfig,
+    /// The traced connection to the prefill worker (decode role), opened on first use.
+    prefill: Mutex<Option<rpc::ClientService<tcp::Client>>>,
+}
+
+/// Serves `engine` on `listener` until `shutdown` completes.
+pub async fn serve<E: Engine>(
+    engine: E,
+    config: WorkerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let component = config.role.component();
+    let instance_id = config.instance_id;
+    let worker = Arc::new(Worker {
+        engine: Arc::new(engine),
+        phases: InferenceTracer::default(),
+        slots: Arc::new(Semaphore::new(config.slots)),
+        config,
+        prefill: Mutex::new(None),
+    });
+    let handler = tower::service_fn(move |request: Request<Bytes>| {
+        let worker = Arc::clone(&worker);
+        async move { worker.handle(request).await }
+    });
+    let service = ServiceBuilder::new()
+        .layer(rpc::ServerLayer::default().component(component).instance_id(instance_id))
+        .service(handler);
+    tcp::Server::new(service).serve_with_shutdown(listener, shutdown).await
+}
+
+fn failed(message: impl Into<String>) -> RpcError {
+    RpcError::Remote(message.into())
+}
+
+impl<E: Engine> Worker<E> {
+    async fn handle(self: Arc<Self>, request: Request<Bytes>) -> Result<Items, RpcError> {
+        let generate = GenerateRequest::parse(&request.payload).map_err(failed)?;
+        tracing::info!(
+            endpoint = request.endpoint(),
+            engine = self.engine.name(),
+            max_tokens = generate.max_tokens,
+            "request received"
+        );
+        match (request.endpoint(), self.config.role) {
+            (GENERATE, Role::Aggregated) => self.generate_local(generate).await,
+            (GENERATE, Role::Decode) => self.generate_disaggregated(generate).await,
+            (PREFILL, Role::Prefill) => self.prefill_for_decode(generate).await,
+            (endpoint, _) => Err(RpcError::UnknownEndpoint(endpoint.to_owned())),
+        }
+    }
+
+    /// Waits for an engine slot (held until the request's stream ends), traced as `queue`.
+    async fn admit(&self) -> Result<OwnedSemaphorePermit, RpcError> {
+        let queue = self.phases.queue();
+        let permit =
+            Arc::clone(&self.slots).acquire_owned().await.map_err(|_| failed("worker is shutting down"))?;
+        queue.end();
+        Ok(permit)
+    }
+
+    async fn generate_local(self: Arc<Self>, request: GenerateRequest) -> Result<Items, RpcError> {
+        let permit = self.admit().await?;
+        let prompt = tokenize(&request.prompt);
+        let prefill = self.phases.prefill(prompt.len() as u64);
+        let (kv, first) = match self.engine.prefill(&prompt) {
+            Ok(done) => done,
+            Err(error) => {
+                prefill.fail("engine", error.to_string());
+                return Err(failed(error.to_string()));
+            }
+        };
+        prefill.end();
+        Ok(self.decode(request, prompt.len() as u64, kv, first, None, permit))
+    }
+
+    /// The decode phase: the first token at once, then one per step, as a traced token stream.
+    fn decode(
+        self: Arc<Self>,
+        request: GenerateRequest,
+        prompt_tokens: u64,
+        kv: E::Kv,
+        first: u32,
+        prefill: Option<SpanContext>,
+        permit: OwnedSemaphorePermit,
+    ) -> Items {
+        let decode = self.phases.decode(prefill);
+        let options = StreamOptions::new().model(request.model.clone()).input_tokens(prompt_tokens);
+        let max_tokens = request.max_tokens;
+        let step = self.config.step;
+        let engine = Arc::clone(&self.engine);
+        let tokens = stream::unfold(Some((kv, first, 0u32)), move |state| {
+            let engine = Arc::clone(&engine);
+            // The slot stays taken while the stream lives.
+            let _slot = &permit;
+            async move {
+                let (mut kv, token, produced) = state?;
+                if produced > 0 && !step.is_zero() {
+                    tokio::time::sleep(step).await;
+                }
+                let produced = produced + 1;
+                let finish = (produced == max_tokens).then_some(FinishReason::Length);
+                let item = TokenItem { token, text: detokenize(token).to_string(), finish_reason: finish };
+                let next = if finish.is_some() {
+                    None
+                } else {
+                    match engine.decode_step(&mut kv, token) {
+                        Ok(next) => Some((kv, next, produced)),
+                        Err(error) => return Some((Err(failed(error.to_string())), None)),
+                    }
+                };
+                Some((Ok::<_, RpcError>(item), next))
+            }
+        });
+        TokenStream::new(tokens, StatsTarget::Phase(decode), options)
+            .map(|item| item.map(|token| token.to_bytes()))
+            .boxed()
+    }
+
+    /// Prefill role: prefill, then send the first token and the KV cache to the decode worker.
+    async fn prefill_for_decode(self: Arc<Self>, request: GenerateRequest) -> Result<Items, RpcError> {
+        let _slot = self.admit().await?;
+        let prompt = tokenize(&request.prompt);
+        let prefill = self.phases.prefill(prompt.len() as u64);
+        let result = self.engine.prefill(&prompt).and_then(|(kv, first)| Ok((kv.to_bytes()?, first)));
+        let (kv, first) = match result {
+            Ok(done) => done,
+            Err(error) => {
+                prefill.fail("engine", error.to_string());
+                return Err(failed(error.to_string()));
+            }
+        };
+        let header = PrefillHeader {
+            first_token: first,
+            kv_bytes: kv.len() as u64,
+            prompt_tokens: prompt.len() as u64,
+            traceparent: TraceParent::from_span_context(&prefill.span_context()).map(|tp| tp.to_string()),
+        };
+        prefill.end();
+        let kv = Bytes::from(kv);
+        let chunks: Vec<Result<Bytes, RpcError>> = std::iter::once(Ok(header.to_bytes()))
+            .chain((0..kv.len()).step_by(KV_CHUNK).map(|at| Ok(kv.slice(at..(at + KV_CHUNK).min(kv.len())))))
+            .collect();
+        Ok(stream::iter(chunks).boxed())
+    }
+
+    /// Decode role: remote prefill on the prefill worker, KV transfer, then decode here.
+    async fn generate_disaggregated(self: Arc<Self>, request: GenerateRequest) -> Result<Items, RpcError> {
+        let address =
+            self.config.prefill.clone().ok_or_else(|| failed("decode worker has no --prefill address"))?;
+        let client = self.prefill_client(&address).await?;
+        let mut items = match client.oneshot(Request::new(PREFILL, request.to_bytes())).await {
+            Ok(items) => items,
+            Err(error) => {
+                // The connection may be gone: reconnect next time.
+                *self.prefill.lock().await = None;
+                return Err(error);
+            }
+        };
+        let header = match items.next().await {
+            Some(Ok(header)) => PrefillHeader::parse(&header).map_err(failed)?,
+            Some(Err(error)) => return Err(error),
+            None => return Err(failed("prefill worker sent nothing")),
+        };
+        let transfer = self.phases.kv_transfer(header.kv_bytes, &address, &self.config.name);
+        let mut kv = Vec::with_capacity(header.kv_bytes as usize);
+        while let Some(chunk) = items.next().await {
+            match chunk {
+                Ok(chunk) => kv.extend_from_slice(&chunk),
+                Err(error) => {
+                    transfer.fail("transfer", error.to_string());
+                    return Err(error);
+                }
+            }
+        }
+        if kv.len() as u64 != header.kv_bytes {
+            let message = format!("KV transfer incomplete: {} of {} bytes", kv.len(), header.kv_bytes);
+            transfer.fail("transfer", message.clone());
+            return Err(failed(message));
+        }
+        transfer.end();
+        let kv = self.engine.kv_from_bytes(&kv).map_err(|e| failed(e.to_string()))?;
+        let prefill_span = header
+            .traceparent
+            .as_deref()
+            .and_then(|tp| tp.parse::<TraceParent>().ok())
+            .map(|tp| tp.to_span_context(&Default::default()));
+        let permit = self.admit().await?;
+        Ok(self.decode(request, header.prompt_tokens, kv, header.first_token, prefill_span, permit))
+    }
+
+    async fn prefill_client(&self, address: &str) -> Result<rpc::ClientService<tcp::Client>, RpcError> {
+        let mut slot = self.prefill.lock().await;
+        if let Some(client) = slot.as_ref() {
+            return Ok(client.clone());
+        }
+        let connection = tcp::Client::connect(address)
+            .await
+            .map_err(|e| RpcError::ConnectionLost(format!("cannot reach prefill worker {address}: {e}")))?;
+        let client = ServiceBuilder::new()
+            .layer(rpc::ClientLayer::default().server_address(address.to_owned()))
+            .service(connection);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+}
