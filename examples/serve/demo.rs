@@ -21,6 +21,7 @@ pub const PROMPTS: [&str; 3] = [
 ];
 
 /// What one streamed request returned.
+#[derive(Debug)]
 pub struct Answer {
     pub request_id: String,
     pub tokens: usize,

@@ -14,7 +14,8 @@ pub struct Component {
 }
 
 impl Component {
-    /// Spawns `serve <args>` with `env`, and waits (up to 60 s) for its `READY <addr>` line.
+    /// Spawns this program as `serve <args>` with `env`, and waits (up to 60 s) for its
+    /// `READY <addr>` line.
     pub fn spawn(
         name: &'static str,
         args: &[String],
@@ -22,6 +23,17 @@ impl Component {
         quiet: bool,
     ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        Self::spawn_program(&exe, name, args, env, quiet)
+    }
+
+    /// Like [`Component::spawn`], for the `serve` binary at `exe` (the tests start it so).
+    pub fn spawn_program(
+        exe: &std::path::Path,
+        name: &'static str,
+        args: &[String],
+        env: &[(String, String)],
+        quiet: bool,
+    ) -> Result<Self, String> {
         let mut command = Command::new(exe);
         command.args(args).arg("--exit-on-stdin-close");
         command.envs(env.iter().map(|(k, v)| (k, v)));
@@ -60,6 +72,14 @@ impl Component {
     /// Asks the component to stop and waits (up to 10 s) for it to flush and exit.
     pub fn stop(mut self) {
         self.stop_inner();
+    }
+
+    /// Kills the component at once (SIGKILL): nothing is flushed, as when a process crashes.
+    #[allow(dead_code)] // the tests kill workers mid-stream
+    pub fn kill(mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn stop_inner(&mut self) {

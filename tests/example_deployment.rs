@@ -1,0 +1,419 @@
+//! The bundled example as a user runs it: real `serve` processes (built by `cargo test` with
+//! the examples), exporting over OTLP/gRPC to a real receiver; one trace per request across
+//! every service, logs correlated, a client that goes away, a worker that dies.
+
+// The example's own modules: the tests drive the deployment with the same code as the demo.
+#[allow(dead_code)]
+#[path = "../examples/serve/demo.rs"]
+mod demo;
+#[allow(dead_code)]
+#[path = "../examples/serve/launcher.rs"]
+mod launcher;
+#[path = "../examples/serve/receiver.rs"]
+mod receiver;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use launcher::Component;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use receiver::{string_value, ReceivedSpan};
+
+/// `target/<profile>/examples/serve`, next to this test's `deps/` folder.
+fn serve_exe() -> PathBuf {
+    let mut path = std::env::current_exe().unwrap();
+    path.pop();
+    path.pop();
+    path.push("examples");
+    path.push("serve");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds the examples before running tests",
+        path.display()
+    );
+    path
+}
+
+fn export_env(receiver: &receiver::Receiver, service: &str) -> Vec<(String, String)> {
+    [
+        ("OTEL_EXPORT_ENABLED", "true".to_owned()),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint()),
+        ("OTEL_SERVICE_NAME", service.to_owned()),
+        ("DYN_LOG", "info".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+fn spawn(name: &'static str, args: &[&str], env: Vec<(String, String)>) -> Component {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    Component::spawn_program(&serve_exe(), name, &args, &env, true).unwrap()
+}
+
+/// Stops components (which flushes their telemetry) off the async runtime.
+async fn stop(components: Vec<Component>) {
+    tokio::task::spawn_blocking(move || components.into_iter().for_each(Component::stop)).await.unwrap();
+}
+
+fn named<'a>(spans: &'a [ReceivedSpan], name: &str) -> Vec<&'a ReceivedSpan> {
+    spans.iter().filter(|s| s.span.name == name).collect()
+}
+
+fn one<'a>(spans: &'a [ReceivedSpan], name: &str, service: &str) -> &'a ReceivedSpan {
+    let found: Vec<_> = named(spans, name).into_iter().filter(|s| s.service == service).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {name} in {service}; have {:?}",
+        spans.iter().map(|s| (&s.span.name, &s.service)).collect::<Vec<_>>()
+    );
+    found[0]
+}
+
+fn assert_child(parent: &ReceivedSpan, child: &ReceivedSpan) {
+    assert_eq!(
+        child.span.parent_span_id, parent.span.span_id,
+        "{} is a child of {}",
+        child.span.name, parent.span.name
+    );
+    assert_eq!(child.span.trace_id, parent.span.trace_id);
+}
+
+fn attr(span: &ReceivedSpan, key: &str) -> Option<String> {
+    string_value(&span.span.attributes, key)
+}
+
+const SERVER: i32 = SpanKind::Server as i32;
+const CLIENT: i32 = SpanKind::Client as i32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregated_requests_are_one_trace_across_processes_with_correlated_logs() {
+    let receiver = receiver::grpc().await;
+    let worker = spawn(
+        "worker",
+        &["worker", "--role", "agg", "--step-ms", "2"],
+        export_env(&receiver, "dynamo-worker-vllm"),
+    );
+    let frontend = spawn(
+        "frontend",
+        &["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr],
+        export_env(&receiver, "dynamo-frontend"),
+    );
+    let addr: SocketAddr = frontend.addr.parse().unwrap();
+    let ids = ["agg-1".to_owned(), "agg-2".to_owned()];
+    for id in &ids {
+        let answer = demo::stream_chat(addr, id, "hello tracing", 8).await.unwrap();
+        assert_eq!(answer.tokens, 8);
+    }
+    stop(vec![frontend, worker]).await;
+    demo::wait_for_traces(&receiver.received, &ids, 6).await;
+
+    for id in &ids {
+        let spans = demo::trace_of(&receiver.received, id);
+        assert_eq!(spans.len(), 6, "{id}: {:?}", spans.iter().map(|s| &s.span.name).collect::<Vec<_>>());
+        let http = one(&spans, "http-request", "dynamo-frontend");
+        let client = one(&spans, "generate", "dynamo-frontend");
+        let handle = one(&spans, "handle_payload", "dynamo-worker-vllm");
+        assert_eq!((http.span.kind, client.span.kind, handle.span.kind), (SERVER, CLIENT, SERVER));
+        assert_child(http, client);
+        assert_child(client, handle);
+        for phase in ["queue", "prefill", "decode"] {
+            assert_child(handle, one(&spans, phase, "dynamo-worker-vllm"));
+        }
+        assert_eq!(attr(http, "x_request_id").as_deref(), Some(id.as_str()));
+        assert_eq!(
+            attr(handle, "x_request_id").as_deref(),
+            Some(id.as_str()),
+            "searchable on the worker too"
+        );
+        assert_eq!(attr(http, "http.route").as_deref(), Some("/v1/chat/completions"));
+        let decode = one(&spans, "decode", "dynamo-worker-vllm");
+        assert_eq!(attr(decode, "gen_ai.usage.output_tokens").as_deref(), Some("8"));
+        assert_eq!(attr(decode, "gen_ai.request.model").as_deref(), Some("tokentrace-demo"));
+        assert!(attr(decode, "itl_p99_ms").is_some());
+        assert_eq!(
+            attr(http, "gen_ai.usage.output_tokens").as_deref(),
+            Some("8"),
+            "the frontend's own TTFT/ITL"
+        );
+        assert!(attr(http, "ttft_ms").unwrap().parse::<f64>().unwrap() > 0.0);
+
+        let services: std::collections::BTreeSet<_> = receiver
+            .received
+            .logs()
+            .into_iter()
+            .filter(|l| l.record.trace_id == http.span.trace_id)
+            .map(|l| l.service)
+            .collect();
+        assert!(
+            services.contains("dynamo-frontend") && services.contains("dynamo-worker-vllm"),
+            "logs of both services carry the trace id: {services:?}"
+        );
+    }
+    receiver.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disaggregated_requests_trace_prefill_kv_transfer_and_decode() {
+    let receiver = receiver::grpc().await;
+    let prefill = spawn(
+        "prefill",
+        &["worker", "--role", "prefill", "--step-ms", "2"],
+        export_env(&receiver, "dynamo-worker-prefill"),
+    );
+    let decode = spawn(
+        "decode",
+        &["worker", "--role", "decode", "--step-ms", "2", "--prefill", &prefill.addr],
+        export_env(&receiver, "dynamo-worker-decode"),
+    );
+    let frontend = spawn(
+        "frontend",
+        &["frontend", "--listen", "127.0.0.1:0", "--worker", &decode.addr],
+        export_env(&receiver, "dynamo-frontend"),
+    );
+    let addr: SocketAddr = frontend.addr.parse().unwrap();
+    let ids = ["disagg-1".to_owned()];
+    let answer =
+        demo::stream_chat(addr, &ids[0], "a longer prompt so the KV transfer has some bytes in it", 6)
+            .await
+            .unwrap();
+    assert_eq!(answer.tokens, 6);
+    stop(vec![frontend, decode, prefill]).await;
+    demo::wait_for_traces(&receiver.received, &ids, 10).await;
+
+    let spans = demo::trace_of(&receiver.received, &ids[0]);
+    assert_eq!(spans.len(), 10, "{:?}", spans.iter().map(|s| (&s.span.name, &s.service)).collect::<Vec<_>>());
+    let http = one(&spans, "http-request", "dynamo-frontend");
+    let client = one(&spans, "generate", "dynamo-frontend");
+    let decode_handle = one(&spans, "handle_payload", "dynamo-worker-decode");
+    let remote_prefill = one(&spans, "remote_prefill", "dynamo-worker-decode");
+    let prefill_handle = one(&spans, "handle_payload", "dynamo-worker-prefill");
+    let prefill_phase = one(&spans, "prefill", "dynamo-worker-prefill");
+    let transfer = one(&spans, "kv_transfer", "dynamo-worker-decode");
+    let decode_phase = one(&spans, "decode", "dynamo-worker-decode");
+    assert_child(http, client);
+    assert_child(client, decode_handle);
+    assert_child(decode_handle, remote_prefill);
+    assert_child(remote_prefill, prefill_handle);
+    assert_child(prefill_handle, prefill_phase);
+    assert_child(decode_handle, transfer);
+    assert_child(decode_handle, decode_phase);
+    let prompt_rows = "a longer prompt so the KV transfer has some bytes in it".len();
+    assert_eq!(attr(transfer, "kv.bytes"), Some((prompt_rows * 64 * 4).to_string()));
+    assert_eq!(decode_phase.span.links.len(), 1, "decode links to prefill");
+    assert_eq!(decode_phase.span.links[0].span_id, prefill_phase.span.span_id);
+    assert_eq!(attr(prefill_handle, "x_request_id").as_deref(), Some("disagg-1"));
+    receiver.stop().await;
+}
+
+/// Starts a streamed request and returns its response body, headers read.
+async fn open_stream(addr: SocketAddr, id: &str, max_tokens: u32) -> hyper::body::Incoming {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "go"}], "max_tokens": max_tokens, "stream": true});
+    let request = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-request-id", id)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_stream_cancels_the_whole_chain() {
+    let receiver = receiver::grpc().await;
+    let worker = spawn(
+        "worker",
+        &["worker", "--role", "agg", "--step-ms", "20"],
+        export_env(&receiver, "dynamo-worker-vllm"),
+    );
+    let frontend = spawn(
+        "frontend",
+        &["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr],
+        export_env(&receiver, "dynamo-frontend"),
+    );
+    let addr: SocketAddr = frontend.addr.parse().unwrap();
+    let mut body = open_stream(addr, "gone-1", 500).await;
+    for _ in 0..3 {
+        body.frame().await.unwrap().unwrap();
+    }
+    drop(body); // the client goes away
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(vec![frontend, worker]).await;
+    let ids = ["gone-1".to_owned()];
+    demo::wait_for_traces(&receiver.received, &ids, 6).await;
+
+    let spans = demo::trace_of(&receiver.received, "gone-1");
+    let http = one(&spans, "http-request", "dynamo-frontend");
+    let decode = one(&spans, "decode", "dynamo-worker-vllm");
+    let handle = one(&spans, "handle_payload", "dynamo-worker-vllm");
+    assert_eq!(attr(http, "cancelled").as_deref(), Some("true"));
+    assert_eq!(attr(handle, "outcome").as_deref(), Some("cancelled"), "the cancel crossed the RPC hop");
+    assert_eq!(attr(decode, "cancelled").as_deref(), Some("true"));
+    let produced: u64 = attr(decode, "gen_ai.usage.output_tokens").unwrap().parse().unwrap();
+    assert!(produced < 500, "the worker stopped early ({produced} tokens)");
+    receiver.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_stream_gives_an_error_and_the_frontend_survives() {
+    let receiver = receiver::grpc().await;
+    let worker = spawn(
+        "worker",
+        &["worker", "--role", "agg", "--step-ms", "20"],
+        export_env(&receiver, "dynamo-worker-vllm"),
+    );
+    let frontend = spawn(
+        "frontend",
+        &["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr],
+        export_env(&receiver, "dynamo-frontend"),
+    );
+    let addr: SocketAddr = frontend.addr.parse().unwrap();
+    let streaming = tokio::spawn(async move { demo::stream_chat(addr, "killed-1", "go", 500).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::spawn_blocking(move || worker.kill()).await.unwrap();
+    let error = streaming.await.unwrap().unwrap_err();
+    assert!(error.contains("stream failed") && error.contains("connection lost"), "{error}");
+
+    // The frontend is still up, and says the worker is unavailable.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let health = client.get(format!("http://{addr}/health").parse().unwrap()).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let request = http::Request::post(format!("http://{addr}/v1/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(r#"{"prompt":"again","max_tokens":2}"#)))
+        .unwrap();
+    let again = client.request(request).await.unwrap();
+    assert_eq!(again.status(), 503);
+
+    stop(vec![frontend]).await;
+    receiver.received.wait_for("the frontend's spans", |r| !demo::trace_of(r, "killed-1").is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spans = demo::trace_of(&receiver.received, "killed-1");
+    let http = one(&spans, "http-request", "dynamo-frontend");
+    let client_span = one(&spans, "generate", "dynamo-frontend");
+    assert_eq!(
+        http.span.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32),
+        "the trace shows the failure"
+    );
+    assert_eq!(attr(http, "error.type").as_deref(), Some("connection_lost"));
+    assert_eq!(attr(client_span, "outcome").as_deref(), Some("error"));
+    receiver.stop().await;
+}
+
+fn yaml_documents(path: &str) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect()
+}
+
+fn env_of(container: &serde_yaml::Value) -> std::collections::HashMap<String, String> {
+    container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+#[test]
+fn kubernetes_manifests_parse_and_set_the_tracing_variables() {
+    for (file, services) in [
+        ("examples/deploy/k8s/agg_tracing.yaml", vec!["dynamo-frontend", "dynamo-worker-vllm"]),
+        (
+            "examples/deploy/k8s/disagg_tracing.yaml",
+            vec!["dynamo-frontend", "dynamo-worker-decode", "dynamo-worker-prefill"],
+        ),
+    ] {
+        let deployments: Vec<_> =
+            yaml_documents(file).into_iter().filter(|d| d["kind"] == "Deployment").collect();
+        let mut seen = Vec::new();
+        for deployment in &deployments {
+            let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+            let env = env_of(container);
+            assert_eq!(env["OTEL_EXPORT_ENABLED"], "true", "{file}");
+            assert_eq!(env["DYN_LOGGING_JSONL"], "true", "{file}");
+            assert_eq!(
+                env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"],
+                "http://tempo.observability.svc.cluster.local:4317"
+            );
+            seen.push(env["OTEL_SERVICE_NAME"].clone());
+        }
+        seen.sort();
+        assert_eq!(seen, services, "{file}");
+    }
+}
+
+#[test]
+fn the_compose_stack_and_its_configs_parse_and_connect() {
+    let compose = &yaml_documents("examples/deploy/docker-compose.yml")[0];
+    for service in ["otel-collector", "tempo", "loki", "prometheus", "grafana"] {
+        assert!(compose["services"][service].is_mapping(), "service {service}");
+    }
+    let ports: Vec<_> = compose["services"]["otel-collector"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    assert!(ports.contains(&"4317:4317".to_owned()) && ports.contains(&"4318:4318".to_owned()));
+    let grafana = &compose["services"]["grafana"];
+    assert_eq!(grafana["environment"]["GF_SECURITY_ADMIN_USER"], "dynamo");
+    assert_eq!(grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"], "dynamo");
+    assert!(grafana["ports"][0].as_str().unwrap().starts_with("3000:"));
+
+    let collector = &yaml_documents("examples/deploy/otel-collector-config.yaml")[0];
+    assert_eq!(collector["exporters"]["otlp/tempo"]["endpoint"], "tempo:4317");
+    assert_eq!(collector["service"]["pipelines"]["logs"]["exporters"][0], "otlphttp/loki");
+
+    let datasources = &yaml_documents("examples/deploy/grafana/provisioning/datasources/datasources.yaml")[0];
+    let sources = datasources["datasources"].as_sequence().unwrap();
+    let tempo = sources.iter().find(|d| d["type"] == "tempo").unwrap();
+    let loki = sources.iter().find(|d| d["type"] == "loki").unwrap();
+    assert_eq!(tempo["jsonData"]["tracesToLogsV2"]["datasourceUid"], loki["uid"], "traces link to logs");
+    assert!(
+        loki["jsonData"]["derivedFields"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .all(|f| f["datasourceUid"] == tempo["uid"]),
+        "logs link to traces"
+    );
+}
+
+#[test]
+fn the_launch_scripts_are_valid_bash_and_name_the_components() {
+    for (script, names) in [
+        ("examples/launch/agg_tracing.sh", vec!["dynamo-frontend", "dynamo-worker-vllm"]),
+        (
+            "examples/launch/disagg_tracing.sh",
+            vec!["dynamo-frontend", "dynamo-worker-decode", "dynamo-worker-prefill"],
+        ),
+    ] {
+        let path = format!("{}/{script}", env!("CARGO_MANIFEST_DIR"));
+        let status = std::process::Command::new("bash").args(["-n", &path]).status().unwrap();
+        assert!(status.success(), "{script} has a syntax error");
+        let text = std::fs::read_to_string(&path).unwrap();
+        for needle in [
+            "DYN_LOGGING_JSONL=true",
+            "OTEL_EXPORT_ENABLED=true",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:-http://localhost:4317",
+            "curl",
+        ] {
+            assert!(text.contains(needle), "{script} lacks {needle}");
+        }
+        for name in names {
+            assert!(text.contains(&format!("OTEL_SERVICE_NAME={name}")), "{script} lacks {name}");
+        }
+    }
+}
