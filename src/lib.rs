@@ -55,6 +55,10 @@
 mod active_span;
 #[doc(hidden)]
 pub mod fuzzing;
+/// The README's Rust examples, compiled as doctests so the front door never rots.
+#[cfg(all(doctest, feature = "telemetry", feature = "axum"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub mod http;
 mod ids;
 pub mod inference;

@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use launcher::Component;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
@@ -215,7 +213,7 @@ async fn disaggregated_requests_trace_prefill_kv_transfer_and_decode() {
 
 /// Starts a streamed request and returns its response body, headers read.
 async fn open_stream(addr: SocketAddr, id: &str, max_tokens: u32) -> hyper::body::Incoming {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = demo::http_client();
     let body = serde_json::json!({"messages": [{"role": "user", "content": "go"}], "max_tokens": max_tokens, "stream": true});
     let request = http::Request::post(format!("http://{addr}/v1/chat/completions"))
         .header("content-type", "application/json")
@@ -284,7 +282,7 @@ async fn a_worker_killed_mid_stream_gives_an_error_and_the_frontend_survives() {
     assert!(error.contains("stream failed") && error.contains("connection lost"), "{error}");
 
     // The frontend is still up, and says the worker is unavailable.
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = demo::http_client();
     let health = client.get(format!("http://{addr}/health").parse().unwrap()).await.unwrap();
     assert_eq!(health.status(), 200);
     let request = http::Request::post(format!("http://{addr}/v1/completions"))

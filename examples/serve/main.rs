@@ -177,6 +177,10 @@ async fn run_frontend(args: &Args) -> Result<(), String> {
     let model = args.get("model").unwrap_or("tokentrace-demo").to_owned();
     let listener = bind(args, "127.0.0.1:8000").await?;
     tracing::info!(worker, "frontend serving");
+    // Tokens are small writes: send each at once rather than wait for the peer's ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
+        let _ = socket.set_nodelay(true);
+    });
     axum::serve(listener, frontend::app(worker, model))
         .with_graceful_shutdown(shutdown_signal(args.switch("exit-on-stdin-close")))
         .await

@@ -110,7 +110,9 @@ impl fmt::Debug for HttpClient {
 impl HttpClient {
     fn new(runtime: Handle, timeout: Duration) -> Self {
         let _entered = runtime.enter();
-        Self { client: Client::builder(TokioExecutor::new()).build_http(), runtime, timeout }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Self { client: Client::builder(TokioExecutor::new()).build(connector), runtime, timeout }
     }
 }
 

@@ -1,0 +1,169 @@
+//! End to end: streamed chat completions over real loopback HTTP (the example's frontend) and
+//! RPC (its worker, CPU engine, no step delay), at concurrency 1, 16 and 64, tracing off (the
+//! no-op tracer) against tracing on (100% sampled, exported over OTLP/gRPC to a receiver in
+//! this process), interleaved in one run. Reports tokens/s and client-side TTFT p50/p99.
+//!
+//! Run: `cargo bench --bench pipeline` (about a minute).
+//!
+//! Latest figures (FIGURES_MACHINE):
+//!
+//! FIGURES_TABLE
+
+#[allow(dead_code)]
+#[path = "../examples/serve/demo.rs"]
+mod demo;
+#[allow(dead_code)]
+#[path = "../examples/serve/engine.rs"]
+mod engine;
+#[allow(dead_code)]
+#[path = "../examples/serve/frontend.rs"]
+mod frontend;
+#[allow(dead_code)]
+#[path = "../examples/serve/protocol.rs"]
+mod protocol;
+#[allow(dead_code)]
+#[path = "../examples/serve/receiver.rs"]
+mod receiver;
+#[allow(dead_code)]
+#[path = "../examples/serve/worker.rs"]
+mod worker;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use opentelemetry::trace::noop::NoopTracerProvider;
+use tokentrace::telemetry::{Telemetry, TelemetryConfig};
+
+const MAX_TOKENS: u32 = 32;
+const MEASURE: Duration = Duration::from_secs(4);
+
+/// Starts a worker and a frontend whose layers take their tracers from the current global
+/// provider, and sends one request so every lazily built layer exists.
+async fn deployment() -> SocketAddr {
+    let worker_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let worker_addr = worker_listener.local_addr().unwrap();
+    let config = worker::WorkerConfig {
+        role: worker::Role::Aggregated,
+        step: Duration::ZERO,
+        slots: 256,
+        instance_id: 1,
+        prefill: None,
+        name: "bench-worker".into(),
+    };
+    tokio::spawn(worker::serve(engine::CpuEngine::new(), config, worker_listener, std::future::pending()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = frontend::app(worker_addr.to_string(), "bench".into());
+    let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
+        let _ = socket.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    one_request(&demo::http_client(), addr).await;
+    addr
+}
+
+/// One streamed request: (time to first token, tokens).
+async fn one_request(client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>, addr: SocketAddr) -> (Duration, usize) {
+    let body = format!(
+        r#"{{"model":"bench","messages":[{{"role":"user","content":"measure the pipeline"}}],"max_tokens":{MAX_TOKENS},"stream":true}}"#
+    );
+    let request = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let started = Instant::now();
+    let mut body = client.request(request).await.unwrap().into_body();
+    let mut ttft = None;
+    let mut tokens = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap();
+        if let Some(data) = frame.data_ref() {
+            let found = data.windows(10).filter(|w| w == b"\"content\":").count();
+            if found > 0 && ttft.is_none() {
+                ttft = Some(started.elapsed());
+            }
+            tokens += found;
+        }
+    }
+    (ttft.unwrap_or_default(), tokens)
+}
+
+struct Run {
+    tokens_per_s: f64,
+    ttft_p50_ms: f64,
+    ttft_p99_ms: f64,
+    requests: usize,
+}
+
+async fn measure(addr: SocketAddr, concurrency: usize) -> Run {
+    let deadline = Instant::now() + MEASURE;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            tokio::spawn(async move {
+                let client = demo::http_client();
+                let mut samples = Vec::new();
+                while Instant::now() < deadline {
+                    samples.push(one_request(&client, addr).await);
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let tokens: usize = samples.iter().map(|(_, t)| t).sum();
+    let mut ttfts: Vec<f64> = samples.iter().map(|(t, _)| t.as_secs_f64() * 1e3).collect();
+    ttfts.sort_by(f64::total_cmp);
+    let quantile = |q: f64| ttfts[((q * ttfts.len() as f64).ceil() as usize).clamp(1, ttfts.len()) - 1];
+    Run { tokens_per_s: tokens as f64 / elapsed, ttft_p50_ms: quantile(0.5), ttft_p99_ms: quantile(0.99), requests: samples.len() }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument that excludes us means: do nothing.
+    if std::env::args().skip(1).any(|a| !a.starts_with("--") && !"pipeline".contains(a.as_str())) {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let receiver = receiver::grpc().await;
+        opentelemetry::global::set_tracer_provider(NoopTracerProvider::new());
+        let untraced = deployment().await;
+
+        let config = TelemetryConfig::from_vars(
+            "bench",
+            [("OTEL_EXPORT_ENABLED", "true".to_owned()), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint())],
+        )
+        .unwrap();
+        let telemetry = Telemetry::build(config).unwrap();
+        opentelemetry::global::set_tracer_provider(telemetry.tracer_provider().clone());
+        let traced = deployment().await;
+
+        println!("| concurrency | tracing | requests | tokens/s | TTFT p50 ms | TTFT p99 ms |");
+        println!("|---:|---|---:|---:|---:|---:|");
+        let mut ratios = Vec::new();
+        for concurrency in [1, 16, 64] {
+            let off = measure(untraced, concurrency).await;
+            let on = measure(traced, concurrency).await;
+            for (label, run) in [("off", &off), ("on", &on)] {
+                println!(
+                    "| {concurrency} | {label} | {} | {:.0} | {:.2} | {:.2} |",
+                    run.requests, run.tokens_per_s, run.ttft_p50_ms, run.ttft_p99_ms
+                );
+            }
+            ratios.push((concurrency, on.tokens_per_s / off.tokens_per_s));
+        }
+        for (concurrency, ratio) in ratios {
+            println!("ratio pipeline/c{concurrency}: traced/untraced tokens/s = {:.3}", ratio);
+        }
+        let lost = tokio::task::spawn_blocking(move || telemetry.shutdown()).await.unwrap();
+        println!("spans received: {}, lost: {}", receiver.received.spans().len(), lost.spans);
+        receiver.stop().await;
+    });
+}

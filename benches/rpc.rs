@@ -1,0 +1,140 @@
+//! Worker RPC: the per-call overhead of `rpc::ClientLayer` + `rpc::ServerLayer` over the bare
+//! service (in process, no transport), and items/s over loopback TCP for 1 and 64 concurrent
+//! streams, traced and untraced, in one run. Spans go through a batch processor into a
+//! discarding exporter.
+//!
+//! Run: `cargo bench --bench rpc`
+//!
+//! Latest figures (mean; FIGURES_MACHINE):
+//!
+//! FIGURES_TABLE
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput};
+use futures_util::stream::{self, BoxStream};
+use futures_util::StreamExt;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tokentrace::rpc::{self, tcp, Request, RpcError};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+mod support;
+
+type Items = BoxStream<'static, Result<Bytes, RpcError>>;
+
+/// A handler streaming `count` 16-byte items.
+fn handler(count: usize) -> impl Service<Request<Bytes>, Response = Items, Error = RpcError, Future = impl Send> + Clone + Send + 'static {
+    tower::service_fn(move |_request: Request<Bytes>| async move {
+        Ok::<Items, RpcError>(stream::iter((0..count).map(|_| Ok(Bytes::from_static(b"0123456789abcdef")))).boxed())
+    })
+}
+
+async fn drain<S: futures_util::Stream<Item = Result<Bytes, RpcError>> + Unpin>(mut items: S) -> usize {
+    let mut n = 0;
+    while let Some(item) = items.next().await {
+        black_box(item.unwrap());
+        n += 1;
+    }
+    n
+}
+
+const LAYERS: &str = "rpc_layers";
+
+fn layers(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider: &SdkTracerProvider) {
+    let mut group = c.benchmark_group(LAYERS);
+    let bare = handler(1);
+    group.bench_function("bare", |b| {
+        b.iter(|| runtime.block_on(async { drain(bare.clone().oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await }))
+    });
+    let traced = ServiceBuilder::new()
+        .layer(rpc::ClientLayer::with_tracer(provider.tracer("frontend")))
+        .layer(rpc::ServerLayer::with_tracer(provider.tracer("worker")).component("backend"))
+        .service(handler(1));
+    group.bench_function("traced", |b| {
+        b.iter(|| runtime.block_on(async { drain(traced.clone().oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await }))
+    });
+    group.finish();
+}
+
+const ITEMS_PER_STREAM: usize = 1000;
+
+fn tcp_throughput(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider: &SdkTracerProvider) {
+    let (untraced_addr, traced_addr) = runtime.block_on(async {
+        let untraced = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let traced = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = (untraced.local_addr().unwrap(), traced.local_addr().unwrap());
+        tokio::spawn(tcp::serve(untraced, handler(ITEMS_PER_STREAM)));
+        let worker = ServiceBuilder::new()
+            .layer(rpc::ServerLayer::with_tracer(provider.tracer("worker")).component("backend"))
+            .service(handler(ITEMS_PER_STREAM));
+        tokio::spawn(tcp::serve(traced, worker));
+        addrs
+    });
+    for streams in [1usize, 64] {
+        let group_name = format!("rpc_tcp/{streams}_streams");
+        let mut group = c.benchmark_group(&group_name);
+        group.throughput(Throughput::Elements((streams * ITEMS_PER_STREAM) as u64));
+        let untraced = runtime.block_on(tcp::Client::connect(untraced_addr)).unwrap();
+        group.bench_function("untraced", |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let calls = (0..streams).map(|_| {
+                        let client = untraced.clone();
+                        tokio::spawn(async move { drain(client.oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await })
+                    });
+                    for call in calls.collect::<Vec<_>>() {
+                        assert_eq!(call.await.unwrap(), ITEMS_PER_STREAM);
+                    }
+                })
+            })
+        });
+        let traced = ServiceBuilder::new()
+            .layer(rpc::ClientLayer::with_tracer(provider.tracer("frontend")))
+            .service(runtime.block_on(tcp::Client::connect(traced_addr)).unwrap());
+        group.bench_function("traced", |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let calls = (0..streams).map(|_| {
+                        let client = traced.clone();
+                        tokio::spawn(async move { drain(client.oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await })
+                    });
+                    for call in calls.collect::<Vec<_>>() {
+                        assert_eq!(call.await.unwrap(), ITEMS_PER_STREAM);
+                    }
+                })
+            })
+        });
+        group.finish();
+    }
+}
+
+fn main() {
+    let provider = SdkTracerProvider::builder().with_batch_exporter(support::DiscardExporter).build();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    layers(&mut c, &runtime, &provider);
+    tcp_throughput(&mut c, &runtime, &provider);
+    c.final_summary();
+    if let (Some(bare), Some(traced)) = (support::mean_ns(LAYERS, "bare"), support::mean_ns(LAYERS, "traced")) {
+        println!("overhead {LAYERS}: client+server layers +{:.0} ns per call over the bare service ({bare:.0} ns)", traced - bare);
+    }
+    for streams in [1usize, 64] {
+        let group = format!("rpc_tcp/{streams}_streams");
+        let items = (streams * ITEMS_PER_STREAM) as f64;
+        if let (Some(untraced), Some(traced)) = (support::mean_ns(&group, "untraced"), support::mean_ns(&group, "traced")) {
+            println!(
+                "throughput {group}: untraced {:.2} M items/s, traced {:.2} M items/s -> traced/untraced {:.3}",
+                items / untraced * 1e3,
+                items / traced * 1e3,
+                untraced / traced
+            );
+        }
+    }
+    let _ = provider.shutdown();
+}
