@@ -21,7 +21,6 @@ mod frontend;
 #[allow(dead_code)]
 #[path = "../examples/serve/protocol.rs"]
 mod protocol;
-#[allow(dead_code)]
 #[path = "../examples/serve/receiver.rs"]
 mod receiver;
 #[allow(dead_code)]
@@ -66,7 +65,10 @@ async fn deployment() -> SocketAddr {
 }
 
 /// One streamed request: (time to first token, tokens).
-async fn one_request(client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>, addr: SocketAddr) -> (Duration, usize) {
+async fn one_request(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+) -> (Duration, usize) {
     let body = format!(
         r#"{{"model":"bench","messages":[{{"role":"user","content":"measure the pipeline"}}],"max_tokens":{MAX_TOKENS},"stream":true}}"#
     );
@@ -122,7 +124,12 @@ async fn measure(addr: SocketAddr, concurrency: usize) -> Run {
     let mut ttfts: Vec<f64> = samples.iter().map(|(t, _)| t.as_secs_f64() * 1e3).collect();
     ttfts.sort_by(f64::total_cmp);
     let quantile = |q: f64| ttfts[((q * ttfts.len() as f64).ceil() as usize).clamp(1, ttfts.len()) - 1];
-    Run { tokens_per_s: tokens as f64 / elapsed, ttft_p50_ms: quantile(0.5), ttft_p99_ms: quantile(0.99), requests: samples.len() }
+    Run {
+        tokens_per_s: tokens as f64 / elapsed,
+        ttft_p50_ms: quantile(0.5),
+        ttft_p99_ms: quantile(0.99),
+        requests: samples.len(),
+    }
 }
 
 fn main() {
@@ -138,7 +145,10 @@ fn main() {
 
         let config = TelemetryConfig::from_vars(
             "bench",
-            [("OTEL_EXPORT_ENABLED", "true".to_owned()), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint())],
+            [
+                ("OTEL_EXPORT_ENABLED", "true".to_owned()),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint()),
+            ],
         )
         .unwrap();
         let telemetry = Telemetry::build(config).unwrap();

@@ -26,9 +26,14 @@ mod support;
 type Items = BoxStream<'static, Result<Bytes, RpcError>>;
 
 /// A handler streaming `count` 16-byte items.
-fn handler(count: usize) -> impl Service<Request<Bytes>, Response = Items, Error = RpcError, Future = impl Send> + Clone + Send + 'static {
+fn handler(
+    count: usize,
+) -> impl Service<Request<Bytes>, Response = Items, Error = RpcError, Future = impl Send> + Clone + Send + 'static
+{
     tower::service_fn(move |_request: Request<Bytes>| async move {
-        Ok::<Items, RpcError>(stream::iter((0..count).map(|_| Ok(Bytes::from_static(b"0123456789abcdef")))).boxed())
+        Ok::<Items, RpcError>(
+            stream::iter((0..count).map(|_| Ok(Bytes::from_static(b"0123456789abcdef")))).boxed(),
+        )
     })
 }
 
@@ -47,14 +52,22 @@ fn layers(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider: &SdkTr
     let mut group = c.benchmark_group(LAYERS);
     let bare = handler(1);
     group.bench_function("bare", |b| {
-        b.iter(|| runtime.block_on(async { drain(bare.clone().oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await }))
+        b.iter(|| {
+            runtime.block_on(async {
+                drain(bare.clone().oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await
+            })
+        })
     });
     let traced = ServiceBuilder::new()
         .layer(rpc::ClientLayer::with_tracer(provider.tracer("frontend")))
         .layer(rpc::ServerLayer::with_tracer(provider.tracer("worker")).component("backend"))
         .service(handler(1));
     group.bench_function("traced", |b| {
-        b.iter(|| runtime.block_on(async { drain(traced.clone().oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await }))
+        b.iter(|| {
+            runtime.block_on(async {
+                drain(traced.clone().oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await
+            })
+        })
     });
     group.finish();
 }
@@ -83,7 +96,9 @@ fn tcp_throughput(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider
                 runtime.block_on(async {
                     let calls = (0..streams).map(|_| {
                         let client = untraced.clone();
-                        tokio::spawn(async move { drain(client.oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await })
+                        tokio::spawn(async move {
+                            drain(client.oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await
+                        })
                     });
                     for call in calls.collect::<Vec<_>>() {
                         assert_eq!(call.await.unwrap(), ITEMS_PER_STREAM);
@@ -99,7 +114,9 @@ fn tcp_throughput(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider
                 runtime.block_on(async {
                     let calls = (0..streams).map(|_| {
                         let client = traced.clone();
-                        tokio::spawn(async move { drain(client.oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await })
+                        tokio::spawn(async move {
+                            drain(client.oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await
+                        })
                     });
                     for call in calls.collect::<Vec<_>>() {
                         assert_eq!(call.await.unwrap(), ITEMS_PER_STREAM);
@@ -121,13 +138,19 @@ fn main() {
     layers(&mut c, &runtime, &provider);
     tcp_throughput(&mut c, &runtime, &provider);
     c.final_summary();
-    if let (Some(bare), Some(traced)) = (support::mean_ns(LAYERS, "bare"), support::mean_ns(LAYERS, "traced")) {
-        println!("overhead {LAYERS}: client+server layers +{:.0} ns per call over the bare service ({bare:.0} ns)", traced - bare);
+    if let (Some(bare), Some(traced)) = (support::mean_ns(LAYERS, "bare"), support::mean_ns(LAYERS, "traced"))
+    {
+        println!(
+            "overhead {LAYERS}: client+server layers +{:.0} ns per call over the bare service ({bare:.0} ns)",
+            traced - bare
+        );
     }
     for streams in [1usize, 64] {
         let group = format!("rpc_tcp/{streams}_streams");
         let items = (streams * ITEMS_PER_STREAM) as f64;
-        if let (Some(untraced), Some(traced)) = (support::mean_ns(&group, "untraced"), support::mean_ns(&group, "traced")) {
+        if let (Some(untraced), Some(traced)) =
+            (support::mean_ns(&group, "untraced"), support::mean_ns(&group, "traced"))
+        {
             println!(
                 "throughput {group}: untraced {:.2} M items/s, traced {:.2} M items/s -> traced/untraced {:.3}",
                 items / untraced * 1e3,
