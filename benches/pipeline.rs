@@ -1,7 +1,9 @@
 //! End to end: streamed chat completions over real loopback HTTP (the example's frontend) and
-//! RPC (its worker, CPU engine, no step delay), at concurrency 1, 16 and 64, tracing off (the
-//! no-op tracer) against tracing on (100% sampled, exported over OTLP/gRPC to a receiver in
-//! this process), interleaved in one run. Reports tokens/s and client-side TTFT p50/p99.
+//! RPC (its worker, CPU engine), at concurrency 1, 16 and 64, tracing off (the no-op tracer)
+//! against tracing on (100% sampled, exported over OTLP/gRPC to a receiver in this process),
+//! interleaved in one run. Reports tokens/s and client-side TTFT p50/p99, in two regimes:
+//! `step 0 ms`, where the 2-core machine is saturated by HTTP, RPC and the engine, so every
+//! cycle tracing takes shows (the worst case), and `step 5 ms`, a GPU-like inter-token latency.
 //!
 //! Run: `cargo bench --bench pipeline` (about a minute).
 //!
@@ -37,16 +39,16 @@ use opentelemetry::trace::noop::NoopTracerProvider;
 use tokentrace::telemetry::{Telemetry, TelemetryConfig};
 
 const MAX_TOKENS: u32 = 32;
-const MEASURE: Duration = Duration::from_secs(4);
+const MEASURE: Duration = Duration::from_secs(3);
 
 /// Starts a worker and a frontend whose layers take their tracers from the current global
 /// provider, and sends one request so every lazily built layer exists.
-async fn deployment() -> SocketAddr {
+async fn deployment(step: Duration) -> SocketAddr {
     let worker_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let worker_addr = worker_listener.local_addr().unwrap();
     let config = worker::WorkerConfig {
         role: worker::Role::Aggregated,
-        step: Duration::ZERO,
+        step,
         slots: 256,
         instance_id: 1,
         prefill: None,
@@ -140,8 +142,12 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let receiver = receiver::grpc().await;
+        let steps = [Duration::ZERO, Duration::from_millis(5)];
         opentelemetry::global::set_tracer_provider(NoopTracerProvider::new());
-        let untraced = deployment().await;
+        let mut untraced = Vec::new();
+        for step in steps {
+            untraced.push(deployment(step).await);
+        }
 
         let config = TelemetryConfig::from_vars(
             "bench",
@@ -153,24 +159,33 @@ fn main() {
         .unwrap();
         let telemetry = Telemetry::build(config).unwrap();
         opentelemetry::global::set_tracer_provider(telemetry.tracer_provider().clone());
-        let traced = deployment().await;
-
-        println!("| concurrency | tracing | requests | tokens/s | TTFT p50 ms | TTFT p99 ms |");
-        println!("|---:|---|---:|---:|---:|---:|");
-        let mut ratios = Vec::new();
-        for concurrency in [1, 16, 64] {
-            let off = measure(untraced, concurrency).await;
-            let on = measure(traced, concurrency).await;
-            for (label, run) in [("off", &off), ("on", &on)] {
-                println!(
-                    "| {concurrency} | {label} | {} | {:.0} | {:.2} | {:.2} |",
-                    run.requests, run.tokens_per_s, run.ttft_p50_ms, run.ttft_p99_ms
-                );
-            }
-            ratios.push((concurrency, on.tokens_per_s / off.tokens_per_s));
+        let mut traced = Vec::new();
+        for step in steps {
+            traced.push(deployment(step).await);
         }
-        for (concurrency, ratio) in ratios {
-            println!("ratio pipeline/c{concurrency}: traced/untraced tokens/s = {:.3}", ratio);
+
+        println!("| step | concurrency | tracing | requests | tokens/s | TTFT p50 ms | TTFT p99 ms |");
+        println!("|---:|---:|---|---:|---:|---:|---:|");
+        let mut ratios = Vec::new();
+        for (index, step) in steps.iter().enumerate() {
+            for concurrency in [1, 16, 64] {
+                let off = measure(untraced[index], concurrency).await;
+                let on = measure(traced[index], concurrency).await;
+                for (label, run) in [("off", &off), ("on", &on)] {
+                    println!(
+                        "| {} ms | {concurrency} | {label} | {} | {:.0} | {:.2} | {:.2} |",
+                        step.as_millis(),
+                        run.requests,
+                        run.tokens_per_s,
+                        run.ttft_p50_ms,
+                        run.ttft_p99_ms
+                    );
+                }
+                ratios.push((step.as_millis(), concurrency, on.tokens_per_s / off.tokens_per_s));
+            }
+        }
+        for (step, concurrency, ratio) in ratios {
+            println!("ratio pipeline/step{step}ms/c{concurrency}: traced/untraced tokens/s = {ratio:.3}");
         }
         let lost = tokio::task::spawn_blocking(move || telemetry.shutdown()).await.unwrap();
         println!("spans received: {}, lost: {}", receiver.received.spans().len(), lost.spans);

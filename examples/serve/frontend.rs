@@ -52,22 +52,12 @@ async fn models(State(frontend): State<Arc<Frontend>>) -> Json<Value> {
     )
 }
 
-async fn chat(
-    state: State<Arc<Frontend>>,
-    cx: Extension<Context>,
-    ids: Extension<RequestIds>,
-    body: Json<Value>,
-) -> Response {
-    complete(state, cx, ids, body, Api::Chat).await
+async fn chat(state: State<Arc<Frontend>>, cx: Extension<Context>, body: Json<Value>) -> Response {
+    complete(state, cx, body, Api::Chat).await
 }
 
-async fn completions(
-    state: State<Arc<Frontend>>,
-    cx: Extension<Context>,
-    ids: Extension<RequestIds>,
-    body: Json<Value>,
-) -> Response {
-    complete(state, cx, ids, body, Api::Completions).await
+async fn completions(state: State<Arc<Frontend>>, cx: Extension<Context>, body: Json<Value>) -> Response {
+    complete(state, cx, body, Api::Completions).await
 }
 
 fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
@@ -109,7 +99,6 @@ impl Frontend {
 async fn complete(
     State(frontend): State<Arc<Frontend>>,
     Extension(cx): Extension<Context>,
-    Extension(ids): Extension<RequestIds>,
     Json(body): Json<Value>,
     api: Api,
 ) -> Response {
@@ -151,7 +140,9 @@ async fn complete(
         items.map(|item| item.and_then(|bytes| TokenItem::parse(&bytes).map_err(RpcError::Malformed)));
     let options = StreamOptions::new().model(request.model.clone()).request_start(start);
     let tokens = TokenStream::new(tokens, StatsTarget::Span(cx.clone()), options);
-    let id = format!("{}-{}", if matches!(api, Api::Chat) { "chatcmpl" } else { "cmpl" }, ids.x_request_id);
+    let request_id =
+        RequestIds::from_context(&cx).map(|ids| ids.x_request_id.to_string()).unwrap_or_default();
+    let id = format!("{}-{request_id}", if matches!(api, Api::Chat) { "chatcmpl" } else { "cmpl" });
     if stream_response {
         Sse::new(sse_events(tokens, cx, frontend, id, request.model, api)).into_response()
     } else {

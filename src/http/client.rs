@@ -136,7 +136,7 @@ where
         let mut attributes = Vec::with_capacity(5);
         attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, method));
         if let Some((host, port)) = semconv::host_and_port(request.uri(), request.headers()) {
-            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
             if let Some(port) = port {
                 attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
             }

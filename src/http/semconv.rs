@@ -43,15 +43,62 @@ pub(crate) fn protocol_version(version: Version) -> &'static str {
     }
 }
 
+/// Longest `server.address` recorded: a Host header is client input.
+const MAX_HOST_LEN: usize = 255;
+
 /// `(host, port)` from the URI authority, else from the `Host` header.
-pub(crate) fn host_and_port(uri: &http::Uri, headers: &http::HeaderMap) -> Option<(String, Option<u16>)> {
-    let parsed;
-    let authority = match uri.authority() {
-        Some(authority) => authority,
-        None => {
-            parsed = headers.get(http::header::HOST)?.to_str().ok()?.parse::<http::uri::Authority>().ok()?;
-            &parsed
-        }
-    };
-    Some((authority.host().to_owned(), authority.port_u16()))
+///
+/// The header is split by hand rather than parsed as a URI authority: this runs on every
+/// request, and the full parse cost more than the rest of the attribute set.
+pub(crate) fn host_and_port<'a>(
+    uri: &'a http::Uri,
+    headers: &'a http::HeaderMap,
+) -> Option<(&'a str, Option<u16>)> {
+    if let Some(authority) = uri.authority() {
+        return Some((authority.host(), authority.port_u16()));
+    }
+    let host = headers.get(http::header::HOST)?.to_str().ok()?;
+    let (host, port) = split_host_port(host);
+    (!host.is_empty() && host.len() <= MAX_HOST_LEN).then_some((host, port))
+}
+
+/// `host:port`, `[v6]:port`, `host`, `[v6]`; a port that is not a number is left in the host.
+fn split_host_port(authority: &str) -> (&str, Option<u16>) {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => {
+                let port = authority[end + 1..].strip_prefix(':').and_then(|p| p.parse().ok());
+                (&authority[..=end], port)
+            }
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => match port.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (authority, None),
+        },
+        None => (authority, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_split() {
+        assert_eq!(split_host_port("frontend:8000"), ("frontend", Some(8000)));
+        assert_eq!(split_host_port("frontend"), ("frontend", None));
+        assert_eq!(split_host_port("[::1]:8000"), ("[::1]", Some(8000)));
+        assert_eq!(split_host_port("[::1]"), ("[::1]", None));
+        assert_eq!(split_host_port("host:notaport"), ("host:notaport", None));
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, "x".repeat(300).parse().unwrap());
+        assert_eq!(
+            host_and_port(&http::Uri::from_static("/"), &headers),
+            None,
+            "over-long hosts are not recorded"
+        );
+    }
 }

@@ -50,8 +50,9 @@ type Filter = Arc<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
 /// - extracts the caller's W3C trace context with the strict propagator, or starts a new trace;
 /// - opens the SERVER span (`http-request` by default) with the stable HTTP semantic-convention
 ///   attributes, `x_request_id` and `request_id` (never arbitrary headers);
-/// - keeps a valid inbound `x-request-id` or generates one, stores it (and the context) in the
-///   request extensions, and echoes it on the response;
+/// - keeps a valid inbound `x-request-id` or generates one, echoes it on the response, and
+///   stores the `opentelemetry::Context` (span and [`RequestIds`]) in the request extensions:
+///   a handler takes `Extension<Context>` and reads the ids with [`RequestIds::from_context`];
 /// - attaches the context while the handler's future and the response body are polled, so log
 ///   lines and outbound calls (through [`ClientLayer`](super::ClientLayer) or
 ///   [`rpc::ClientLayer`](crate::rpc::ClientLayer)) join the trace;
@@ -188,13 +189,13 @@ where
             attributes.push(KeyValue::new(semconv::HTTP_ROUTE, route.to_owned()));
         }
         if let Some((host, port)) = semconv::host_and_port(uri, request.headers()) {
-            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
             if let Some(port) = port {
                 attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
             }
         }
         attributes.push(KeyValue::new(semconv::X_REQUEST_ID, ids.x_request_id.as_str().to_owned()));
-        attributes.push(KeyValue::new(semconv::REQUEST_ID, ids.request_id.to_string()));
+        attributes.push(KeyValue::new(semconv::REQUEST_ID, ids.request_id.to_hyphenated()));
         let mut builder =
             self.tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes);
         if let Some(link) = link {
@@ -298,8 +299,9 @@ where
         };
 
         let x_request_id = ids.x_request_id.header_value().clone();
+        // One extension: the context carries the ids too (`RequestIds::from_context`), and each
+        // extension insert costs an allocation.
         request.extensions_mut().insert(cx.clone());
-        request.extensions_mut().insert(ids);
         let inner = {
             let _attached = cx.clone().attach();
             self.inner.call(request)

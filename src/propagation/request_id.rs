@@ -213,6 +213,18 @@ impl RequestUuid {
         self.0
     }
 
+    /// The hyphenated lowercase form as a `String`, without going through `fmt`.
+    ///
+    /// ```
+    /// use tokentrace::propagation::RequestUuid;
+    /// let id = RequestUuid::new_v4();
+    /// assert_eq!(id.to_hyphenated(), id.to_string());
+    /// ```
+    pub fn to_hyphenated(&self) -> String {
+        // Only ASCII hex digits and dashes are written.
+        String::from_utf8(self.to_bytes().to_vec()).unwrap_or_default()
+    }
+
     /// The 36 ASCII bytes of the hyphenated lowercase form.
     pub fn to_bytes(&self) -> [u8; 36] {
         let mut digits = [0u8; 32];

@@ -279,7 +279,7 @@ where
             attributes.push(KeyValue::new(INSTANCE_ID, id));
         }
         attributes.push(KeyValue::new(X_REQUEST_ID, ids.x_request_id.as_str().to_owned()));
-        attributes.push(KeyValue::new(REQUEST_ID, ids.request_id.to_string()));
+        attributes.push(KeyValue::new(REQUEST_ID, ids.request_id.to_hyphenated()));
         if let Some(transit_ms) = transit_ms(&request) {
             attributes.push(KeyValue::new(TRANSIT_MS, transit_ms));
         }
