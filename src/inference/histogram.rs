@@ -13,11 +13,14 @@ pub(crate) struct Histogram {
     count: u64,
     sum: u64,
     max: u64,
+    /// The range of buckets ever touched, so quantiles scan tens of buckets, not hundreds.
+    lowest: usize,
+    highest: usize,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self { counts: [0; BUCKETS], count: 0, sum: 0, max: 0 }
+        Self { counts: [0; BUCKETS], count: 0, sum: 0, max: 0, lowest: BUCKETS, highest: 0 }
     }
 }
 
@@ -47,8 +50,11 @@ impl Histogram {
     /// Records `n` samples of `value`.
     #[inline]
     pub(crate) fn record_n(&mut self, value: u64, n: u32) {
-        let slot = &mut self.counts[bucket(value)];
+        let index = bucket(value);
+        let slot = &mut self.counts[index];
         *slot = slot.saturating_add(n);
+        self.lowest = self.lowest.min(index);
+        self.highest = self.highest.max(index);
         self.count += u64::from(n);
         self.sum = self.sum.saturating_add(value.saturating_mul(u64::from(n)));
         self.max = self.max.max(value);
@@ -73,7 +79,7 @@ impl Histogram {
         }
         let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
         let mut seen = 0u64;
-        for (index, &count) in self.counts.iter().enumerate() {
+        for (index, &count) in self.counts.iter().enumerate().take(self.highest + 1).skip(self.lowest) {
             seen += u64::from(count);
             if seen >= rank {
                 // Never report past the exact maximum.
