@@ -22,7 +22,6 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tower::ServiceExt;
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
-use tracing_subscriber::layer::SubscriberExt;
 
 mod support;
 
@@ -77,9 +76,7 @@ fn main() {
     // The competitors read the global propagator and create `tracing` spans that
     // tracing-opentelemetry turns into OpenTelemetry spans on the same provider.
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("tracing-opentelemetry")));
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    support::install_tracing_opentelemetry(&provider);
 
     let mut c = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(500))

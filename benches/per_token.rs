@@ -20,7 +20,6 @@ use futures_util::{stream, Stream, StreamExt};
 use opentelemetry::trace::{Span as _, Tracer, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tokentrace::inference::{InferenceTracer, StatsTarget, StreamOptions, TokenChunk, TokenStream};
-use tracing_subscriber::layer::SubscriberExt;
 
 mod support;
 
@@ -88,9 +87,7 @@ fn main() {
         .with_batch_exporter(support::DiscardExporter)
         .with_max_events_per_span(u32::MAX)
         .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("tracing-opentelemetry")));
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    support::install_tracing_opentelemetry(&provider);
 
     let mut c = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(500))

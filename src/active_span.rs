@@ -65,6 +65,11 @@ impl ActiveSpan {
         self.end();
     }
 
+    /// Ends the span as failed by `error`, whose type names the `error.type`.
+    pub(crate) fn fail_with<E: std::fmt::Display>(&mut self, what: &str, error: &E) {
+        self.fail(std::any::type_name::<E>(), format!("{what}: {error}"));
+    }
+
     /// Ends the span as abandoned before its end.
     pub(crate) fn cancel(&mut self) {
         if self.cx.is_some() {

@@ -55,6 +55,22 @@ fn spawn(name: &'static str, args: &[&str], env: Vec<(String, String)>) -> Compo
     Component::spawn_program(&serve_exe(), name, &args, &env, true).unwrap()
 }
 
+/// An aggregated worker (`step_ms` per token) and a frontend in front of it.
+fn aggregated(receiver: &receiver::Receiver, step_ms: &str) -> (Component, Component, SocketAddr) {
+    let worker = spawn(
+        "worker",
+        &["worker", "--role", "agg", "--step-ms", step_ms],
+        export_env(receiver, "dynamo-worker-vllm"),
+    );
+    let frontend = spawn(
+        "frontend",
+        &["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr],
+        export_env(receiver, "dynamo-frontend"),
+    );
+    let addr = frontend.addr.parse().unwrap();
+    (worker, frontend, addr)
+}
+
 /// Stops components (which flushes their telemetry) off the async runtime.
 async fn stop(components: Vec<Component>) {
     tokio::task::spawn_blocking(move || components.into_iter().for_each(Component::stop)).await.unwrap();
@@ -94,17 +110,7 @@ const CLIENT: i32 = SpanKind::Client as i32;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregated_requests_are_one_trace_across_processes_with_correlated_logs() {
     let receiver = receiver::grpc().await;
-    let worker = spawn(
-        "worker",
-        &["worker", "--role", "agg", "--step-ms", "2"],
-        export_env(&receiver, "dynamo-worker-vllm"),
-    );
-    let frontend = spawn(
-        "frontend",
-        &["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr],
-        export_env(&receiver, "dynamo-frontend"),
-    );
-    let addr: SocketAddr = frontend.addr.parse().unwrap();
+    let (worker, frontend, addr) = aggregated(&receiver, "2");
     let ids = ["agg-1".to_owned(), "agg-2".to_owned()];
     for id in &ids {
         let answer = demo::stream_chat(addr, id, "hello tracing", 8).await.unwrap();
@@ -228,17 +234,7 @@ async fn open_stream(addr: SocketAddr, id: &str, max_tokens: u32) -> hyper::body
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_mid_stream_cancels_the_whole_chain() {
     let receiver = receiver::grpc().await;
-    let worker = spawn(
-        "worker",
-        &["worker", "--role", "agg", "--step-ms", "20"],
-        export_env(&receiver, "dynamo-worker-vllm"),
-    );
-    let frontend = spawn(
-        "frontend",
-        &["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr],
-        export_env(&receiver, "dynamo-frontend"),
-    );
-    let addr: SocketAddr = frontend.addr.parse().unwrap();
+    let (worker, frontend, addr) = aggregated(&receiver, "20");
     let mut body = open_stream(addr, "gone-1", 500).await;
     for _ in 0..3 {
         body.frame().await.unwrap().unwrap();
@@ -264,17 +260,7 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_whole_chain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_stream_gives_an_error_and_the_frontend_survives() {
     let receiver = receiver::grpc().await;
-    let worker = spawn(
-        "worker",
-        &["worker", "--role", "agg", "--step-ms", "20"],
-        export_env(&receiver, "dynamo-worker-vllm"),
-    );
-    let frontend = spawn(
-        "frontend",
-        &["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr],
-        export_env(&receiver, "dynamo-frontend"),
-    );
-    let addr: SocketAddr = frontend.addr.parse().unwrap();
+    let (worker, frontend, addr) = aggregated(&receiver, "20");
     let streaming = tokio::spawn(async move { demo::stream_chat(addr, "killed-1", "go", 500).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     tokio::task::spawn_blocking(move || worker.kill()).await.unwrap();
@@ -391,6 +377,22 @@ fn the_compose_stack_and_its_configs_parse_and_connect() {
 
 #[test]
 fn the_launch_scripts_are_valid_bash_and_name_the_components() {
+    let read = |script: &str| {
+        let path = format!("{}/{script}", env!("CARGO_MANIFEST_DIR"));
+        let status = std::process::Command::new("bash").args(["-n", &path]).status().unwrap();
+        assert!(status.success(), "{script} has a syntax error");
+        std::fs::read_to_string(&path).unwrap()
+    };
+    let common = read("examples/launch/common.sh");
+    for needle in [
+        "DYN_LOGGING_JSONL=true",
+        "OTEL_EXPORT_ENABLED=true",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:-http://localhost:4317",
+        "curl",
+        "OTEL_SERVICE_NAME=\"$name\"",
+    ] {
+        assert!(common.contains(needle), "common.sh lacks {needle}");
+    }
     for (script, names) in [
         ("examples/launch/agg_tracing.sh", vec!["dynamo-frontend", "dynamo-worker-vllm"]),
         (
@@ -398,20 +400,10 @@ fn the_launch_scripts_are_valid_bash_and_name_the_components() {
             vec!["dynamo-frontend", "dynamo-worker-decode", "dynamo-worker-prefill"],
         ),
     ] {
-        let path = format!("{}/{script}", env!("CARGO_MANIFEST_DIR"));
-        let status = std::process::Command::new("bash").args(["-n", &path]).status().unwrap();
-        assert!(status.success(), "{script} has a syntax error");
-        let text = std::fs::read_to_string(&path).unwrap();
-        for needle in [
-            "DYN_LOGGING_JSONL=true",
-            "OTEL_EXPORT_ENABLED=true",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:-http://localhost:4317",
-            "curl",
-        ] {
-            assert!(text.contains(needle), "{script} lacks {needle}");
-        }
+        let text = read(script);
+        assert!(text.contains("source \"$(dirname \"$0\")/common.sh\""), "{script} sources common.sh");
         for name in names {
-            assert!(text.contains(&format!("OTEL_SERVICE_NAME={name}")), "{script} lacks {name}");
+            assert!(text.contains(&format!("start {name} ")), "{script} lacks {name}");
         }
     }
 }

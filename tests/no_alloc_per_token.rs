@@ -1,8 +1,6 @@
 //! The token stream allocates nothing per token, proven with a counting global allocator:
 //! draining 100 or 10,000 tokens through a traced `TokenStream` costs the same allocations.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use futures_util::{stream, StreamExt};
@@ -10,27 +8,10 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use tokentrace::inference::{InferenceTracer, StatsTarget, StreamOptions, TokenChunk, TokenStream};
 
-struct Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use counting_alloc::{allocations, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -54,7 +35,7 @@ fn draining_tokens_allocates_nothing_per_token() {
         // Everything but the per-token loop is set up outside the measured region where
         // possible; the rest (span start and end) is the same for both sizes.
         let chunks = stream::iter((0..tokens).map(|_| Chunk));
-        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        let before = allocations();
         let mut stream = TokenStream::new(
             chunks,
             StatsTarget::Phase(phases.decode(None)),
@@ -67,7 +48,7 @@ fn draining_tokens_allocates_nothing_per_token() {
         }
         drop(stream);
         assert_eq!(seen, tokens);
-        ALLOCATIONS.load(Ordering::SeqCst) - before
+        allocations() - before
     };
     allocations_for(10); // warm up lazily initialised state
     let small = allocations_for(100);

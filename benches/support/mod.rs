@@ -90,3 +90,13 @@ pub fn print_per_item_overhead(group: &str, bare: &str, ours: &str, others: &[&s
         }
     }
 }
+
+/// Installs, process-wide, the `tracing` subscriber the competitors need: `tracing` spans and
+/// events become OpenTelemetry spans and span events on `provider`.
+pub fn install_tracing_opentelemetry(provider: &opentelemetry_sdk::trace::SdkTracerProvider) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("tracing-opentelemetry")));
+    tracing::subscriber::set_global_default(subscriber).expect("no other subscriber in a bench");
+}

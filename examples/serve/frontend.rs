@@ -168,10 +168,17 @@ fn chunk(id: &str, model: &str, api: Api, text: &str, finish: Option<&str>) -> S
     .to_string()
 }
 
-/// Marks the HTTP span failed: the status line was already sent, so only the span can say it.
-fn fail_span(cx: &Context, failure: &RpcError) {
-    cx.span().set_attribute(opentelemetry::KeyValue::new("error.type", failure.kind()));
-    cx.span().set_status(Status::error(failure.to_string()));
+impl Frontend {
+    /// A worker's stream failed mid-way. The status line was already sent, so the HTTP span
+    /// says it; a lost connection is forgotten so the next request reconnects.
+    async fn stream_failed(&self, cx: &Context, failure: &RpcError) {
+        cx.span().set_attribute(opentelemetry::KeyValue::new("error.type", failure.kind()));
+        cx.span().set_status(Status::error(failure.to_string()));
+        tracing::error!(error = %failure, "token stream failed");
+        if matches!(failure, RpcError::ConnectionLost(_) | RpcError::Closed) {
+            self.forget_client().await;
+        }
+    }
 }
 
 fn sse_events<S>(
@@ -204,11 +211,7 @@ where
                 }
                 None => Some((Ok(Event::default().data("[DONE]")), State::Done)),
                 Some(Err(failure)) => {
-                    fail_span(&cx, &failure);
-                    tracing::error!(error = %failure, "token stream failed");
-                    if matches!(failure, RpcError::ConnectionLost(_) | RpcError::Closed) {
-                        frontend.forget_client().await;
-                    }
+                    frontend.stream_failed(&cx, &failure).await;
                     let event = json!({"error": {"message": failure.to_string(), "type": "worker_error"}});
                     Some((Ok(Event::default().event("error").data(event.to_string())), State::Done))
                 }
@@ -240,10 +243,7 @@ where
                 finish = token.finish_reason.map(|r| r.as_str());
             }
             Err(failure) => {
-                fail_span(&cx, &failure);
-                if matches!(failure, RpcError::ConnectionLost(_) | RpcError::Closed) {
-                    frontend.forget_client().await;
-                }
+                frontend.stream_failed(&cx, &failure).await;
                 return error(StatusCode::BAD_GATEWAY, "worker_error", failure.to_string());
             }
         }

@@ -16,7 +16,6 @@ use tower_service::Service;
 
 use super::body::TracedBody;
 use super::semconv;
-use super::server::status_code_name;
 use crate::active_span::ActiveSpan;
 use crate::propagation::{inject_context, RequestIds};
 
@@ -208,20 +207,16 @@ where
         Poll::Ready(match result {
             Ok(response) => {
                 let status = response.status();
-                if let Some(span) = &span {
-                    span.set_attribute(KeyValue::new(
-                        semconv::HTTP_RESPONSE_STATUS_CODE,
-                        i64::from(status.as_u16()),
-                    ));
-                    if status.is_client_error() || status.is_server_error() {
-                        span.set_error(status_code_name(status), "error status");
-                    }
-                }
+                semconv::record_status(
+                    span.as_ref(),
+                    status,
+                    status.is_client_error() || status.is_server_error(),
+                );
                 Ok(response.map(|body| TracedBody::new(body, None, span)))
             }
             Err(error) => {
                 if let Some(span) = span.as_mut() {
-                    span.fail(std::any::type_name::<E>(), format!("request failed: {error}"));
+                    span.fail_with("request failed", &error);
                 }
                 Err(error)
             }

@@ -15,6 +15,24 @@ pub(crate) const NETWORK_PROTOCOL_VERSION: &str = "network.protocol.version";
 pub(crate) const X_REQUEST_ID: &str = "x_request_id";
 pub(crate) const REQUEST_ID: &str = "request_id";
 
+/// Records a response's status code; a status the caller counts as a failure (5xx for a
+/// server span, 4xx and 5xx for a client span, as the conventions say) marks the span failed.
+pub(crate) fn record_status(
+    span: Option<&crate::active_span::ActiveSpan>,
+    status: http::StatusCode,
+    failed: bool,
+) {
+    if let Some(span) = span {
+        span.set_attribute(opentelemetry::KeyValue::new(
+            HTTP_RESPONSE_STATUS_CODE,
+            i64::from(status.as_u16()),
+        ));
+        if failed {
+            span.set_error(status.as_u16().to_string(), "error status");
+        }
+    }
+}
+
 /// The method as the conventions spell it; `_OTHER` for methods they do not list (so a client
 /// cannot create unbounded attribute values).
 pub(crate) fn method(method: &Method) -> &'static str {

@@ -349,30 +349,17 @@ where
         Poll::Ready(match result {
             Ok(mut response) => {
                 let status = response.status();
-                if let Some(span) = &span {
-                    span.set_attribute(KeyValue::new(
-                        semconv::HTTP_RESPONSE_STATUS_CODE,
-                        i64::from(status.as_u16()),
-                    ));
-                    // Server spans mark 5xx as errors; 4xx are the caller's problem.
-                    if status.is_server_error() {
-                        span.set_error(status_code_name(status), "server error status");
-                    }
-                }
+                // Server spans mark 5xx as errors; 4xx are the caller's problem.
+                semconv::record_status(span.as_ref(), status, status.is_server_error());
                 response.headers_mut().insert(names::X_REQUEST_ID, this.x_request_id.clone());
                 Ok(response.map(|body| TracedBody::new(body, Some(this.cx.clone()), span)))
             }
             Err(error) => {
                 if let Some(span) = span.as_mut() {
-                    span.fail(std::any::type_name::<E>(), format!("service failed: {error}"));
+                    span.fail_with("service failed", &error);
                 }
                 Err(error)
             }
         })
     }
-}
-
-/// The status code as a static string for `error.type`.
-pub(crate) fn status_code_name(status: http::StatusCode) -> Cow<'static, str> {
-    Cow::Owned(status.as_u16().to_string())
 }

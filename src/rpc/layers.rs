@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
@@ -41,6 +42,23 @@ fn unix_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Marks a layer that traces outbound calls (the frontend's side).
+#[derive(Clone, Copy, Debug)]
+pub enum Outbound {}
+
+/// Marks a layer that traces inbound calls (the worker's side).
+#[derive(Clone, Copy, Debug)]
+pub enum Inbound {}
+
+/// The RPC tracing layer, for either side: see [`ClientLayer`] and [`ServerLayer`].
+pub struct RpcLayer<T, Side> {
+    tracer: Arc<T>,
+    /// `server.address` on the client side, `component` on the server side.
+    name: Option<Arc<str>>,
+    instance_id: Option<i64>,
+    side: PhantomData<fn() -> Side>,
+}
+
 /// Traces calls from the frontend to a worker: a CLIENT span per call (child of the current
 /// context; `rpc.method`, `server.address`, `instance_id`, `attempt`, `outcome`), with
 /// `traceparent`/`tracestate`/`x-request-id`/`request-id` and [`SEND_TIMESTAMP`] injected into
@@ -51,78 +69,104 @@ fn unix_nanos() -> u64 {
 /// let layer = ClientLayer::default().server_address("10.0.0.7:9000").instance_id(7);
 /// # let _ = layer;
 /// ```
-pub struct ClientLayer<T = BoxedTracer> {
-    tracer: Arc<T>,
-    server_address: Option<Arc<str>>,
-    instance_id: Option<i64>,
-}
+pub type ClientLayer<T = BoxedTracer> = RpcLayer<T, Outbound>;
 
-impl Default for ClientLayer<BoxedTracer> {
+/// Traces a worker's handler: extracts the caller's context from the metadata and opens the
+/// `handle_payload` SERVER span (`component`, `endpoint`, `instance_id`, `x_request_id`,
+/// `network.transit_ms` from the client's send time), attaches the context while the handler
+/// and its stream are polled, and ends the span with the stream.
+///
+/// ```
+/// use tokentrace::rpc::ServerLayer;
+/// let layer = ServerLayer::default().component("backend").instance_id(1);
+/// # let _ = layer;
+/// ```
+pub type ServerLayer<T = BoxedTracer> = RpcLayer<T, Inbound>;
+
+impl<Side> Default for RpcLayer<BoxedTracer, Side> {
     fn default() -> Self {
         Self::with_tracer(global::tracer("tokentrace"))
     }
 }
 
-impl<T> Clone for ClientLayer<T> {
+impl<T, Side> Clone for RpcLayer<T, Side> {
     fn clone(&self) -> Self {
         Self {
             tracer: Arc::clone(&self.tracer),
-            server_address: self.server_address.clone(),
+            name: self.name.clone(),
             instance_id: self.instance_id,
+            side: PhantomData,
         }
     }
 }
 
-impl<T> fmt::Debug for ClientLayer<T> {
+impl<T, Side> fmt::Debug for RpcLayer<T, Side> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientLayer")
-            .field("server_address", &self.server_address)
+        f.debug_struct("RpcLayer")
+            .field("side", &std::any::type_name::<Side>())
+            .field("name", &self.name)
             .field("instance_id", &self.instance_id)
             .finish_non_exhaustive()
     }
 }
 
-impl<T> ClientLayer<T> {
+impl<T, Side> RpcLayer<T, Side> {
     /// A layer that starts spans with `tracer`.
     pub fn with_tracer(tracer: T) -> Self {
-        Self { tracer: Arc::new(tracer), server_address: None, instance_id: None }
+        Self { tracer: Arc::new(tracer), name: None, instance_id: None, side: PhantomData }
     }
 
-    /// The worker's address, recorded as `server.address`.
-    pub fn server_address(mut self, address: impl Into<Arc<str>>) -> Self {
-        self.server_address = Some(address.into());
-        self
-    }
-
-    /// The worker instance, recorded as `instance_id`.
+    /// The worker instance (called, or serving), recorded as `instance_id`.
     pub fn instance_id(mut self, id: i64) -> Self {
         self.instance_id = Some(id);
         self
     }
 }
 
-impl<S, T> Layer<S> for ClientLayer<T> {
-    type Service = ClientService<S, T>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ClientService { inner, layer: self.clone() }
+impl<T> RpcLayer<T, Outbound> {
+    /// The worker's address, recorded as `server.address`.
+    pub fn server_address(mut self, address: impl Into<Arc<str>>) -> Self {
+        self.name = Some(address.into());
+        self
     }
 }
 
-/// The service [`ClientLayer`] produces.
-#[derive(Debug)]
-pub struct ClientService<S, T = BoxedTracer> {
-    inner: S,
-    layer: ClientLayer<T>,
+impl<T> RpcLayer<T, Inbound> {
+    /// The worker component (for example `backend`, `prefill`, `decode`).
+    pub fn component(mut self, component: impl Into<Arc<str>>) -> Self {
+        self.name = Some(component.into());
+        self
+    }
 }
 
-impl<S: Clone, T> Clone for ClientService<S, T> {
+impl<S, T, Side> Layer<S> for RpcLayer<T, Side> {
+    type Service = RpcService<S, T, Side>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService { inner, layer: self.clone() }
+    }
+}
+
+/// The service an [`RpcLayer`] produces: see [`ClientService`] and [`ServerService`].
+#[derive(Debug)]
+pub struct RpcService<S, T, Side> {
+    inner: S,
+    layer: RpcLayer<T, Side>,
+}
+
+/// The service [`ClientLayer`] produces.
+pub type ClientService<S, T = BoxedTracer> = RpcService<S, T, Outbound>;
+
+/// The service [`ServerLayer`] produces.
+pub type ServerService<S, T = BoxedTracer> = RpcService<S, T, Inbound>;
+
+impl<S: Clone, T, Side> Clone for RpcService<S, T, Side> {
     fn clone(&self) -> Self {
         Self { inner: self.inner.clone(), layer: self.layer.clone() }
     }
 }
 
-impl<S, T, P, St> Service<Request<P>> for ClientService<S, T>
+impl<S, T, P, St> Service<Request<P>> for RpcService<S, T, Outbound>
 where
     S: Service<Request<P>, Response = St>,
     S::Error: fmt::Display,
@@ -142,7 +186,7 @@ where
         let mut attributes = Vec::with_capacity(5);
         attributes.push(KeyValue::new(RPC_METHOD, request.endpoint().to_owned()));
         attributes.push(KeyValue::new(ATTEMPT, i64::from(request.attempt())));
-        if let Some(address) = &self.layer.server_address {
+        if let Some(address) = &self.layer.name {
             attributes.push(KeyValue::new(SERVER_ADDRESS, Arc::clone(address)));
         }
         if let Some(id) = self.layer.instance_id {
@@ -167,88 +211,7 @@ where
     }
 }
 
-/// Traces a worker's handler: extracts the caller's context from the metadata and opens the
-/// `handle_payload` SERVER span (`component`, `endpoint`, `instance_id`, `x_request_id`,
-/// `network.transit_ms` from the client's send time), attaches the context while the handler
-/// and its stream are polled, and ends the span with the stream.
-///
-/// ```
-/// use tokentrace::rpc::ServerLayer;
-/// let layer = ServerLayer::default().component("backend").instance_id(1);
-/// # let _ = layer;
-/// ```
-pub struct ServerLayer<T = BoxedTracer> {
-    tracer: Arc<T>,
-    component: Option<Arc<str>>,
-    instance_id: Option<i64>,
-}
-
-impl Default for ServerLayer<BoxedTracer> {
-    fn default() -> Self {
-        Self::with_tracer(global::tracer("tokentrace"))
-    }
-}
-
-impl<T> Clone for ServerLayer<T> {
-    fn clone(&self) -> Self {
-        Self {
-            tracer: Arc::clone(&self.tracer),
-            component: self.component.clone(),
-            instance_id: self.instance_id,
-        }
-    }
-}
-
-impl<T> fmt::Debug for ServerLayer<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerLayer")
-            .field("component", &self.component)
-            .field("instance_id", &self.instance_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T> ServerLayer<T> {
-    /// A layer that starts spans with `tracer`.
-    pub fn with_tracer(tracer: T) -> Self {
-        Self { tracer: Arc::new(tracer), component: None, instance_id: None }
-    }
-
-    /// The worker component (for example `backend`, `prefill`, `decode`).
-    pub fn component(mut self, component: impl Into<Arc<str>>) -> Self {
-        self.component = Some(component.into());
-        self
-    }
-
-    /// This worker's instance id.
-    pub fn instance_id(mut self, id: i64) -> Self {
-        self.instance_id = Some(id);
-        self
-    }
-}
-
-impl<S, T> Layer<S> for ServerLayer<T> {
-    type Service = ServerService<S, T>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ServerService { inner, layer: self.clone() }
-    }
-}
-
-/// The service [`ServerLayer`] produces.
-#[derive(Debug)]
-pub struct ServerService<S, T = BoxedTracer> {
-    inner: S,
-    layer: ServerLayer<T>,
-}
-
-impl<S: Clone, T> Clone for ServerService<S, T> {
-    fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), layer: self.layer.clone() }
-    }
-}
-
-impl<S, T, P, St> Service<Request<P>> for ServerService<S, T>
+impl<S, T, P, St> Service<Request<P>> for RpcService<S, T, Inbound>
 where
     S: Service<Request<P>, Response = St>,
     S::Error: fmt::Display,
@@ -272,7 +235,7 @@ where
         .with_value(ids.clone());
         let mut attributes = Vec::with_capacity(6);
         attributes.push(KeyValue::new(ENDPOINT, request.endpoint().to_owned()));
-        if let Some(component) = &self.layer.component {
+        if let Some(component) = &self.layer.name {
             attributes.push(KeyValue::new(COMPONENT, Arc::clone(component)));
         }
         if let Some(id) = self.layer.instance_id {
@@ -344,7 +307,7 @@ where
             Ok(stream) => Ok(TracedStream::new(stream, this.attach.take(), span)),
             Err(error) => {
                 span.set_attribute(KeyValue::new(OUTCOME, "error"));
-                span.fail(std::any::type_name::<E>(), error.to_string());
+                span.fail_with("call failed", &error);
                 Err(error)
             }
         })

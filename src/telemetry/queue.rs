@@ -111,13 +111,13 @@ impl<T: Send + 'static> ExportQueue<T> {
     }
 }
 
-static EXPORT_FAILED: RateLimitedWarning = RateLimitedWarning::new();
-
 fn drain<T, F>(signal: &'static str, receiver: Receiver<Message<T>>, mut export: F, losses: &Losses)
 where
     F: FnMut(Vec<T>) -> Result<(), String>,
 {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // One per signal, so a failing log export does not silence the trace export's warning.
+    let export_failed = RateLimitedWarning::new();
     let mut send = |batch: &mut Vec<T>| {
         if batch.is_empty() {
             return;
@@ -126,7 +126,7 @@ where
         if let Err(error) = export(std::mem::take(batch)) {
             losses.export_failed.fetch_add(count, Ordering::Relaxed);
             // Straight to stderr: a log event here would feed the failing log pipeline.
-            if EXPORT_FAILED.should_emit() {
+            if export_failed.should_emit() {
                 eprintln!("tokentrace: OTLP {signal} export failed ({error}); dropping data until the collector is back");
             }
         }
