@@ -4,9 +4,18 @@
 //!
 //! Run: `cargo bench --bench propagation`
 //!
-//! Latest figures (mean; FIGURES_MACHINE):
+//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27):
 //!
-//! FIGURES_TABLE
+//! | case | tokentrace | tokentrace → `Context` | OTel SDK | speed-up |
+//! |---|---:|---:|---:|---:|
+//! | extract, `traceparent` only | 48.8 ns | 87.6 ns | 207.1 ns | 4.25× |
+//! | extract, 2-member `tracestate` | 102.8 ns | 387.5 ns | 409.9 ns | 3.99× |
+//! | extract, 32-member `tracestate` | 752.5 ns | 3717.0 ns | 4151.4 ns | 5.52× |
+//! | inject | 67.0 ns | — | 257.7 ns | 3.85× |
+//!
+//! ("tokentrace → `Context`" also builds the OpenTelemetry context, whose `TraceState` costs
+//! an allocation per key and value: what the SDK's extract returns.) About half of our
+//! `traceparent` extract is the two `HeaderMap` lookups (FNV-hashing the header names).
 
 use std::hint::black_box;
 

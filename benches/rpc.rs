@@ -5,9 +5,13 @@
 //!
 //! Run: `cargo bench --bench rpc`
 //!
-//! Latest figures (mean; FIGURES_MACHINE):
+//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27):
 //!
-//! FIGURES_TABLE
+//! | case | untraced | traced | ratio |
+//! |---|---:|---:|---:|
+//! | one call, in process (client + server layers) | 107 ns | 3.40 µs | +3.29 µs per call |
+//! | TCP, 1 stream × 1000 items | 2.83 M items/s | 2.46 M items/s | 0.868 |
+//! | TCP, 64 streams × 1000 items | 2.46 M items/s | 2.19 M items/s | 0.891 |
 
 use std::hint::black_box;
 use std::time::Duration;
