@@ -133,6 +133,12 @@ where
     /// Traces only the requests for which `filter(method, uri)` is true (for example, not
     /// `/health` or `/metrics`). Untraced requests still get an `x-request-id` and carry the
     /// caller's context on.
+    ///
+    /// ```
+    /// use tokentrace::http::ServerLayer;
+    /// let layer = ServerLayer::default().filter(|method, uri| method != "OPTIONS" && !uri.path().starts_with("/metrics"));
+    /// # let _ = layer;
+    /// ```
     pub fn filter<F>(mut self, filter: F) -> Self
     where
         F: Fn(&http::Method, &http::Uri) -> bool + Send + Sync + 'static,

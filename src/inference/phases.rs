@@ -109,6 +109,18 @@ where
 
 /// An open phase span. End it with [`Phase::end`]; a phase dropped without ending (an early
 /// return, a panic, a cancelled future) is recorded as `cancelled`.
+///
+/// ```
+/// use opentelemetry::KeyValue;
+/// use tokentrace::inference::InferenceTracer;
+///
+/// let phases = InferenceTracer::default();
+/// let prefill = phases.prefill(64);
+/// let _attached = prefill.context().clone().attach(); // work inside is parented to it
+/// prefill.set_attribute(KeyValue::new("queue_ms", 1.5));
+/// drop(_attached);
+/// prefill.end();
+/// ```
 #[derive(Debug)]
 pub struct Phase {
     span: ActiveSpan,

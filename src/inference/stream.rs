@@ -15,6 +15,19 @@ use super::phases::{Phase, INPUT_TOKENS};
 use super::stats::{FinishReason, TokenChunk, TokenStats, TokenSummary};
 
 /// Where a [`TokenStream`] writes its statistics when it ends.
+///
+/// ```
+/// use opentelemetry::trace::{TraceContextExt, Tracer};
+/// use tokentrace::inference::{StatsTarget, StreamOptions, TokenChunk, TokenStream};
+///
+/// struct Token;
+/// impl TokenChunk for Token { fn token_count(&self) -> u32 { 1 } }
+///
+/// // In a frontend handler: record TTFT/ITL on the HTTP span, which the layer ends later.
+/// let tokens = futures_util::stream::iter([Token, Token]);
+/// let stream = TokenStream::new(tokens, StatsTarget::current_span(), StreamOptions::new());
+/// # drop(stream);
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StatsTarget {

@@ -223,6 +223,15 @@ impl RequestIds {
     }
 
     /// The ids of the current context, if a server layer stored some.
+    ///
+    /// ```
+    /// use opentelemetry::Context;
+    /// use tokentrace::propagation::RequestIds;
+    ///
+    /// let ids = RequestIds::generate();
+    /// let _attached = Context::current_with_value(ids.clone()).attach();
+    /// assert_eq!(RequestIds::current(), Some(ids));
+    /// ```
     pub fn current() -> Option<Self> {
         Context::map_current(|cx| cx.get::<Self>().cloned())
     }

@@ -233,6 +233,12 @@ impl TraceParent {
     }
 
     /// The traceparent to send for a span context; `None` when the context is invalid.
+    ///
+    /// ```
+    /// use opentelemetry::trace::SpanContext;
+    /// use tokentrace::propagation::TraceParent;
+    /// assert_eq!(TraceParent::from_span_context(&SpanContext::empty_context()), None);
+    /// ```
     pub fn from_span_context(cx: &SpanContext) -> Option<Self> {
         cx.is_valid().then(|| Self::new(cx.trace_id(), cx.span_id(), cx.trace_flags()))
     }

@@ -51,6 +51,12 @@ pub enum Outbound {}
 pub enum Inbound {}
 
 /// The RPC tracing layer, for either side: see [`ClientLayer`] and [`ServerLayer`].
+///
+/// ```
+/// use tokentrace::rpc::{ClientLayer, RpcLayer, Outbound};
+/// let layer: RpcLayer<_, Outbound> = ClientLayer::default();
+/// # let _ = layer;
+/// ```
 pub struct RpcLayer<T, Side> {
     tracer: Arc<T>,
     /// `server.address` on the client side, `component` on the server side.
@@ -148,6 +154,18 @@ impl<S, T, Side> Layer<S> for RpcLayer<T, Side> {
 }
 
 /// The service an [`RpcLayer`] produces: see [`ClientService`] and [`ServerService`].
+///
+/// ```
+/// use bytes::Bytes;
+/// use tokentrace::rpc::{Request, RpcError, ServerLayer, ServerService};
+/// use tower::Layer;
+///
+/// let handler = tower::service_fn(|_: Request<Bytes>| async {
+///     Ok::<_, RpcError>(futures_util::stream::empty::<Result<Bytes, RpcError>>())
+/// });
+/// let service: ServerService<_> = ServerLayer::default().layer(handler);
+/// # let _ = service;
+/// ```
 #[derive(Debug)]
 pub struct RpcService<S, T, Side> {
     inner: S,

@@ -43,6 +43,12 @@ impl Metadata {
     }
 
     /// Every value of `name`, in order.
+    ///
+    /// ```
+    /// use tokentrace::rpc::Metadata;
+    /// let metadata: Metadata = [("tracestate", "a=1"), ("TraceState", "b=2")].into_iter().collect();
+    /// assert_eq!(metadata.values("tracestate").collect::<Vec<_>>(), ["a=1", "b=2"]);
+    /// ```
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.entries.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }

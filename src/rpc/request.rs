@@ -114,6 +114,11 @@ impl std::error::Error for RpcError {}
 
 impl RpcError {
     /// A short, bounded name for the `error.type` attribute.
+    ///
+    /// ```
+    /// use tokentrace::rpc::RpcError;
+    /// assert_eq!(RpcError::Closed.kind(), "closed");
+    /// ```
     pub fn kind(&self) -> &'static str {
         match self {
             Self::ConnectionLost(_) => "connection_lost",

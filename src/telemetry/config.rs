@@ -9,6 +9,14 @@ use std::time::Duration;
 use tracing_subscriber::filter::Targets;
 
 /// The OTLP transport.
+///
+/// ```
+/// use tokentrace::telemetry::{Protocol, TelemetryConfig};
+/// let config = TelemetryConfig::from_vars("svc", [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])?;
+/// assert_eq!(config.traces.protocol, Protocol::HttpProtobuf);
+/// assert_eq!(config.traces.endpoint, "http://localhost:4318/v1/traces");
+/// # Ok::<(), tokentrace::telemetry::ConfigError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     /// OTLP over gRPC (port 4317 by default).
@@ -18,6 +26,13 @@ pub enum Protocol {
 }
 
 /// Where and how one signal is exported.
+///
+/// ```
+/// use tokentrace::telemetry::TelemetryConfig;
+/// let config = TelemetryConfig::from_vars("svc", [("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20t")])?;
+/// assert_eq!(config.logs.headers, [("authorization".to_owned(), "Bearer t".to_owned())]);
+/// # Ok::<(), tokentrace::telemetry::ConfigError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OtlpTarget {
     /// Full endpoint URL (for HTTP, including the `/v1/...` path).
@@ -31,6 +46,13 @@ pub struct OtlpTarget {
 }
 
 /// The trace sampler (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+///
+/// ```
+/// use tokentrace::telemetry::{SamplerConfig, TelemetryConfig};
+/// let config = TelemetryConfig::from_vars("svc", [("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.1")])?;
+/// assert_eq!(config.sampler, SamplerConfig::TraceIdRatio(0.1));
+/// # Ok::<(), tokentrace::telemetry::ConfigError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum SamplerConfig {
     /// Record everything.
@@ -86,6 +108,12 @@ pub struct TelemetryConfig {
 }
 
 /// A bad environment value; names the variable.
+///
+/// ```
+/// use tokentrace::telemetry::TelemetryConfig;
+/// let error = TelemetryConfig::from_vars("svc", [("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")]).unwrap_err();
+/// assert_eq!(error.variable(), "OTEL_EXPORTER_OTLP_TIMEOUT");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     variable: String,

@@ -55,6 +55,14 @@ pub use jsonl::JsonLines;
 use queue::Losses;
 
 /// Why telemetry could not be set up.
+///
+/// ```
+/// use tokentrace::telemetry::{Telemetry, TelemetryConfig, TelemetryError};
+///
+/// let error = TelemetryConfig::from_vars("svc", [("OTEL_EXPORT_ENABLED", "perhaps")]).unwrap_err();
+/// let error = TelemetryError::from(error);
+/// assert!(error.to_string().contains("OTEL_EXPORT_ENABLED"));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum TelemetryError {
@@ -273,6 +281,14 @@ impl Telemetry {
 }
 
 /// Spans and log records that never reached the collector (queue full, or the export failed).
+///
+/// ```
+/// use tokentrace::telemetry::{Telemetry, TelemetryConfig};
+///
+/// let telemetry = Telemetry::build(TelemetryConfig::from_vars("svc", Vec::<(String, String)>::new())?)?;
+/// assert_eq!(telemetry.losses().spans, 0); // nothing exported, nothing lost
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lost {
     /// Spans lost.
@@ -283,6 +299,14 @@ pub struct Lost {
 
 /// Keeps telemetry running; on drop, flushes and shuts down within a bounded time and reports
 /// on stderr anything that was lost.
+///
+/// ```no_run
+/// let guard = tokentrace::telemetry::init("dynamo-worker-vllm")?;
+/// // ... serve ...
+/// println!("lost so far: {:?}", guard.losses());
+/// drop(guard); // flushes, within a bounded time
+/// # Ok::<(), tokentrace::telemetry::TelemetryError>(())
+/// ```
 #[must_use = "telemetry shuts down when the guard is dropped"]
 pub struct TelemetryGuard {
     telemetry: Option<Telemetry>,

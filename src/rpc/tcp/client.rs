@@ -163,6 +163,18 @@ impl Service<Request<Bytes>> for Client {
 }
 
 /// The response items of one request. Dropping it before its end sends a cancel.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use futures_util::StreamExt;
+/// use tokentrace::rpc::{tcp, Request};
+///
+/// let client = tcp::Client::connect("127.0.0.1:9000").await?;
+/// let mut items = client.send(Request::new("generate", bytes::Bytes::new()))?;
+/// let first = items.next().await; // then drop: the server's handler is cancelled
+/// drop(items);
+/// # let _ = first; Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct ResponseStream {
     stream: u64,
