@@ -370,3 +370,20 @@ fn propagator_via_opentelemetry_traits() {
     assert_eq!(out["tracestate"], "a=1");
     assert_eq!(propagator.fields().collect::<Vec<_>>(), ["traceparent", "tracestate"]);
 }
+
+#[test]
+fn large_header_maps_follow_the_same_rules() {
+    // Past 16 header names the HeaderMap carrier looks fields up by name instead of scanning;
+    // the outcome must not change.
+    let mut pairs: Vec<(String, String)> =
+        (0..20).map(|i| (format!("x-filler-{i}"), "v".to_owned())).collect();
+    let good = tp("00", TRACE, PARENT, "01");
+    pairs.push(("traceparent".into(), good.clone()));
+    pairs.push(("tracestate".into(), "foo=1".into()));
+    fn as_refs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+    check("large", "valid with tracestate", &as_refs(&pairs), Continue { flags: 1, state: "foo=1" });
+    pairs.push(("traceparent".into(), good));
+    check("large", "duplicated traceparent", &as_refs(&pairs), NewTrace);
+}

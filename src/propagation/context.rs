@@ -50,8 +50,13 @@ impl RemoteContext {
     /// `traceparent`, more than one, or an invalid one (and `tracestate` is then ignored too).
     /// An invalid `tracestate` alone is dropped and the trace continues.
     pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Option<Self> {
-        let traceparent = TraceParent::parse(carrier.get_single(TRACEPARENT)?).ok()?;
-        let tracestate = TraceState::from_headers(carrier.get_all(TRACESTATE)).unwrap_or_default();
+        let fields = carrier.trace_fields();
+        let traceparent = TraceParent::parse(fields.traceparent?).ok()?;
+        let tracestate = if fields.may_have_tracestate {
+            TraceState::from_headers(carrier.get_all(TRACESTATE)).unwrap_or_default()
+        } else {
+            TraceState::EMPTY
+        };
         Some(Self { traceparent, tracestate })
     }
 
@@ -106,11 +111,7 @@ pub fn inject_trace<C: Carrier + ?Sized>(
     tracestate: &TraceState,
 ) {
     carrier.remove_all(TRACESTATE);
-    let bytes = traceparent.to_bytes();
-    // `to_bytes` writes only ASCII hex digits and dashes.
-    if let Ok(text) = std::str::from_utf8(&bytes) {
-        carrier.set(TRACEPARENT, text);
-    }
+    carrier.set_ascii(TRACEPARENT, &traceparent.to_bytes());
     let tracestate = tracestate.within_limits();
     if !tracestate.is_empty() {
         carrier.set(TRACESTATE, tracestate.header());
@@ -211,10 +212,7 @@ impl RequestIds {
     /// Sets `x-request-id` and `request-id`, replacing any present.
     pub fn inject<C: Carrier + ?Sized>(&self, carrier: &mut C) {
         carrier.set(X_REQUEST_ID, self.x_request_id.as_str());
-        let uuid = self.request_id.to_bytes();
-        if let Ok(text) = std::str::from_utf8(&uuid) {
-            carrier.set(REQUEST_ID, text);
-        }
+        carrier.set_ascii(REQUEST_ID, &self.request_id.to_bytes());
     }
 
     /// The ids stored in `cx` by a server layer, if any.

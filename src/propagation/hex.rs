@@ -62,23 +62,63 @@ fn decode8(x: u64) -> (u32, u64) {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// Decodes `2 * N` lowercase hex digits as a big-endian `u128`, for `N` of 4, 8 or 16.
+/// Eight bytes of `digits` from `at`, little-endian (callers pass in-bounds offsets).
+#[inline(always)]
+fn load(digits: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    if let Some(bytes) = digits.get(at..at + 8) {
+        word.copy_from_slice(bytes);
+    }
+    u64::from_le_bytes(word)
+}
+
+/// Decodes 16 lowercase hex digits (a span id) as a big-endian `u64`.
 #[inline]
-pub(crate) fn decode_u128<const N: usize>(digits: &[u8]) -> Option<u128> {
-    if digits.len() != 2 * N || N % 4 != 0 {
+pub(crate) fn decode_u64(digits: &[u8]) -> Option<u64> {
+    if digits.len() != 16 {
         return None;
     }
-    let mut value = 0u128;
-    let mut valid = HIGH;
-    for chunk in digits.chunks_exact(8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let (part, ok) = decode8(u64::from_le_bytes(word));
-        value = (value << 32) | u128::from(part);
-        valid &= ok;
+    let (high, high_ok) = decode8(load(digits, 0));
+    let (low, low_ok) = decode8(load(digits, 8));
+    // One check for both words: no branch per eight digits.
+    (high_ok & low_ok == HIGH).then_some((u64::from(high) << 32) | u64::from(low))
+}
+
+/// Decodes 32 lowercase hex digits (a trace id) as a big-endian `u128`.
+#[inline]
+pub(crate) fn decode_u128(digits: &[u8]) -> Option<u128> {
+    if digits.len() != 32 {
+        return None;
     }
-    // One check for all words: no branch per eight digits.
-    (valid == HIGH).then_some(value)
+    let (a, a_ok) = decode8(load(digits, 0));
+    let (b, b_ok) = decode8(load(digits, 8));
+    let (c, c_ok) = decode8(load(digits, 16));
+    let (d, d_ok) = decode8(load(digits, 24));
+    let high = (u64::from(a) << 32) | u64::from(b);
+    let low = (u64::from(c) << 32) | u64::from(d);
+    (a_ok & b_ok & c_ok & d_ok == HIGH).then_some((u128::from(high) << 64) | u128::from(low))
+}
+
+/// The 8 lowercase hex digits of `value` (SWAR: each nibble spread into its own byte, then
+/// turned into a digit with one add and one masked add).
+#[inline(always)]
+fn encode8(value: u32) -> [u8; 8] {
+    let x = u64::from(value);
+    let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+    let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+    let nibbles = (x | (x << 4)) & (0x0f * ONES);
+    // Nibbles of 10 and more get the extra distance from '9' + 1 to 'a'.
+    let letters = ((nibbles + 0x06 * ONES) >> 4) & ONES;
+    (nibbles + 0x30 * ONES + letters * 0x27).to_be_bytes()
+}
+
+/// The 16 lowercase hex digits of `value`, most significant first.
+#[inline]
+pub(crate) fn encode_u64(value: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&encode8((value >> 32) as u32));
+    out[8..].copy_from_slice(&encode8(value as u32));
+    out
 }
 
 /// Writes `bytes` as lowercase hex into `out`, which must be twice as long.
@@ -115,12 +155,30 @@ mod tests {
                 assert_eq!((valid == HIGH).then_some(value), table, "byte {byte:#x} at {position}");
             }
         }
-        assert_eq!(decode_u128::<8>(b"00f067aa0ba902b7"), Some(0x00f0_67aa_0ba9_02b7));
+        assert_eq!(decode_u64(b"00f067aa0ba902b7"), Some(0x00f0_67aa_0ba9_02b7));
         assert_eq!(
-            decode_u128::<16>(b"4bf92f3577b34da6a3ce929d0e0e4736"),
+            decode_u128(b"4bf92f3577b34da6a3ce929d0e0e4736"),
             Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736)
         );
-        assert_eq!(decode_u128::<8>(b"00f067aa0ba902b"), None);
+        assert_eq!(decode_u64(b"00f067aa0ba902b"), None);
+        assert_eq!(decode_u128(b"4bf92f3577b34da6a3ce929d0e0e473G"), None);
+    }
+
+    #[test]
+    fn swar_encoding_matches_the_table() {
+        for value in [0u64, 1, 0x0123_4567_89ab_cdef, u64::MAX, 0xa0b0_c0d0_e0f0_0909, 0x00f0_67aa_0ba9_02b7]
+        {
+            let mut table = [0u8; 16];
+            encode(&value.to_be_bytes(), &mut table);
+            assert_eq!(encode_u64(value), table, "{value:#x}");
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let mut table = [0u8; 16];
+            encode(&state.to_be_bytes(), &mut table);
+            assert_eq!(encode_u64(state), table);
+        }
     }
 
     #[test]

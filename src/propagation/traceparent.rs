@@ -127,10 +127,9 @@ impl TraceParent {
             return Err(TraceParentError::Delimiter);
         }
         let trace_id =
-            hex::decode_u128::<16>(&value[3..35]).filter(|id| *id != 0).ok_or(TraceParentError::TraceId)?;
-        let parent_id = hex::decode_u128::<8>(&value[36..52])
-            .filter(|id| *id != 0)
-            .ok_or(TraceParentError::ParentId)? as u64;
+            hex::decode_u128(&value[3..35]).filter(|id| *id != 0).ok_or(TraceParentError::TraceId)?;
+        let parent_id =
+            hex::decode_u64(&value[36..52]).filter(|id| *id != 0).ok_or(TraceParentError::ParentId)?;
         let flags = hex::decode::<1>(&value[53..55]).ok_or(TraceParentError::Flags)?[0];
         if value.len() > LEN {
             // A future version may append fields: they must start with '-'. A comma (two
@@ -205,8 +204,10 @@ impl TraceParent {
     pub fn to_bytes(&self) -> [u8; LEN] {
         let mut out = [b'-'; LEN];
         hex::encode(&[self.version], &mut out[0..2]);
-        hex::encode(&self.trace_id.to_bytes(), &mut out[3..35]);
-        hex::encode(&self.parent_id.to_bytes(), &mut out[36..52]);
+        let trace_id = u128::from_be_bytes(self.trace_id.to_bytes());
+        out[3..19].copy_from_slice(&hex::encode_u64((trace_id >> 64) as u64));
+        out[19..35].copy_from_slice(&hex::encode_u64(trace_id as u64));
+        out[36..52].copy_from_slice(&hex::encode_u64(u64::from_be_bytes(self.parent_id.to_bytes())));
         hex::encode(&[self.flags.to_u8()], &mut out[53..55]);
         out
     }
