@@ -67,26 +67,44 @@ pub trait Carrier {
     /// headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
     /// let fields = headers.trace_fields();
     /// assert!(fields.traceparent.is_some());
-    /// assert!(!fields.may_have_tracestate);
+    /// assert_eq!(fields.tracestate, tokentrace::propagation::TraceStateField::Absent);
     /// ```
     fn trace_fields(&self) -> TraceFields<'_> {
-        TraceFields { traceparent: self.get_single(names::TRACEPARENT), may_have_tracestate: true }
+        TraceFields { traceparent: self.get_single(names::TRACEPARENT), tracestate: TraceStateField::Unknown }
     }
 }
 
 /// The answer of [`Carrier::trace_fields`].
 ///
 /// ```
-/// use tokentrace::propagation::TraceFields;
-/// let fields = TraceFields { traceparent: None, may_have_tracestate: false };
+/// use tokentrace::propagation::{TraceFields, TraceStateField};
+/// let fields = TraceFields { traceparent: None, tracestate: TraceStateField::Absent };
 /// assert!(fields.traceparent.is_none());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceFields<'a> {
     /// The `traceparent` value when there is exactly one.
     pub traceparent: Option<&'a [u8]>,
-    /// `false` only when the carrier knows there is no `tracestate`.
-    pub may_have_tracestate: bool,
+    /// What the carrier learnt of `tracestate` on the way.
+    pub tracestate: TraceStateField<'a>,
+}
+
+/// What [`Carrier::trace_fields`] says of `tracestate`.
+///
+/// ```
+/// use tokentrace::propagation::TraceStateField;
+/// assert_ne!(TraceStateField::One(b"a=1"), TraceStateField::Absent);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceStateField<'a> {
+    /// Not looked at: ask with [`Carrier::get_all`].
+    Unknown,
+    /// No `tracestate`.
+    Absent,
+    /// Exactly one value (the usual case).
+    One(&'a [u8]),
+    /// Several values: ask with [`Carrier::get_all`] for all of them, in order.
+    Several,
 }
 
 /// Up to this many distinct header names, one pass over the map is cheaper than looking up
@@ -166,20 +184,23 @@ impl Carrier for HeaderMap {
         if self.keys_len() > ONE_PASS_MAX_HEADERS {
             return TraceFields {
                 traceparent: self.get_single(names::TRACEPARENT),
-                may_have_tracestate: true,
+                tracestate: TraceStateField::Unknown,
             };
         }
         const TRACEPARENT: HeaderName = HeaderName::from_static(names::TRACEPARENT);
         const TRACESTATE: HeaderName = HeaderName::from_static(names::TRACESTATE);
-        let (mut traceparent, mut count, mut tracestate) = (None, 0, false);
+        let (mut traceparent, mut count, mut tracestate) = (None, 0, TraceStateField::Absent);
         for (name, value) in self {
             if *name == TRACEPARENT {
                 traceparent = Some(value.as_bytes());
                 count += 1;
             } else if *name == TRACESTATE {
-                tracestate = true;
+                tracestate = match tracestate {
+                    TraceStateField::Absent => TraceStateField::One(value.as_bytes()),
+                    _ => TraceStateField::Several,
+                };
             }
         }
-        TraceFields { traceparent: traceparent.filter(|_| count == 1), may_have_tracestate: tracestate }
+        TraceFields { traceparent: traceparent.filter(|_| count == 1), tracestate }
     }
 }

@@ -3,7 +3,7 @@
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use opentelemetry::Context;
 
-use super::carrier::Carrier;
+use super::carrier::{Carrier, TraceStateField};
 use super::request_id::{RequestId, RequestUuid};
 use super::trace_state::TraceState;
 use super::traceparent::TraceParent;
@@ -52,11 +52,14 @@ impl RemoteContext {
     pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Option<Self> {
         let fields = carrier.trace_fields();
         let traceparent = TraceParent::parse(fields.traceparent?).ok()?;
-        let tracestate = if fields.may_have_tracestate {
-            TraceState::from_headers(carrier.get_all(TRACESTATE)).unwrap_or_default()
-        } else {
-            TraceState::EMPTY
-        };
+        let tracestate = match fields.tracestate {
+            TraceStateField::Absent => Ok(TraceState::EMPTY),
+            TraceStateField::One(value) => TraceState::from_headers([value]),
+            TraceStateField::Unknown | TraceStateField::Several => {
+                TraceState::from_headers(carrier.get_all(TRACESTATE))
+            }
+        }
+        .unwrap_or_default();
         Some(Self { traceparent, tracestate })
     }
 

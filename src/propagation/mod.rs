@@ -32,7 +32,7 @@ mod request_id;
 mod trace_state;
 mod traceparent;
 
-pub use carrier::{Carrier, TraceFields};
+pub use carrier::{Carrier, TraceFields, TraceStateField};
 pub use context::{inject_context, inject_trace, names, RemoteContext, RequestIds};
 pub use propagator::StrictPropagator;
 pub use request_id::{RequestId, RequestIdError, RequestUuid, RequestUuidError, MAX_REQUEST_ID_LEN};
