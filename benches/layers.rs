@@ -10,14 +10,15 @@
 //!
 //! | variant | time per request | overhead over bare |
 //! |---|---:|---:|
-//! | bare axum `Router` | 0.91 µs | — |
-//! | tokentrace `ServerLayer` | 3.51 µs | +2.60 µs |
-//! | `OtelAxumLayer` | 4.75 µs | +3.76 µs |
-//! | `TraceLayer` + tracing-opentelemetry | 6.54 µs | +5.58 µs |
+//! | bare axum `Router` | 1.00 µs | — |
+//! | tokentrace `ServerLayer` | 3.72 µs | +2.84 µs |
+//! | `OtelAxumLayer` | 4.98 µs | +4.02 µs |
+//! | `TraceLayer` + tracing-opentelemetry | 7.26 µs | +6.16 µs |
 //!
-//! Overhead ratios: 0.69× `OtelAxumLayer`'s, 0.47× `TraceLayer`'s. Of our ~13k extra
-//! instructions per request (callgrind), the SDK span's start, end and batch hand-off are
-//! about a third, allocations (context, extensions, attribute strings) most of the rest.
+//! Overhead ratios: 0.71× `OtelAxumLayer`'s, 0.46× `TraceLayer`'s (0.69 and 0.47 in the run
+//! before; the machine is noisy at ±5%). Of our ~13k extra instructions per request
+//! (callgrind), the SDK span's start, end and batch hand-off are about a third, allocations
+//! (context, extensions, attribute strings) most of the rest.
 
 use std::hint::black_box;
 
