@@ -116,6 +116,23 @@ async fn aggregated_requests_are_one_trace_across_processes_with_correlated_logs
         let answer = demo::stream_chat(addr, id, "hello tracing", 8).await.unwrap();
         assert_eq!(answer.tokens, 8);
     }
+    // Without `stream`, one JSON answer.
+    let request = http::Request::post(format!("http://{addr}/v1/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(r#"{"prompt":"hello","max_tokens":4}"#)))
+        .unwrap();
+    let response = demo::http_client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["choices"][0]["text"].as_str().unwrap().chars().count(), 4);
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["completion_tokens"], 4);
+    let models = demo::http_client().get(format!("http://{addr}/v1/models").parse().unwrap()).await.unwrap();
+    let models: serde_json::Value =
+        serde_json::from_slice(&models.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(models["data"][0]["id"], "tokentrace-demo");
     stop(vec![frontend, worker]).await;
     demo::wait_for_traces(&receiver.received, &ids, 6).await;
 

@@ -109,6 +109,16 @@ async fn logs_can_stay_local_while_traces_are_exported() {
     receiver.stop().await;
 }
 
+/// Telemetry exporting traces to `endpoint` over gRPC, with a short export timeout.
+fn exporting_traces_to(endpoint: &str) -> Telemetry {
+    Telemetry::build(config(&[
+        ("OTEL_EXPORT_ENABLED", "true"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+    ]))
+    .unwrap()
+}
+
 /// An axum app traced with `telemetry`'s tracer, on 127.0.0.1.
 async fn traced_app(telemetry: &Telemetry) -> std::net::SocketAddr {
     let app = axum::Router::new()
@@ -134,12 +144,7 @@ async fn a_collector_down_at_start_never_fails_requests_and_every_loss_is_counte
     // Nothing listens on this port: connections are refused.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let endpoint = format!("http://{closed}");
-    let telemetry = Telemetry::build(config(&[
-        ("OTEL_EXPORT_ENABLED", "true"),
-        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
-    ]))
-    .unwrap();
+    let telemetry = exporting_traces_to(&endpoint);
     let addr = traced_app(&telemetry).await;
     let started = Instant::now();
     // More spans than the export queue holds: memory stays bounded by the queue.
@@ -155,12 +160,7 @@ async fn a_collector_down_at_start_never_fails_requests_and_every_loss_is_counte
 async fn a_collector_going_down_mid_run_is_survived_and_reported() {
     let receiver = otlp::grpc().await;
     let endpoint = receiver.endpoint();
-    let telemetry = Telemetry::build(config(&[
-        ("OTEL_EXPORT_ENABLED", "true"),
-        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
-    ]))
-    .unwrap();
+    let telemetry = exporting_traces_to(&endpoint);
     let addr = traced_app(&telemetry).await;
     send_requests(addr, 100).await;
     let received = receiver.received.clone();

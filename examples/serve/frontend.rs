@@ -143,11 +143,22 @@ async fn complete(
     let request_id =
         RequestIds::from_context(&cx).map(|ids| ids.x_request_id.to_string()).unwrap_or_default();
     let id = format!("{}-{request_id}", if matches!(api, Api::Chat) { "chatcmpl" } else { "cmpl" });
+    let completion = Arc::new(Completion { cx, frontend, id, model: request.model, api });
     if stream_response {
-        Sse::new(sse_events(tokens, cx, frontend, id, request.model, api)).into_response()
+        Sse::new(sse_events(tokens, completion)).into_response()
     } else {
-        collect(tokens, cx, frontend, id, request.model, api).await
+        collect(tokens, &completion).await
     }
+}
+
+/// What answering one completion needs besides its tokens.
+struct Completion {
+    /// The request's context: its span gets the failure, if any.
+    cx: Context,
+    frontend: Arc<Frontend>,
+    id: String,
+    model: String,
+    api: Api,
 }
 
 fn created() -> u64 {
@@ -181,14 +192,7 @@ impl Frontend {
     }
 }
 
-fn sse_events<S>(
-    tokens: S,
-    cx: Context,
-    frontend: Arc<Frontend>,
-    id: String,
-    model: String,
-    api: Api,
-) -> impl Stream<Item = Result<Event, Infallible>>
+fn sse_events<S>(tokens: S, completion: Arc<Completion>) -> impl Stream<Item = Result<Event, Infallible>>
 where
     S: Stream<Item = Result<TokenItem, RpcError>> + Send + 'static,
 {
@@ -198,20 +202,21 @@ where
     }
     let tokens = Box::pin(tokens);
     stream::unfold(State::Streaming(tokens), move |state| {
-        let (cx, frontend, id, model) = (cx.clone(), Arc::clone(&frontend), id.clone(), model.clone());
+        let completion = Arc::clone(&completion);
         async move {
             let State::Streaming(mut tokens) = state else { return None };
+            let Completion { cx, frontend, id, model, api } = &*completion;
             match tokens.next().await {
                 Some(Ok(token)) => {
                     let finish = token.finish_reason.map(|r| r.as_str());
                     Some((
-                        Ok(Event::default().data(chunk(&id, &model, api, &token.text, finish))),
+                        Ok(Event::default().data(chunk(id, model, *api, &token.text, finish))),
                         State::Streaming(tokens),
                     ))
                 }
                 None => Some((Ok(Event::default().data("[DONE]")), State::Done)),
                 Some(Err(failure)) => {
-                    frontend.stream_failed(&cx, &failure).await;
+                    frontend.stream_failed(cx, &failure).await;
                     let event = json!({"error": {"message": failure.to_string(), "type": "worker_error"}});
                     Some((Ok(Event::default().event("error").data(event.to_string())), State::Done))
                 }
@@ -220,17 +225,11 @@ where
     })
 }
 
-async fn collect<S>(
-    tokens: S,
-    cx: Context,
-    frontend: Arc<Frontend>,
-    id: String,
-    model: String,
-    api: Api,
-) -> Response
+async fn collect<S>(tokens: S, completion: &Completion) -> Response
 where
     S: Stream<Item = Result<TokenItem, RpcError>>,
 {
+    let Completion { cx, frontend, id, model, api } = completion;
     let mut tokens = std::pin::pin!(tokens);
     let mut text = String::new();
     let mut count = 0u64;
@@ -243,18 +242,18 @@ where
                 finish = token.finish_reason.map(|r| r.as_str());
             }
             Err(failure) => {
-                frontend.stream_failed(&cx, &failure).await;
+                frontend.stream_failed(cx, &failure).await;
                 return error(StatusCode::BAD_GATEWAY, "worker_error", failure.to_string());
             }
         }
     }
-    let choice = match api {
+    let choice = match *api {
         Api::Chat => {
             json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
         }
         Api::Completions => json!({"index": 0, "text": text, "finish_reason": finish}),
     };
-    let object = if matches!(api, Api::Chat) { "chat.completion" } else { "text_completion" };
+    let object = if matches!(*api, Api::Chat) { "chat.completion" } else { "text_completion" };
     Json(json!({
         "id": id, "object": object, "created": created(), "model": model,
         "choices": [choice],

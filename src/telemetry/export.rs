@@ -51,46 +51,39 @@ fn headers(target: &OtlpTarget) -> std::collections::HashMap<String, String> {
     target.headers.iter().cloned().collect()
 }
 
-/// Builds the span exporter for `target` (inside `runtime`, which tonic needs).
-pub(crate) fn span_exporter(runtime: &Runtime, target: &OtlpTarget) -> Result<SpanExporter, String> {
-    let _entered = runtime.enter();
-    let built = match target.protocol {
-        Protocol::Grpc => SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(&target.endpoint)
-            .with_timeout(target.timeout)
-            .with_metadata(tonic_metadata(target))
-            .build(),
-        Protocol::HttpProtobuf => SpanExporter::builder()
-            .with_http()
-            .with_endpoint(&target.endpoint)
-            .with_timeout(target.timeout)
-            .with_headers(headers(target))
-            .with_http_client(HttpClient::new(runtime.handle().clone(), target.timeout))
-            .build(),
-    };
-    built.map_err(|error| build_error("trace", target, error))
+/// Builds an OTLP exporter of type `$exporter` for `$target`, inside `$runtime` (which tonic
+/// needs). The span and log exporters have distinct builder types with the same methods.
+macro_rules! build_exporter {
+    ($exporter:ty, $signal:literal, $runtime:expr, $target:expr) => {{
+        let (runtime, target): (&Runtime, &OtlpTarget) = ($runtime, $target);
+        let _entered = runtime.enter();
+        let built = match target.protocol {
+            Protocol::Grpc => <$exporter>::builder()
+                .with_tonic()
+                .with_endpoint(&target.endpoint)
+                .with_timeout(target.timeout)
+                .with_metadata(tonic_metadata(target))
+                .build(),
+            Protocol::HttpProtobuf => <$exporter>::builder()
+                .with_http()
+                .with_endpoint(&target.endpoint)
+                .with_timeout(target.timeout)
+                .with_headers(headers(target))
+                .with_http_client(HttpClient::new(runtime.handle().clone(), target.timeout))
+                .build(),
+        };
+        built.map_err(|error| build_error($signal, target, error))
+    }};
 }
 
-/// Builds the log exporter for `target` (inside `runtime`, which tonic needs).
+/// Builds the span exporter for `target`.
+pub(crate) fn span_exporter(runtime: &Runtime, target: &OtlpTarget) -> Result<SpanExporter, String> {
+    build_exporter!(SpanExporter, "trace", runtime, target)
+}
+
+/// Builds the log exporter for `target`.
 pub(crate) fn log_exporter(runtime: &Runtime, target: &OtlpTarget) -> Result<LogExporter, String> {
-    let _entered = runtime.enter();
-    let built = match target.protocol {
-        Protocol::Grpc => LogExporter::builder()
-            .with_tonic()
-            .with_endpoint(&target.endpoint)
-            .with_timeout(target.timeout)
-            .with_metadata(tonic_metadata(target))
-            .build(),
-        Protocol::HttpProtobuf => LogExporter::builder()
-            .with_http()
-            .with_endpoint(&target.endpoint)
-            .with_timeout(target.timeout)
-            .with_headers(headers(target))
-            .with_http_client(HttpClient::new(runtime.handle().clone(), target.timeout))
-            .build(),
-    };
-    built.map_err(|error| build_error("log", target, error))
+    build_exporter!(LogExporter, "log", runtime, target)
 }
 
 /// The OTLP/HTTP client: hyper on the export runtime, callable from any thread.
