@@ -28,7 +28,10 @@ pub(crate) fn record_status(
             i64::from(status.as_u16()),
         ));
         if failed {
-            span.set_error(status.as_u16().to_string(), "error status");
+            span.set_error(
+                crate::ids::decimal(u64::from(status.as_u16())).as_str().to_owned(),
+                "error status",
+            );
         }
     }
 }

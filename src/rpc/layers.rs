@@ -224,7 +224,7 @@ where
         let cx = parent.with_span(span);
         inject_context(&mut request.metadata, &cx);
         ids.inject(&mut request.metadata);
-        request.metadata.set(SEND_TIMESTAMP, &unix_nanos().to_string());
+        request.metadata.set_ascii(SEND_TIMESTAMP, crate::ids::decimal(unix_nanos()).as_bytes());
         CallFuture { inner: self.inner.call(request), attach: None, span: Some(ActiveSpan::new(cx)) }
     }
 }
