@@ -81,6 +81,27 @@ fn layers(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider: &SdkTr
 
 const ITEMS_PER_STREAM: usize = 1000;
 
+/// `streams` concurrent calls through `client`, each drained to its end.
+async fn concurrent_calls<C, St>(client: &C, streams: usize)
+where
+    C: Service<Request<Bytes>, Response = St> + Clone + Send + 'static,
+    C::Error: std::fmt::Debug + Send,
+    C::Future: Send,
+    St: futures_util::Stream<Item = Result<Bytes, RpcError>> + Unpin + Send + 'static,
+{
+    let calls: Vec<_> = (0..streams)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                drain(client.oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), ITEMS_PER_STREAM);
+    }
+}
+
 fn tcp_throughput(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider: &SdkTracerProvider) {
     let (untraced_addr, traced_addr) = runtime.block_on(async {
         let untraced = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -99,38 +120,12 @@ fn tcp_throughput(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider
         group.throughput(Throughput::Elements((streams * ITEMS_PER_STREAM) as u64));
         let untraced = runtime.block_on(tcp::Client::connect(untraced_addr)).unwrap();
         group.bench_function("untraced", |b| {
-            b.iter(|| {
-                runtime.block_on(async {
-                    let calls = (0..streams).map(|_| {
-                        let client = untraced.clone();
-                        tokio::spawn(async move {
-                            drain(client.oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await
-                        })
-                    });
-                    for call in calls.collect::<Vec<_>>() {
-                        assert_eq!(call.await.unwrap(), ITEMS_PER_STREAM);
-                    }
-                })
-            })
+            b.iter(|| runtime.block_on(concurrent_calls(&untraced, streams)))
         });
         let traced = ServiceBuilder::new()
             .layer(rpc::ClientLayer::with_tracer(provider.tracer("frontend")))
             .service(runtime.block_on(tcp::Client::connect(traced_addr)).unwrap());
-        group.bench_function("traced", |b| {
-            b.iter(|| {
-                runtime.block_on(async {
-                    let calls = (0..streams).map(|_| {
-                        let client = traced.clone();
-                        tokio::spawn(async move {
-                            drain(client.oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await
-                        })
-                    });
-                    for call in calls.collect::<Vec<_>>() {
-                        assert_eq!(call.await.unwrap(), ITEMS_PER_STREAM);
-                    }
-                })
-            })
-        });
+        group.bench_function("traced", |b| b.iter(|| runtime.block_on(concurrent_calls(&traced, streams))));
         group.finish();
     }
 }
