@@ -49,7 +49,7 @@
 //! assert_eq!(remote.traceparent.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 //! assert_eq!(ids.x_request_id.as_str(), "my-request");
 //! ```
-#![deny(unsafe_code)] // one audited exception: the TSC read in `inference::clock`
+#![deny(unsafe_code)] // audited exceptions: the TSC read (`inference::clock`), `TraceParent::to_header_value`
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod active_span;

@@ -3,6 +3,7 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::context::names;
+use super::traceparent::TraceParent;
 
 /// Something that carries propagation fields: HTTP headers, RPC metadata.
 ///
@@ -53,6 +54,22 @@ pub trait Carrier {
         let mut values = self.get_all(name);
         let first = values.next()?;
         values.next().is_none().then_some(first)
+    }
+
+    /// Sets the one `traceparent` (replacing any). A carrier that stores header values
+    /// overrides it to take [`TraceParent::to_header_value`], already known to be valid.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tokentrace::propagation::{Carrier, TraceParent};
+    ///
+    /// let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap();
+    /// let mut headers = HeaderMap::new();
+    /// headers.set_traceparent(&tp);
+    /// assert_eq!(headers["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// ```
+    fn set_traceparent(&mut self, traceparent: &TraceParent) {
+        self.set_ascii(names::TRACEPARENT, &traceparent.to_bytes());
     }
 
     /// What extraction needs first: the single `traceparent`, and whether a `tracestate` may
@@ -167,6 +184,10 @@ impl Carrier for HeaderMap {
         if let Ok(value) = HeaderValue::from_bytes(value) {
             self.insert(header_name(name), value);
         }
+    }
+
+    fn set_traceparent(&mut self, traceparent: &TraceParent) {
+        self.insert(const { HeaderName::from_static(names::TRACEPARENT) }, traceparent.to_header_value());
     }
 
     fn remove_all(&mut self, name: &'static str) {

@@ -114,7 +114,7 @@ pub fn inject_trace<C: Carrier + ?Sized>(
     tracestate: &TraceState,
 ) {
     carrier.remove_all(TRACESTATE);
-    carrier.set_ascii(TRACEPARENT, &traceparent.to_bytes());
+    carrier.set_traceparent(traceparent);
     let tracestate = tracestate.within_limits();
     if !tracestate.is_empty() {
         carrier.set(TRACESTATE, tracestate.header());

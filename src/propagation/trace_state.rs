@@ -100,7 +100,10 @@ impl TraceState {
             // No header at all, the common case: skip setting up the key table.
             return Ok(Self::EMPTY);
         }
-        let mut seen = [(0u32, 0u16, 0u16); MAX_MEMBERS];
+        // Fingerprints apart from positions, so "any equal fingerprint?" is a plain
+        // (vectorisable) search over 32-bit integers.
+        let mut fingerprints = [0u32; MAX_MEMBERS];
+        let mut spans = [(0u16, 0u16); MAX_MEMBERS];
         let mut members = 0usize;
         let mut header: Vec<u8> = Vec::new();
         for value in values {
@@ -112,10 +115,11 @@ impl TraceState {
                 }
                 let key = &member[..key_len];
                 let fingerprint = fingerprint(key);
-                let duplicate = seen[..members].iter().any(|&(f, start, len)| {
-                    f == fingerprint
-                        && &header[usize::from(start)..usize::from(start) + usize::from(len)] == key
-                });
+                let duplicate = fingerprints[..members].contains(&fingerprint)
+                    && fingerprints[..members].iter().zip(&spans[..members]).any(|(&f, &(start, len))| {
+                        f == fingerprint
+                            && &header[usize::from(start)..usize::from(start) + usize::from(len)] == key
+                    });
                 if duplicate {
                     return Err(TraceStateError::DuplicateKey);
                 }
@@ -126,7 +130,8 @@ impl TraceState {
                     header.push(b',');
                 }
                 // 32 members of at most 514 bytes each: offsets fit in u16.
-                seen[members] = (fingerprint, header.len() as u16, key_len as u16);
+                fingerprints[members] = fingerprint;
+                spans[members] = (header.len() as u16, key_len as u16);
                 members += 1;
                 header.extend_from_slice(member);
             }
@@ -301,60 +306,55 @@ const fn key_table(rest: bool) -> [bool; 256] {
 const KEY_FIRST: [bool; 256] = key_table(false);
 const KEY_REST: [bool; 256] = key_table(true);
 
-/// A cheap fingerprint of a key (length and three bytes): enough to tell almost all distinct
-/// keys apart without hashing every byte.
+/// A cheap fingerprint of a key: its first and last eight bytes and its length, mixed by one
+/// multiplication. Distinct keys that share a prefix and suffix pattern (`vendor12`,
+/// `vendor22`) still get distinct fingerprints, so equal bytes are compared only rarely.
 fn fingerprint(key: &[u8]) -> u32 {
-    let at = |i: usize| u32::from(key.get(i).copied().unwrap_or(0));
-    (key.len() as u32) | (at(0) << 8) | (at(key.len() / 2) << 16) | (at(key.len().wrapping_sub(1)) << 24)
+    // Fixed-size loads for keys of 8 bytes and more (no `memcpy` call); shorter keys fold.
+    let (head, tail) = match (key.first_chunk::<8>(), key.last_chunk::<8>()) {
+        (Some(head), Some(tail)) => (u64::from_le_bytes(*head), u64::from_le_bytes(*tail)),
+        _ => {
+            let short = key.iter().fold(0u64, |word, &b| (word << 8) | u64::from(b));
+            (short, short)
+        }
+    };
+    let mixed = (head ^ tail.rotate_left(29) ^ key.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (mixed >> 32) as u32
 }
 
 /// Reads the next list member from a header value: skips whitespace and empty members, then
 /// validates `key=value` up to the next `,`.
 ///
-/// Returns `(key length, member without surrounding whitespace, rest after the member)`, or
-/// `None` when only whitespace and commas are left.
+/// Returns `(key length, member without surrounding whitespace, rest from the next `,`)`, or
+/// `None` when only whitespace and commas are left. Written with slice searches rather than
+/// index loops: they compile to tight scans without a bounds check per byte.
 #[allow(clippy::type_complexity)]
 fn next_member(value: &[u8]) -> Result<Option<(usize, &[u8], &[u8])>, TraceStateError> {
-    let len = value.len();
-    let mut i = 0;
-    while i < len && matches!(value[i], b' ' | b'\t' | b',') {
-        i += 1;
-    }
-    if i == len {
+    let Some(start) = value.iter().position(|b| !matches!(b, b' ' | b'\t' | b',')) else {
         return Ok(None);
-    }
-    let start = i;
-    if !KEY_FIRST[value[i] as usize] {
+    };
+    let member = &value[start..];
+    if !KEY_FIRST[usize::from(member[0])] {
         return Err(TraceStateError::Key);
     }
-    i += 1;
-    while i < len && KEY_REST[value[i] as usize] {
-        i += 1;
-    }
-    let key_len = i - start;
-    if i == len || value[i] != b'=' || key_len > MAX_KEY_LEN {
+    let key_len = 1 + member[1..].iter().position(|&b| !KEY_REST[usize::from(b)]).unwrap_or(member.len() - 1);
+    if key_len > MAX_KEY_LEN || member.get(key_len) != Some(&b'=') {
         return Err(TraceStateError::Key);
     }
-    i += 1;
-    let value_start = i;
-    while i < len && VALUE_CHARS[value[i] as usize] {
-        i += 1;
-    }
+    let after_key = &member[key_len + 1..];
+    let scanned = after_key.iter().position(|&b| !VALUE_CHARS[usize::from(b)]).unwrap_or(after_key.len());
     // Trailing spaces belong to the whitespace around the member, so a value never ends in one.
-    let mut end = i;
-    while end > value_start && value[end - 1] == b' ' {
-        end -= 1;
-    }
-    while i < len && matches!(value[i], b' ' | b'\t') {
-        i += 1;
-    }
-    if i < len && value[i] != b',' {
+    let value_len = after_key[..scanned].iter().rposition(|&b| b != b' ').map_or(0, |last| last + 1);
+    let after_value = &after_key[scanned..];
+    let rest = &after_value
+        [after_value.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(after_value.len())..];
+    if rest.first().is_some_and(|&b| b != b',') {
         return Err(TraceStateError::Value);
     }
-    if end == value_start || end - value_start > MAX_VALUE_LEN {
+    if value_len == 0 || value_len > MAX_VALUE_LEN {
         return Err(TraceStateError::Value);
     }
-    Ok(Some((key_len, &value[start..end], &value[i..])))
+    Ok(Some((key_len, &member[..key_len + 1 + value_len], rest)))
 }
 
 /// Value characters: 0x20–0x7e except `,` and `=`.
