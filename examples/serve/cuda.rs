@@ -222,7 +222,7 @@ impl Engine for CudaEngine {
     }
 
     fn kv_from_bytes(&self, bytes: &[u8]) -> Result<CudaKv, EngineError> {
-        if bytes.len() % (DIM * 4) != 0 || bytes.len() / 4 > MAX_SEQ * DIM {
+        if !bytes.len().is_multiple_of(DIM * 4) || bytes.len() / 4 > MAX_SEQ * DIM {
             return Err(EngineError(format!(
                 "KV transfer of {} bytes is not whole rows within {MAX_SEQ}",
                 bytes.len()

@@ -196,7 +196,7 @@ impl Engine for CpuEngine {
     }
 
     fn kv_from_bytes(&self, bytes: &[u8]) -> Result<CpuKv, EngineError> {
-        if bytes.len() % (DIM * 4) != 0 {
+        if !bytes.len().is_multiple_of(DIM * 4) {
             return Err(EngineError(format!("KV transfer of {} bytes is not whole rows", bytes.len())));
         }
         let rows = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
