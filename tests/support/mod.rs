@@ -33,29 +33,44 @@ impl Spans {
 
     /// Waits (up to 5 s) until `done` holds for the finished spans, and returns them.
     pub fn wait_for(&self, what: &str, done: impl Fn(&[SpanData]) -> bool) -> Vec<SpanData> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + WAIT;
         loop {
-            let spans = self.finished();
-            if done(&spans) {
+            if let Some(spans) = self.check(what, &done, deadline) {
                 return spans;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; have {:#?}", names(&spans));
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(POLL);
         }
     }
 
+    /// [`Spans::wait_for`] for async tests: sleeps without blocking the runtime.
     pub async fn wait_for_async(&self, what: &str, done: impl Fn(&[SpanData]) -> bool) -> Vec<SpanData> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + WAIT;
         loop {
-            let spans = self.finished();
-            if done(&spans) {
+            if let Some(spans) = self.check(what, &done, deadline) {
                 return spans;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; have {:#?}", names(&spans));
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
+
+    /// The finished spans if `done` holds; fails the test once `deadline` has passed.
+    fn check(
+        &self,
+        what: &str,
+        done: &impl Fn(&[SpanData]) -> bool,
+        deadline: Instant,
+    ) -> Option<Vec<SpanData>> {
+        let spans = self.finished();
+        if done(&spans) {
+            return Some(spans);
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; have {:#?}", names(&spans));
+        None
+    }
 }
+
+const WAIT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(10);
 
 pub fn names(spans: &[SpanData]) -> Vec<String> {
     spans.iter().map(|s| format!("{} ({:?})", s.name, s.span_kind)).collect()
