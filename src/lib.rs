@@ -62,8 +62,10 @@ pub struct ReadmeDoctests;
 pub mod http;
 mod ids;
 pub mod inference;
+mod interned;
 pub mod propagation;
 mod rate_limit;
+mod retained;
 pub mod rpc;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

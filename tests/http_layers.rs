@@ -379,3 +379,43 @@ async fn an_unsampled_parent_stays_unsampled_downstream() {
     assert!(traceparent.ends_with("-00"), "{traceparent}");
     assert!(!traceparent.contains("00f067aa0ba902b7"), "a new span id for the hop");
 }
+
+/// Routes, paths and hosts that repeat are kept once per process rather than copied per request;
+/// that must never change what a span says: paths with parameters, and more distinct `Host`
+/// values than are ever kept, are recorded exactly.
+#[tokio::test]
+async fn paths_routes_and_many_hosts_are_recorded_exactly() {
+    const HOSTS: usize = 100; // more than the 64 host names ever kept
+    let spans = Spans::new();
+    let app = Router::new()
+        .route("/v1/models/{id}", get(|| async { "{}" }))
+        .route("/v1/models", get(|| async { "[]" }))
+        .layer(ServerLayer::with_tracer(spans.tracer("server")).span_name(SpanNameStyle::MethodAndRoute));
+    let addr = serve(app).await;
+    let client = plain_client();
+    for i in 0..HOSTS {
+        let host = format!("frontend-{i}.example:8{i:03}");
+        let path = if i % 2 == 0 { format!("/v1/models/model-{i}") } else { "/v1/models".to_owned() };
+        let response = client.request(get_request(addr, &path, &[("host", &host)])).await.unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+
+    let spans = spans.wait_for("a span per request", |s| s.len() == HOSTS);
+    for i in 0..HOSTS {
+        let address = format!("frontend-{i}.example");
+        let span = spans
+            .iter()
+            .find(|s| attr(s, "server.address").as_deref() == Some(address.as_str()))
+            .unwrap_or_else(|| panic!("no span with server.address {address}"));
+        assert_eq!(attr(span, "server.port"), Some(format!("{}", 8000 + i)));
+        if i % 2 == 0 {
+            assert_eq!(attr(span, "url.path"), Some(format!("/v1/models/model-{i}")));
+            assert_eq!(attr(span, "http.route").as_deref(), Some("/v1/models/{id}"));
+            assert_eq!(span.name, "GET /v1/models/{id}");
+        } else {
+            assert_eq!(attr(span, "url.path").as_deref(), Some("/v1/models"));
+            assert_eq!(attr(span, "http.route").as_deref(), Some("/v1/models"));
+            assert_eq!(span.name, "GET /v1/models");
+        }
+    }
+}

@@ -66,15 +66,24 @@ where
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let _attached = this.attach.as_ref().map(|context| context.clone().attach());
+        let attached = this.attach.as_ref().map(|context| context.clone().attach());
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let ended = match &frame {
+            None | Some(Err(_)) => true,
+            Some(Ok(frame)) => frame.is_trailers() || this.inner.is_end_stream(),
+        };
         if let Some(span) = this.span.as_mut() {
             match &frame {
-                None => span.end(),
                 Some(Err(error)) => span.fail("body", format!("response body failed: {error}")),
-                Some(Ok(frame)) if frame.is_trailers() || this.inner.is_end_stream() => span.end(),
-                Some(Ok(_)) => {}
+                _ if ended => span.end(),
+                _ => {}
             }
+        }
+        if ended {
+            // Nothing runs in this body any more: the last poll (the one that sees `None`
+            // after a body that announced its end) need not attach the context again.
+            drop(attached);
+            *this.attach = None;
         }
         Poll::Ready(frame)
     }

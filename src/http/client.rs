@@ -134,7 +134,9 @@ where
         let method = semconv::method(request.method());
         let mut attributes = Vec::with_capacity(5);
         attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, method));
-        if let Some((host, port)) = semconv::host_and_port(request.uri(), request.headers()) {
+        if let Some((host, port)) =
+            semconv::host_and_port(request.uri(), request.headers().get(http::header::HOST))
+        {
             attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
             if let Some(port) = port {
                 attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
@@ -153,7 +155,10 @@ where
             Some(ids) => ids.clone(),
             None => RequestIds::extract(request.headers()),
         };
-        cx.span().set_attribute(KeyValue::new(semconv::X_REQUEST_ID, ids.x_request_id.as_str().to_owned()));
+        cx.span().set_attribute(KeyValue::new(
+            semconv::X_REQUEST_ID,
+            crate::retained::string(ids.x_request_id.as_str()),
+        ));
         inject_context(request.headers_mut(), &cx);
         ids.inject(request.headers_mut());
 

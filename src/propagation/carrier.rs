@@ -208,20 +208,101 @@ impl Carrier for HeaderMap {
                 tracestate: TraceStateField::Unknown,
             };
         }
-        const TRACEPARENT: HeaderName = HeaderName::from_static(names::TRACEPARENT);
-        const TRACESTATE: HeaderName = HeaderName::from_static(names::TRACESTATE);
-        let (mut traceparent, mut count, mut tracestate) = (None, 0, TraceStateField::Absent);
-        for (name, value) in self {
-            if *name == TRACEPARENT {
-                traceparent = Some(value.as_bytes());
-                count += 1;
-            } else if *name == TRACESTATE {
-                tracestate = match tracestate {
-                    TraceStateField::Absent => TraceStateField::One(value.as_bytes()),
-                    _ => TraceStateField::Several,
-                };
-            }
+        let [traceparent, tracestate] = scan(self, &[TRACEPARENT, TRACESTATE]);
+        trace_fields(traceparent, tracestate)
+    }
+}
+
+/// How many times a name appeared, and its value when once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Seen<T> {
+    #[default]
+    Absent,
+    One(T),
+    Several,
+}
+
+impl<T> Seen<T> {
+    /// Counts one more value.
+    fn add(self, value: T) -> Self {
+        match self {
+            Self::Absent => Self::One(value),
+            _ => Self::Several,
         }
-        TraceFields { traceparent: traceparent.filter(|_| count == 1), tracestate }
+    }
+
+    /// Counts the first two values of `values` (more would not change the answer).
+    pub(crate) fn of(values: impl Iterator<Item = T>) -> Self {
+        values.take(2).fold(Self::Absent, Self::add)
+    }
+
+    /// The value when it appeared exactly once.
+    pub(crate) fn single(self) -> Option<T> {
+        match self {
+            Self::One(value) => Some(value),
+            _ => None,
+        }
+    }
+}
+
+/// The headers an HTTP server reads from each request, found in one pass over a small map
+/// (by lookup in a larger one): the trace context, both request ids and `Host`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct InboundHeaders<'a> {
+    pub(crate) traceparent: Seen<&'a HeaderValue>,
+    pub(crate) tracestate: Seen<&'a HeaderValue>,
+    pub(crate) x_request_id: Seen<&'a HeaderValue>,
+    pub(crate) request_id: Seen<&'a HeaderValue>,
+    pub(crate) host: Seen<&'a HeaderValue>,
+}
+
+impl<'a> InboundHeaders<'a> {
+    pub(crate) fn scan(headers: &'a HeaderMap) -> Self {
+        let [host, traceparent, tracestate, x_request_id, request_id] =
+            if headers.keys_len() > ONE_PASS_MAX_HEADERS {
+                let seen = |name| Seen::of(headers.get_all(name).iter());
+                [seen(HOST), seen(TRACEPARENT), seen(TRACESTATE), seen(X_REQUEST_ID), seen(REQUEST_ID)]
+            } else {
+                scan(headers, &[HOST, TRACEPARENT, TRACESTATE, X_REQUEST_ID, REQUEST_ID])
+            };
+        Self { traceparent, tracestate, x_request_id, request_id, host }
+    }
+
+    pub(crate) fn trace_fields(&self) -> TraceFields<'a> {
+        trace_fields(self.traceparent, self.tracestate)
+    }
+}
+
+const HOST: HeaderName = http::header::HOST;
+const TRACEPARENT: HeaderName = HeaderName::from_static(names::TRACEPARENT);
+const TRACESTATE: HeaderName = HeaderName::from_static(names::TRACESTATE);
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(names::X_REQUEST_ID);
+const REQUEST_ID: HeaderName = HeaderName::from_static(names::REQUEST_ID);
+
+/// One pass over a small map, counting the values of each `wanted` name (the fewer names, the
+/// cheaper: each header is compared with each wanted name until one matches). Always inlined so
+/// the wanted names are constants there: each comparison becomes a length check and a few loads.
+#[inline(always)]
+fn scan<'a, const N: usize>(headers: &'a HeaderMap, wanted: &[HeaderName; N]) -> [Seen<&'a HeaderValue>; N] {
+    let mut found = [Seen::Absent; N];
+    for (name, value) in headers {
+        if let Some(at) = wanted.iter().position(|wanted| wanted == name) {
+            found[at] = found[at].add(value);
+        }
+    }
+    found
+}
+
+fn trace_fields<'a>(
+    traceparent: Seen<&'a HeaderValue>,
+    tracestate: Seen<&'a HeaderValue>,
+) -> TraceFields<'a> {
+    TraceFields {
+        traceparent: traceparent.single().map(HeaderValue::as_bytes),
+        tracestate: match tracestate {
+            Seen::Absent => TraceStateField::Absent,
+            Seen::One(value) => TraceStateField::One(value.as_bytes()),
+            Seen::Several => TraceStateField::Several,
+        },
     }
 }

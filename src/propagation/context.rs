@@ -3,8 +3,8 @@
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use opentelemetry::Context;
 
-use super::carrier::{Carrier, TraceStateField};
-use super::request_id::{RequestId, RequestUuid};
+use super::carrier::{Carrier, InboundHeaders, Seen, TraceFields, TraceStateField};
+use super::request_id::{RequestId, RequestUuid, RequestUuidError};
 use super::trace_state::TraceState;
 use super::traceparent::TraceParent;
 use crate::rate_limit::RateLimitedWarning;
@@ -50,7 +50,11 @@ impl RemoteContext {
     /// `traceparent`, more than one, or an invalid one (and `tracestate` is then ignored too).
     /// An invalid `tracestate` alone is dropped and the trace continues.
     pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Option<Self> {
-        let fields = carrier.trace_fields();
+        Self::from_fields(carrier.trace_fields(), carrier)
+    }
+
+    /// [`RemoteContext::extract`] once [`Carrier::trace_fields`] is known.
+    pub(crate) fn from_fields<C: Carrier + ?Sized>(fields: TraceFields<'_>, carrier: &C) -> Option<Self> {
         let traceparent = TraceParent::parse(fields.traceparent?).ok()?;
         let tracestate = match fields.tracestate {
             TraceStateField::Absent => Ok(TraceState::EMPTY),
@@ -184,26 +188,44 @@ pub struct RequestIds {
 
 static INVALID_REQUEST_ID: RateLimitedWarning = RateLimitedWarning::new();
 
+/// The inbound `request-id` when it is a single valid UUID, else a new one (with a
+/// rate-limited warning that never includes the refused value, when one was sent).
+fn request_uuid(inbound: Seen<&[u8]>) -> RequestUuid {
+    let parsed = match inbound {
+        Seen::Absent => return RequestUuid::new_v4(),
+        Seen::One(value) => RequestUuid::parse(value),
+        Seen::Several => Err(RequestUuidError),
+    };
+    parsed.unwrap_or_else(|_| {
+        if INVALID_REQUEST_ID.should_emit() {
+            tracing::warn!(target: "tokentrace", "inbound request-id is not a single UUID; generated a new one");
+        }
+        RequestUuid::new_v4()
+    })
+}
+
 impl RequestIds {
     /// Reads both ids, generating each one that is absent, repeated or invalid. A refused
     /// `request-id` gives a rate-limited warning that never includes the refused value.
     pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Self {
-        let x_request_id = RequestId::from_inbound(carrier.get_single(X_REQUEST_ID));
-        let request_id = match carrier.get_all(REQUEST_ID).next() {
-            None => RequestUuid::new_v4(),
-            Some(_) => match carrier.get_single(REQUEST_ID).map(RequestUuid::parse) {
-                Some(Ok(id)) => id,
-                _ => {
-                    if INVALID_REQUEST_ID.should_emit() {
-                        tracing::warn!(
-                            target: "tokentrace",
-                            "inbound request-id is not a single UUID; generated a new one"
-                        );
-                    }
-                    RequestUuid::new_v4()
-                }
-            },
+        Self {
+            x_request_id: RequestId::from_inbound(carrier.get_single(X_REQUEST_ID)),
+            request_id: request_uuid(Seen::of(carrier.get_all(REQUEST_ID))),
+        }
+    }
+
+    /// [`RequestIds::extract`] from headers already found; a valid `x-request-id` is kept
+    /// without copying it.
+    pub(crate) fn from_headers(found: &InboundHeaders<'_>) -> Self {
+        let x_request_id = match found.x_request_id.single().map(RequestId::from_header) {
+            Some(Ok(id)) => id,
+            _ => RequestId::generate(),
         };
+        let request_id = request_uuid(match found.request_id {
+            Seen::Absent => Seen::Absent,
+            Seen::One(value) => Seen::One(value.as_bytes()),
+            Seen::Several => Seen::Several,
+        });
         Self { x_request_id, request_id }
     }
 
@@ -235,5 +257,65 @@ impl RequestIds {
     /// ```
     pub fn current() -> Option<Self> {
         Context::map_current(|cx| cx.get::<Self>().cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderMap;
+
+    use super::*;
+
+    const UUID: &str = "123e4567-e89b-42d3-a456-426614174000";
+
+    /// `(name, value)` pairs as a header map, padded past the one-pass limit when `large`.
+    fn headers(pairs: &[(&'static str, &str)], large: bool) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, value.parse().unwrap());
+        }
+        for i in 0..if large { 20 } else { 0 } {
+            map.insert(http::HeaderName::try_from(format!("x-filler-{i}")).unwrap(), "1".parse().unwrap());
+        }
+        map
+    }
+
+    /// The server's one-pass reading and the generic carrier reading agree, on small and large
+    /// maps: `(kept x-request-id, kept request-id)`, `None` where one is generated.
+    #[test]
+    fn server_and_carrier_extraction_agree() {
+        /// Headers, then the `x-request-id` and `request-id` expected to be kept.
+        type Case = (&'static [(&'static str, &'static str)], Option<&'static str>, Option<&'static str>);
+        let cases: [Case; 7] = [
+            (&[], None, None),
+            (&[("x-request-id", "abc-1")], Some("abc-1"), None),
+            (&[("x-request-id", "abc-1"), ("x-request-id", "abc-2")], None, None),
+            (&[("x-request-id", "bad id")], None, None),
+            (&[("request-id", UUID)], None, Some(UUID)),
+            (&[("request-id", UUID), ("request-id", UUID)], None, None),
+            (&[("request-id", "not-a-uuid"), ("x-request-id", "k")], Some("k"), None),
+        ];
+        for (pairs, x_request_id, request_id) in cases {
+            for large in [false, true] {
+                let map = headers(pairs, large);
+                let generic = RequestIds::extract(&map);
+                let server = RequestIds::from_headers(&InboundHeaders::scan(&map));
+                for ids in [&generic, &server] {
+                    let kept = (!ids.x_request_id.is_generated()).then(|| ids.x_request_id.as_str());
+                    assert_eq!(kept, x_request_id, "{pairs:?} large={large}");
+                    let parsed = request_id.map(|id| id.parse::<RequestUuid>().unwrap());
+                    match parsed {
+                        Some(parsed) => assert_eq!(ids.request_id, parsed, "{pairs:?} large={large}"),
+                        None => {
+                            assert_eq!(ids.request_id.as_u128() >> 76 & 0xf, 4, "generated v4: {pairs:?}")
+                        }
+                    }
+                }
+                assert_eq!(
+                    RemoteContext::extract(&map),
+                    RemoteContext::from_fields(InboundHeaders::scan(&map).trace_fields(), &map)
+                );
+            }
+        }
     }
 }

@@ -24,7 +24,7 @@
 //! assert_eq!(outbound["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000001234-01");
 //! ```
 
-mod carrier;
+pub(crate) mod carrier;
 mod context;
 mod hex;
 mod propagator;

@@ -78,6 +78,16 @@ const fn request_id_table() -> [bool; 256] {
 }
 const REQUEST_ID_CHARS: [bool; 256] = request_id_table();
 
+fn validate(value: &[u8]) -> Result<(), RequestIdError> {
+    if value.is_empty() || value.len() > MAX_REQUEST_ID_LEN {
+        return Err(RequestIdError::Length);
+    }
+    if !value.iter().all(|&b| REQUEST_ID_CHARS[b as usize]) {
+        return Err(RequestIdError::Character);
+    }
+    Ok(())
+}
+
 impl RequestId {
     /// Validates an inbound value.
     ///
@@ -88,15 +98,16 @@ impl RequestId {
     /// assert!(RequestId::parse(&[b'a'; 129]).is_err());
     /// ```
     pub fn parse(value: &[u8]) -> Result<Self, RequestIdError> {
-        if value.is_empty() || value.len() > MAX_REQUEST_ID_LEN {
-            return Err(RequestIdError::Length);
-        }
-        if !value.iter().all(|&b| REQUEST_ID_CHARS[b as usize]) {
-            return Err(RequestIdError::Character);
-        }
+        validate(value)?;
         // Every accepted byte is visible ASCII, which a header value always accepts.
         let value = HeaderValue::from_bytes(value).map_err(|_| RequestIdError::Character)?;
         Ok(Self { value, generated: false })
+    }
+
+    /// [`RequestId::parse`] for a received header value, kept as it is (no copy).
+    pub(crate) fn from_header(value: &HeaderValue) -> Result<Self, RequestIdError> {
+        validate(value.as_bytes())?;
+        Ok(Self { value: value.clone(), generated: false })
     }
 
     /// The inbound value when valid, else a generated one (absent, or refused).
@@ -115,7 +126,9 @@ impl RequestId {
 
     /// The id (always safe to log and to send).
     pub fn as_str(&self) -> &str {
-        self.value.to_str().unwrap_or_default()
+        // Only `[A-Za-z0-9._:@/+=-]` is ever stored; `from_utf8` checks ASCII a word at a time,
+        // where `HeaderValue::to_str` checks byte by byte.
+        std::str::from_utf8(self.value.as_bytes()).unwrap_or_default()
     }
 
     /// The id as a header value, for echoing without a copy.

@@ -21,6 +21,7 @@ use super::request::Request;
 use super::stream::{TracedStream, OUTCOME};
 use crate::active_span::ActiveSpan;
 use crate::propagation::{inject_context, Carrier, RemoteContext, RequestIds};
+use crate::retained;
 
 /// Metadata entry carrying the client's send time (nanoseconds since the Unix epoch), from
 /// which the server derives the network transit time.
@@ -214,7 +215,7 @@ where
             Some(ids) => ids.clone(),
             None => RequestIds::extract(&request.metadata),
         };
-        attributes.push(KeyValue::new(X_REQUEST_ID, ids.x_request_id.as_str().to_owned()));
+        attributes.push(KeyValue::new(X_REQUEST_ID, retained::string(ids.x_request_id.as_str())));
         let tracer = &*self.layer.tracer;
         let span = tracer
             .span_builder(Cow::Owned(request.endpoint().to_owned()))
@@ -259,8 +260,8 @@ where
         if let Some(id) = self.layer.instance_id {
             attributes.push(KeyValue::new(INSTANCE_ID, id));
         }
-        attributes.push(KeyValue::new(X_REQUEST_ID, ids.x_request_id.as_str().to_owned()));
-        attributes.push(KeyValue::new(REQUEST_ID, ids.request_id.to_hyphenated()));
+        attributes.push(KeyValue::new(X_REQUEST_ID, retained::string(ids.x_request_id.as_str())));
+        attributes.push(KeyValue::new(REQUEST_ID, retained::uuid(&ids.request_id)));
         if let Some(transit_ms) = transit_ms(&request) {
             attributes.push(KeyValue::new(TRANSIT_MS, transit_ms));
         }
