@@ -5,13 +5,18 @@
 //!
 //! Run: `cargo bench --bench rpc`
 //!
-//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27):
+//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27,
+//! evening — this machine ran ~25% slower than in the morning, so compare within a row):
 //!
 //! | case | untraced | traced | ratio |
 //! |---|---:|---:|---:|
-//! | one call, in process (client + server layers) | 110 ns | 3.28 µs | +3.15 µs per call |
-//! | TCP, 1 stream × 1000 items | 2.89 M items/s | 2.46 M items/s | 0.852 |
-//! | TCP, 64 streams × 1000 items | 2.53 M items/s | 2.24 M items/s | 0.887 |
+//! | one call, in process (client + server layers) | 127 ns | 3.75 µs | +3.58 µs per call |
+//! | TCP, 1 stream × 1000 items | 2.44 M items/s | 1.99 M items/s | 0.817 |
+//! | TCP, 64 streams × 1000 items | 2.30 M items/s | 2.12 M items/s | 0.926 |
+//!
+//! In the same window, the code before endpoint names and request-id strings stopped being
+//! copied per call measured +3.98 µs per call, 0.827 and 0.914 (the morning's run of that code:
+//! +3.15 µs, 0.852, 0.887).
 //!
 //! The traced per-item cost (~60 ns at one stream) is mostly the server attaching the request's
 //! context on every poll of the handler's stream, so work inside it is parented correctly.

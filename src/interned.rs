@@ -12,10 +12,13 @@
 //! application's own routes; the host table from `Host` headers, which a client controls, so it
 //! is small and separate: filling it costs a client the fast path and nothing else.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::sync::{LazyLock, PoisonError, RwLock};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::thread::LocalKey;
+
+use opentelemetry::Value;
 
 /// Longest string kept.
 pub(crate) const MAX_LEN: usize = 256;
@@ -33,6 +36,8 @@ pub(crate) struct Interner {
 thread_local! {
     static RECENT_ROUTES: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
     static RECENT_HOSTS: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
+    static RECENT_ENDPOINTS: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
+    static RECENT_NAMES: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Routes (`http.route`, span names built from them): as many as an application has.
@@ -40,6 +45,13 @@ pub(crate) static ROUTES: Interner = Interner::new(1024, &RECENT_ROUTES);
 
 /// `server.address` values from `Host` headers.
 pub(crate) static HOSTS: Interner = Interner::new(64, &RECENT_HOSTS);
+
+/// RPC endpoint names (`rpc.method`, `endpoint`, client span names): chosen by the application,
+/// but read from the wire on the server side, hence bounded like the hosts.
+pub(crate) static ENDPOINTS: Interner = Interner::new(256, &RECENT_ENDPOINTS);
+
+/// Names a layer is configured with (components, worker addresses), kept when it is built.
+pub(crate) static NAMES: Interner = Interner::new(256, &RECENT_NAMES);
 
 impl Interner {
     const fn new(capacity: usize, recent: &'static LocalKey<RefCell<Vec<&'static str>>>) -> Self {
@@ -71,6 +83,28 @@ impl Interner {
         Some(kept)
     }
 
+    /// `text` as an attribute value: the kept string, else a copy for this span.
+    pub(crate) fn value(&self, text: &str) -> Value {
+        kept_or_copied(self.get(text), text)
+    }
+
+    /// `text` as a span name: the kept string, else a copy for this span.
+    pub(crate) fn name(&self, text: &str) -> Cow<'static, str> {
+        match self.get(text) {
+            Some(kept) => Cow::Borrowed(kept),
+            None => Cow::Owned(text.to_owned()),
+        }
+    }
+
+    /// `text` as an attribute value cloned into every span: the kept string, else one shared
+    /// copy (cloning a plain `String` value would copy it per span).
+    pub(crate) fn shared_value(&self, text: &str) -> Value {
+        match self.get(text) {
+            Some(kept) => Value::from(kept),
+            None => Value::from(Arc::<str>::from(text)),
+        }
+    }
+
     fn kept_or_keep(&self, text: &str) -> Option<&'static str> {
         if let Some(kept) = self.kept.read().unwrap_or_else(PoisonError::into_inner).get(text) {
             return Some(kept);
@@ -86,6 +120,14 @@ impl Interner {
         let new: &'static str = Box::leak(text.into());
         kept.insert(new);
         Some(new)
+    }
+}
+
+/// The kept copy of `text` when there is one, else a copy for this span.
+pub(crate) fn kept_or_copied(kept: Option<&'static str>, text: &str) -> Value {
+    match kept {
+        Some(kept) => Value::from(kept),
+        None => Value::from(text.to_owned()),
     }
 }
 
@@ -106,6 +148,10 @@ mod tests {
         assert_eq!(TABLE.get("a"), Some("a"));
         assert_eq!(TABLE.get("b"), Some("b"));
         assert_eq!(TABLE.get("c"), None, "full: the caller copies");
+        assert_eq!(TABLE.value("c").as_str(), "c");
+        assert!(matches!(TABLE.name("c"), Cow::Owned(name) if name == "c"));
+        assert!(matches!(TABLE.name("a"), Cow::Borrowed("a")));
+        assert_eq!(TABLE.shared_value("c").as_str(), "c");
         assert_eq!(TABLE.get("/v1/models"), Some("/v1/models"), "kept strings stay usable");
         assert_eq!(TABLE.get(&"x".repeat(MAX_LEN + 1)), None, "too long");
         // Another thread finds the same strings without its own copies.

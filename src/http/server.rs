@@ -198,13 +198,10 @@ where
             KeyValue::new(semconv::REQUEST_ID, retained::uuid(&ids.request_id)),
         ]);
         if let Some((route, kept)) = kept_route {
-            attributes.push(KeyValue::new(semconv::HTTP_ROUTE, kept_or_copied(kept, route)));
+            attributes.push(KeyValue::new(semconv::HTTP_ROUTE, interned::kept_or_copied(kept, route)));
         }
         if let Some((host, port)) = semconv::host_and_port(uri, found.host.single()) {
-            attributes.push(KeyValue::new(
-                semconv::SERVER_ADDRESS,
-                kept_or_copied(interned::HOSTS.get(host), host),
-            ));
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, interned::HOSTS.value(host)));
             if let Some(port) = port {
                 attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
             }
@@ -239,19 +236,11 @@ where
 /// is allocated once at its final size.
 const ATTRIBUTES_PER_SPAN: usize = 10;
 
-/// The kept copy of `text` when there is one, else a copy for this span.
-fn kept_or_copied(kept: Option<&'static str>, text: &str) -> Value {
-    match kept {
-        Some(kept) => Value::from(kept),
-        None => Value::from(text.to_owned()),
-    }
-}
-
 /// `url.path`: the kept route when the path is the route itself (no path parameters), else a
 /// copy (paths with parameters are unbounded, so they are never kept).
 fn path_value(path: &str, route: Option<(&str, Option<&'static str>)>) -> Value {
     match route {
-        Some((route, kept)) if route == path => kept_or_copied(kept, path),
+        Some((route, kept)) if route == path => interned::kept_or_copied(kept, path),
         _ => Value::from(path.to_owned()),
     }
 }

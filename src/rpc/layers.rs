@@ -1,7 +1,6 @@
 //! The RPC client and server layers: transport-agnostic, over any
 //! `tower::Service<rpc::Request<T>>` whose response is a stream of `Result<_, RpcError>`.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -12,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::global::{self, BoxedTracer};
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, Value};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -21,7 +20,7 @@ use super::request::Request;
 use super::stream::{TracedStream, OUTCOME};
 use crate::active_span::ActiveSpan;
 use crate::propagation::{inject_context, Carrier, RemoteContext, RequestIds};
-use crate::retained;
+use crate::{interned, retained};
 
 /// Metadata entry carrying the client's send time (nanoseconds since the Unix epoch), from
 /// which the server derives the network transit time.
@@ -60,8 +59,9 @@ pub enum Inbound {}
 /// ```
 pub struct RpcLayer<T, Side> {
     tracer: Arc<T>,
-    /// `server.address` on the client side, `component` on the server side.
-    name: Option<Arc<str>>,
+    /// `server.address` on the client side, `component` on the server side: a kept or shared
+    /// string, so each span clones it without copying.
+    name: Option<Value>,
     instance_id: Option<i64>,
     side: PhantomData<fn() -> Side>,
 }
@@ -133,7 +133,7 @@ impl<T, Side> RpcLayer<T, Side> {
 impl<T> RpcLayer<T, Outbound> {
     /// The worker's address, recorded as `server.address`.
     pub fn server_address(mut self, address: impl Into<Arc<str>>) -> Self {
-        self.name = Some(address.into());
+        self.name = Some(interned::NAMES.shared_value(&address.into()));
         self
     }
 }
@@ -141,7 +141,7 @@ impl<T> RpcLayer<T, Outbound> {
 impl<T> RpcLayer<T, Inbound> {
     /// The worker component (for example `backend`, `prefill`, `decode`).
     pub fn component(mut self, component: impl Into<Arc<str>>) -> Self {
-        self.name = Some(component.into());
+        self.name = Some(interned::NAMES.shared_value(&component.into()));
         self
     }
 }
@@ -203,10 +203,10 @@ where
     fn call(&mut self, mut request: Request<P>) -> Self::Future {
         let parent = Context::current();
         let mut attributes = Vec::with_capacity(5);
-        attributes.push(KeyValue::new(RPC_METHOD, request.endpoint().to_owned()));
+        attributes.push(KeyValue::new(RPC_METHOD, interned::ENDPOINTS.value(request.endpoint())));
         attributes.push(KeyValue::new(ATTEMPT, i64::from(request.attempt())));
         if let Some(address) = &self.layer.name {
-            attributes.push(KeyValue::new(SERVER_ADDRESS, Arc::clone(address)));
+            attributes.push(KeyValue::new(SERVER_ADDRESS, address.clone()));
         }
         if let Some(id) = self.layer.instance_id {
             attributes.push(KeyValue::new(INSTANCE_ID, id));
@@ -218,7 +218,7 @@ where
         attributes.push(KeyValue::new(X_REQUEST_ID, retained::string(ids.x_request_id.as_str())));
         let tracer = &*self.layer.tracer;
         let span = tracer
-            .span_builder(Cow::Owned(request.endpoint().to_owned()))
+            .span_builder(interned::ENDPOINTS.name(request.endpoint()))
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
@@ -253,9 +253,9 @@ where
         }
         .with_value(ids.clone());
         let mut attributes = Vec::with_capacity(6);
-        attributes.push(KeyValue::new(ENDPOINT, request.endpoint().to_owned()));
+        attributes.push(KeyValue::new(ENDPOINT, interned::ENDPOINTS.value(request.endpoint())));
         if let Some(component) = &self.layer.name {
-            attributes.push(KeyValue::new(COMPONENT, Arc::clone(component)));
+            attributes.push(KeyValue::new(COMPONENT, component.clone()));
         }
         if let Some(id) = self.layer.instance_id {
             attributes.push(KeyValue::new(INSTANCE_ID, id));
