@@ -4,15 +4,17 @@
 //!
 //! Run: `cargo bench --bench propagation`
 //!
-//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27):
+//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27,
+//! evening; the machine ran ~20% slower than in the morning, the SDK's side too):
 //!
 //! | case | tokentrace | tokentrace → `Context` | OTel SDK | speed-up |
 //! |---|---:|---:|---:|---:|
-//! | extract, `traceparent` only | 35.8 ns | 80.5 ns | 192.1 ns | 5.37× |
-//! | extract, 2-member `tracestate` | 73.7 ns | 329.7 ns | 384.6 ns | 5.21× |
-//! | extract, 32-member `tracestate` | 631.2 ns | 3736.4 ns | 3925.0 ns | 6.22× |
-//! | inject | 41.7 ns | — | 258.0 ns | 6.19× |
+//! | extract, `traceparent` only | 34.4 ns | 82.8 ns | 228.3 ns | 6.64× |
+//! | extract, 2-member `tracestate` | 89.5 ns | 384.7 ns | 453.0 ns | 5.06× |
+//! | extract, 32-member `tracestate` | 747.9 ns | 4158.2 ns | 4317.4 ns | 5.77× |
+//! | inject | 50.5 ns | — | 315.8 ns | 6.26× |
 //!
+//! (Morning run, same code path: 5.37×, 5.21×, 6.22×, 6.19×.)
 //! ("tokentrace → `Context`" also builds the OpenTelemetry context, whose `TraceState` costs
 //! an allocation per key and value: what the SDK's extract returns.) A small `HeaderMap` is
 //! scanned rather than hashed (`http` FNV-hashes names byte by byte); the traceparent's

@@ -54,6 +54,7 @@ impl RemoteContext {
     }
 
     /// [`RemoteContext::extract`] once [`Carrier::trace_fields`] is known.
+    #[inline]
     pub(crate) fn from_fields<C: Carrier + ?Sized>(fields: TraceFields<'_>, carrier: &C) -> Option<Self> {
         let traceparent = TraceParent::parse(fields.traceparent?).ok()?;
         let tracestate = match fields.tracestate {
