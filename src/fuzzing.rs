@@ -37,10 +37,61 @@ pub fn request_id(data: &[u8]) {
         assert_eq!(id.as_str().as_bytes(), data);
         assert_eq!(RequestId::parse(id.as_str().as_bytes()), Ok(id));
     }
+    // A received header value gives the same answer without being copied.
+    if let Ok(value) = http::HeaderValue::from_bytes(data) {
+        match (RequestId::from_header(&value), RequestId::parse(data)) {
+            (Ok(kept), Ok(parsed)) => assert_eq!(kept, parsed),
+            (kept, parsed) => assert_eq!(kept.err(), parsed.err()),
+        }
+    }
     let safe = RequestId::from_inbound(Some(data));
     assert!(RequestId::parse(safe.as_str().as_bytes()).is_ok());
     if let Ok(uuid) = RequestUuid::parse(data) {
         assert_eq!(RequestUuid::parse(&uuid.to_bytes()), Ok(uuid));
+    }
+}
+
+/// Builds a header map from `data` (first byte: pad the map past the one-pass limit when odd;
+/// then records of a name byte, a length byte and the value) and checks that the HTTP server's
+/// one-pass reading agrees with the generic carrier reading: the same remote context, the same
+/// kept `x-request-id`, the same kept `request-id`, the same `Host`. Never panics.
+pub fn inbound_headers(data: &[u8]) {
+    use crate::propagation::carrier::{InboundHeaders, Seen};
+    use crate::propagation::{Carrier, RemoteContext, RequestIds};
+    use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
+
+    const NAMES: [&str; 6] = ["traceparent", "tracestate", "x-request-id", "request-id", "host", "x-other"];
+    let Some((&flags, mut rest)) = data.split_first() else { return };
+    let mut headers = HeaderMap::new();
+    while let [name, len, tail @ ..] = rest {
+        let len = usize::from(*len).min(tail.len());
+        let (value, tail) = tail.split_at(len);
+        rest = tail;
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.append(HeaderName::from_static(NAMES[usize::from(*name) % NAMES.len()]), value);
+        }
+    }
+    if flags & 1 == 1 {
+        for i in 0..20 {
+            headers.insert(
+                HeaderName::try_from(format!("x-pad-{i}")).expect("valid name"),
+                HeaderValue::from_static("1"),
+            );
+        }
+    }
+
+    let found = InboundHeaders::scan(&headers);
+    assert_eq!(RemoteContext::from_fields(found.trace_fields(), &headers), RemoteContext::extract(&headers));
+    assert_eq!(found.host.single(), Seen::of(headers.get_all(HOST).iter()).single());
+
+    let (server, generic) = (RequestIds::from_headers(&found), RequestIds::extract(&headers));
+    let kept =
+        |ids: &RequestIds| (!ids.x_request_id.is_generated()).then(|| ids.x_request_id.as_str().to_owned());
+    assert_eq!(kept(&server), kept(&generic));
+    assert!(RequestId::parse(server.x_request_id.as_str().as_bytes()).is_ok(), "always a safe id");
+    let inbound_uuid = Carrier::get_single(&headers, "request-id").and_then(|v| RequestUuid::parse(v).ok());
+    if let Some(uuid) = inbound_uuid {
+        assert_eq!((server.request_id, generic.request_id), (uuid, uuid));
     }
 }
 

@@ -57,6 +57,38 @@ proptest! {
     }
 }
 
+/// Values a header of each propagated name plausibly carries, valid or not.
+fn plausible_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+        Just("00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_owned()),
+        Just("vendor=1,other@tenant=x".to_owned()),
+        Just("123e4567-e89b-42d3-a456-426614174000".to_owned()),
+        Just("frontend:8000".to_owned()),
+        "[A-Za-z0-9._:@/+=-]{1,20}",
+        "[ -~]{0,40}",
+    ]
+}
+
+proptest! {
+    #[test]
+    fn inbound_headers_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+        fuzzing::inbound_headers(&data);
+    }
+
+    #[test]
+    fn inbound_headers_plausible(large in any::<bool>(),
+                                 records in proptest::collection::vec((0u8..6, plausible_value()), 0..8)) {
+        let mut data = vec![u8::from(large)];
+        for (name, value) in &records {
+            data.push(*name);
+            data.push(value.len() as u8);
+            data.extend_from_slice(value.as_bytes());
+        }
+        fuzzing::inbound_headers(&data);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
