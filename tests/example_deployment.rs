@@ -424,3 +424,31 @@ fn the_launch_scripts_are_valid_bash_and_name_the_components() {
         }
     }
 }
+
+/// The prepared GPU check (`examples/launch/gpu_check.sh`) runs end to end here with
+/// `ENGINE=cpu`, so a session that has a GPU only has to run it; and the demo explains a worker
+/// that cannot start (here: the CUDA engine without a driver, or without `--features cuda`).
+#[test]
+fn the_gpu_check_script_runs_on_the_cpu_engine_and_failures_explain_themselves() {
+    let script = format!("{}/examples/launch/gpu_check.sh", env!("CARGO_MANIFEST_DIR"));
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(serve_exe())
+        .env("ENGINE", "cpu")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    for line in ["ok    agg-cpu", "ok    disagg-cpu", "agg-cpu: 3 traced requests", "same  text"] {
+        assert!(stdout.contains(line), "no `{line}` in:\n{stdout}");
+    }
+
+    let refused =
+        std::process::Command::new(serve_exe()).args(["agg", "--demo", "--engine", "cuda"]).output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("worker exited before it was ready") && stderr.contains("CUDA"),
+        "the worker's own reason is shown: {stderr}"
+    );
+}

@@ -1,9 +1,38 @@
 //! Starts components as child processes of this same binary, waits for each to report its
 //! address, and shuts them down gracefully (closing their stdin) so their telemetry flushes.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The last lines a quiet component wrote to stderr, read on a thread until it exits.
+struct StderrTail(std::thread::JoinHandle<VecDeque<String>>);
+
+impl StderrTail {
+    const LINES: usize = 20;
+
+    fn read(stderr: ChildStderr) -> Self {
+        Self(std::thread::spawn(move || {
+            let mut tail = VecDeque::with_capacity(Self::LINES);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tail.len() == Self::LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line.chars().take(500).collect());
+            }
+            tail
+        }))
+    }
+
+    /// After the component exited: its last stderr lines, as the end of an error message.
+    fn finish(self) -> String {
+        match self.0.join() {
+            Ok(tail) if !tail.is_empty() => format!(":\n  {}", Vec::from(tail).join("\n  ")),
+            _ => String::new(),
+        }
+    }
+}
 
 /// A running component.
 pub struct Component {
@@ -38,8 +67,10 @@ impl Component {
         command.args(args).arg("--exit-on-stdin-close");
         command.envs(env.iter().map(|(k, v)| (k, v)));
         command.stdin(Stdio::piped()).stdout(Stdio::piped());
-        command.stderr(if quiet { Stdio::null() } else { Stdio::inherit() });
+        // Quiet components' stderr is kept (its last lines) to explain an early exit.
+        command.stderr(if quiet { Stdio::piped() } else { Stdio::inherit() });
         let mut child = command.spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
+        let stderr_tail = child.stderr.take().map(StderrTail::read);
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let stdin = child.stdin.take();
         let (ready, wait) = std::sync::mpsc::channel();
@@ -60,7 +91,8 @@ impl Component {
                 return Ok(Self { name, addr, child, stdin });
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("{name} exited before it was ready ({status})"));
+                let why = stderr_tail.map(StderrTail::finish).unwrap_or_default();
+                return Err(format!("{name} exited before it was ready ({status}){why}"));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();

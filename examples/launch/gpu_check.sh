@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The CUDA engine's check on a machine with a GPU, in one short run (no toolchain needed there).
+#
+# Build where Rust is:   cargo build --release --example serve --features cuda
+# Run where the GPU is:  bash examples/launch/gpu_check.sh target/release/examples/serve
+#
+# It runs the aggregated and the disaggregated demo on the CUDA engine (every worker on device 0,
+# so one GPU is enough), each exporting its traces to the demo's in-process OTLP receiver and
+# printing them, then the aggregated demo on the CPU engine, and compares the generated text:
+# both engines run the same small model, so they should agree (a float reduction order can flip
+# a near tie; the comparison is reported, not asserted). ENGINE=cpu runs the whole script on the
+# CPU engine, to check the script itself where there is no GPU.
+set -euo pipefail
+
+SERVE="${1:-target/release/examples/serve}"
+ENGINE="${ENGINE:-cuda}"
+OUT="${OUT:-$(mktemp -d)}"
+[[ -x "$SERVE" ]] || { echo "no serve binary at $SERVE (build it with --features cuda)" >&2; exit 2; }
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+
+run() { # name, args...
+  local name="$1"; shift
+  local start=$SECONDS
+  if "$SERVE" "$@" >"$OUT/$name.log" 2>&1; then
+    echo "ok    $name ($((SECONDS - start)) s)"
+  else
+    echo "FAIL  $name (exit $?), last lines:"; tail -20 "$OUT/$name.log"; exit 1
+  fi
+}
+
+run "agg-$ENGINE" agg --demo --engine "$ENGINE"
+run "disagg-$ENGINE" disagg --demo --engine "$ENGINE"
+run agg-cpu agg --demo --engine cpu
+
+# Each demo prints one line per request: `  demo-N: 24 tokens in X ms: "text"`.
+texts() { grep -E '^  demo-[0-9]+: ' "$1" | sed -E 's/ in [0-9.]+ ms//'; }
+for log in "agg-$ENGINE" "disagg-$ENGINE"; do
+  spans=$(grep -cE '^request demo-[0-9]+ .*\([0-9]+ spans' "$OUT/$log.log" || true)
+  echo "      $log: $spans traced requests"
+  [[ "$spans" -ge 3 ]] || { echo "FAIL  $log printed no trace waterfall" >&2; exit 1; }
+done
+if diff <(texts "$OUT/agg-$ENGINE.log") <(texts "$OUT/agg-cpu.log") >/dev/null; then
+  echo "same  text from the $ENGINE and cpu engines"
+else
+  echo "note  the $ENGINE and cpu engines generated different text:"
+  diff <(texts "$OUT/agg-$ENGINE.log") <(texts "$OUT/agg-cpu.log") || true
+fi
+cat "$OUT/agg-$ENGINE.log"
+echo "logs in $OUT"
