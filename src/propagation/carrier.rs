@@ -249,6 +249,15 @@ impl<T> Seen<T> {
         values.take(2).fold(Self::Absent, Self::add)
     }
 
+    /// The same count, with `f` applied to the value.
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Seen<U> {
+        match self {
+            Self::Absent => Seen::Absent,
+            Self::One(value) => Seen::One(f(value)),
+            Self::Several => Seen::Several,
+        }
+    }
+
     /// The value when it appeared exactly once.
     pub(crate) fn single(self) -> Option<T> {
         match self {
@@ -312,9 +321,9 @@ fn trace_fields<'a>(
 ) -> TraceFields<'a> {
     TraceFields {
         traceparent: traceparent.single().map(HeaderValue::as_bytes),
-        tracestate: match tracestate {
+        tracestate: match tracestate.map(HeaderValue::as_bytes) {
             Seen::Absent => TraceStateField::Absent,
-            Seen::One(value) => TraceStateField::One(value.as_bytes()),
+            Seen::One(value) => TraceStateField::One(value),
             Seen::Several => TraceStateField::Several,
         },
     }

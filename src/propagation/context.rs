@@ -222,12 +222,7 @@ impl RequestIds {
             Some(Ok(id)) => id,
             _ => RequestId::generate(),
         };
-        let request_id = request_uuid(match found.request_id {
-            Seen::Absent => Seen::Absent,
-            Seen::One(value) => Seen::One(value.as_bytes()),
-            Seen::Several => Seen::Several,
-        });
-        Self { x_request_id, request_id }
+        Self { x_request_id, request_id: request_uuid(found.request_id.map(http::HeaderValue::as_bytes)) }
     }
 
     /// Fresh ids, for a request that starts here.
