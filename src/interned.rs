@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::sync::{Arc, LazyLock, PoisonError, RwLock};
+use std::sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock};
 use std::thread::LocalKey;
 
 use opentelemetry::Value;
@@ -30,6 +30,9 @@ const RECENT_PER_THREAD: usize = 16;
 pub(crate) struct Interner {
     capacity: usize,
     kept: LazyLock<RwLock<HashSet<&'static str>>>,
+    /// The table once full: it never changes again, so it is read without the lock (a flood of
+    /// new values, such as random `Host` headers, then costs no lock traffic between threads).
+    frozen: OnceLock<HashSet<&'static str>>,
     recent: &'static LocalKey<RefCell<Vec<&'static str>>>,
 }
 
@@ -55,7 +58,7 @@ pub(crate) static NAMES: Interner = Interner::new(256, &RECENT_NAMES);
 
 impl Interner {
     const fn new(capacity: usize, recent: &'static LocalKey<RefCell<Vec<&'static str>>>) -> Self {
-        Self { capacity, kept: LazyLock::new(Default::default), recent }
+        Self { capacity, kept: LazyLock::new(Default::default), frozen: OnceLock::new(), recent }
     }
 
     /// `text` as a kept string, or `None` when it is too long or the table is full.
@@ -106,6 +109,9 @@ impl Interner {
     }
 
     fn kept_or_keep(&self, text: &str) -> Option<&'static str> {
+        if let Some(frozen) = self.frozen.get() {
+            return frozen.get(text).copied();
+        }
         if let Some(kept) = self.kept.read().unwrap_or_else(PoisonError::into_inner).get(text) {
             return Some(kept);
         }
@@ -119,6 +125,9 @@ impl Interner {
         // Leaked on purpose: kept for the life of the process, bounded by `capacity * MAX_LEN`.
         let new: &'static str = Box::leak(text.into());
         kept.insert(new);
+        if kept.len() == self.capacity {
+            let _ = self.frozen.set(kept.clone());
+        }
         Some(new)
     }
 }
@@ -147,6 +156,7 @@ mod tests {
         assert!(std::ptr::eq(first, TABLE.get(&String::from("/v1/models")).unwrap()), "one copy kept");
         assert_eq!(TABLE.get("a"), Some("a"));
         assert_eq!(TABLE.get("b"), Some("b"));
+        assert!(TABLE.frozen.get().is_some(), "full: read without the lock from now on");
         assert_eq!(TABLE.get("c"), None, "full: the caller copies");
         assert_eq!(TABLE.value("c").as_str(), "c");
         assert!(matches!(TABLE.name("c"), Cow::Owned(name) if name == "c"));
