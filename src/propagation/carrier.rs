@@ -291,7 +291,14 @@ impl<'a> InboundHeaders<'a> {
     }
 
     pub(crate) fn trace_fields(&self) -> TraceFields<'a> {
-        trace_fields(self.traceparent, self.tracestate)
+        TraceFields {
+            traceparent: self.traceparent.single().map(HeaderValue::as_bytes),
+            tracestate: match self.tracestate.map(HeaderValue::as_bytes) {
+                Seen::Absent => TraceStateField::Absent,
+                Seen::One(value) => TraceStateField::One(value),
+                Seen::Several => TraceStateField::Several,
+            },
+        }
     }
 }
 
@@ -313,18 +320,4 @@ fn scan<'a, const N: usize>(headers: &'a HeaderMap, wanted: &[HeaderName; N]) ->
         }
     }
     found
-}
-
-fn trace_fields<'a>(
-    traceparent: Seen<&'a HeaderValue>,
-    tracestate: Seen<&'a HeaderValue>,
-) -> TraceFields<'a> {
-    TraceFields {
-        traceparent: traceparent.single().map(HeaderValue::as_bytes),
-        tracestate: match tracestate.map(HeaderValue::as_bytes) {
-            Seen::Absent => TraceStateField::Absent,
-            Seen::One(value) => TraceStateField::One(value),
-            Seen::Several => TraceStateField::Several,
-        },
-    }
 }
