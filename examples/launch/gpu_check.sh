@@ -2,7 +2,12 @@
 # The CUDA engine's check on a machine with a GPU, in one short run (no toolchain needed there).
 #
 # Build where Rust is:   cargo build --release --example serve --features cuda
-# Run where the GPU is:  bash examples/launch/gpu_check.sh target/release/examples/serve
+#                        cargo test --release --example serve --features cuda --no-run  (optional:
+#                        it prints the path of the engine's test binary)
+# Run where the GPU is:  bash examples/launch/gpu_check.sh target/release/examples/serve [TESTS]
+#
+# With TESTS, the engine's own tests run first, the device ones included: the kernels compile,
+# and the KV rows and logits match the CPU engine's within 1e-4, and 64 decode steps agree.
 #
 # It runs the aggregated and the disaggregated demo on the CUDA engine (every worker on device 0,
 # so one GPU is enough), each exporting its traces to the demo's in-process OTLP receiver and
@@ -13,11 +18,25 @@
 set -euo pipefail
 
 SERVE="${1:-target/release/examples/serve}"
+TESTS="${2:-}"
 ENGINE="${ENGINE:-cuda}"
 OUT="${OUT:-$(mktemp -d)}"
 [[ -x "$SERVE" ]] || { echo "no serve binary at $SERVE (build it with --features cuda)" >&2; exit 2; }
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+
+# The engine loads libcuda and libnvrtc at run time. A toolkit outside the loader's path (the
+# usual /usr/local/cuda, or NVIDIA's pip wheels) is added to LD_LIBRARY_PATH, so the check
+# does not fail on where the toolkit happens to be installed.
+if [[ "$ENGINE" == cuda ]] && ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
+  for dir in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64 /usr/local/lib/python3*/dist-packages/nvidia/cu*/lib /opt/*/.venv/lib/python3*/site-packages/nvidia/cu*/lib; do
+    if compgen -G "$dir/libnvrtc.so*" >/dev/null; then
+      export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+      echo "      libnvrtc from $dir"
+      break
+    fi
+  done
+fi
 
 run() { # name, args...
   local name="$1"; shift
@@ -29,9 +48,23 @@ run() { # name, args...
   fi
 }
 
+if [[ -n "$TESTS" ]]; then
+  "$TESTS" --include-ignored >"$OUT/engine-tests.log" 2>&1 || { echo "FAIL  engine tests:"; tail -30 "$OUT/engine-tests.log"; exit 1; }
+  echo "ok    engine tests: $(grep -o '[0-9]* passed.*ignored' "$OUT/engine-tests.log")"
+fi
+
 run "agg-$ENGINE" agg --demo --engine "$ENGINE"
 run "disagg-$ENGINE" disagg --demo --engine "$ENGINE"
 run agg-cpu agg --demo --engine cpu
+
+# A device that does not exist is refused with a clear message, before the worker binds.
+if [[ "$ENGINE" == cuda ]]; then
+  if refusal=$(timeout 60 "$SERVE" worker --role agg --listen 127.0.0.1:0 --engine cuda --device 4096 2>&1); then
+    echo "FAIL  --device 4096 was accepted"; exit 1
+  fi
+  grep -q 'does not exist' <<<"$refusal" || { echo "FAIL  --device 4096: $refusal"; exit 1; }
+  echo "ok    --device 4096 refused: $(grep -o -- '--device 4096 does not exist.*' <<<"$refusal")"
+fi
 
 # Each demo prints one line per request: `  demo-N: 24 tokens in X ms: "text"`.
 texts() { grep -E '^  demo-[0-9]+: ' "$1" | sed -E 's/ in [0-9.]+ ms//'; }

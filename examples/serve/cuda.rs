@@ -48,7 +48,8 @@ extern "C" __global__ void next_logits(const float* kv, unsigned int count, unsi
     }
     __syncthreads();
 
-    float m = -INFINITY;
+    // NVRTC has no <math.h>, so no INFINITY: -inf by its bit pattern.
+    float m = __int_as_float(0xff800000);
     for (unsigned int r = tid; r < count; r += THREADS) m = fmaxf(m, scores[r]);
     reduce[tid] = m;
     __syncthreads();
@@ -185,6 +186,11 @@ impl CudaEngine {
     }
 
     fn next(&self, kv: &CudaKv, last: u32) -> Result<u32, EngineError> {
+        Ok(argmax(&self.logits(kv, last)?))
+    }
+
+    /// The logits after the cached rows, for the query `last`.
+    fn logits(&self, kv: &CudaKv, last: u32) -> Result<Vec<f32>, EngineError> {
         let _step = self.launch.lock().map_err(|_| EngineError("engine lock poisoned".into()))?;
         let mut logits =
             self.stream.alloc_zeros::<f32>(VOCAB).map_err(|e| cuda_error("logits allocation", e))?;
@@ -196,8 +202,7 @@ impl CudaEngine {
         // kernel's shared score buffer; `logits` holds VOCAB floats; the block has the 128
         // threads the kernel's reductions assume.
         unsafe { launch.launch(config) }.map_err(|e| cuda_error("next_logits launch", e))?;
-        let logits = self.stream.clone_dtoh(&logits).map_err(|e| cuda_error("logits copy", e))?;
-        Ok(argmax(&logits))
+        self.stream.clone_dtoh(&logits).map_err(|e| cuda_error("logits copy", e))
     }
 }
 
@@ -235,5 +240,94 @@ impl Engine for CudaEngine {
         self.stream.memcpy_htod(&host, &mut head).map_err(|e| cuda_error("KV upload", e))?;
         kv.len = host.len() / DIM;
         Ok(kv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `cargo test --features cuda --example serve`: the kernels must compile with NVRTC (the
+    //! CUDA toolkit's, or NVIDIA's `nvidia-cuda-nvrtc` wheel on `LD_LIBRARY_PATH`; `.ci/run`
+    //! fetches it), and, with `-- --ignored` on a machine with a GPU, the engine must compute
+    //! what the CPU engine computes.
+    use super::*;
+    use crate::engine::{kv_row, logits, tokenize, CpuEngine};
+
+    fn nvrtc() {
+        // SAFETY: only loads the library, as the engine itself does.
+        assert!(
+            unsafe { cudarc::nvrtc::sys::is_culib_present() },
+            "libnvrtc.so is not loadable: install the CUDA toolkit, or `pip download nvidia-cuda-nvrtc==13.0.*` \
+             and put its nvidia/cu13/lib on LD_LIBRARY_PATH (as .ci/run does)"
+        );
+    }
+
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        nvrtc();
+        let ptx = cudarc::nvrtc::compile_ptx(KERNELS).unwrap_or_else(|e| panic!("{e:?}"));
+        let ptx = ptx.to_src();
+        for kernel in ["kv_rows", "next_logits"] {
+            assert!(ptx.contains(&format!(".entry {kernel}(")), "no entry {kernel} in the PTX:\n{ptx}");
+        }
+    }
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-4 * (1.0 + a.abs().max(b.abs()))
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device: run with -- --ignored where there is one"]
+    fn cuda_engine_computes_what_the_cpu_engine_computes() {
+        let cuda = CudaEngine::new(0).unwrap_or_else(|e| panic!("{e}"));
+        let weights = Weights::new();
+        let prompt = tokenize("Tell me about tracing LLM inference across a frontend and workers.");
+        let (mut kv, first) = cuda.prefill(&prompt).unwrap();
+
+        // KV rows: the kernel against the CPU's rows, one by one.
+        let device_rows = kv.to_bytes().unwrap();
+        let mut host_rows = vec![0f32; prompt.len() * DIM];
+        for (position, &token) in prompt.iter().enumerate() {
+            kv_row(&weights, token, position, &mut host_rows[position * DIM..(position + 1) * DIM]);
+        }
+        let device_rows: Vec<f32> =
+            device_rows.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        assert_eq!(device_rows.len(), host_rows.len());
+        for (i, (d, h)) in device_rows.iter().zip(&host_rows).enumerate() {
+            assert!(close(*d, *h), "KV value {i}: device {d}, host {h}");
+        }
+
+        // Logits after the prompt, and the first token.
+        let last = *prompt.last().unwrap();
+        let device_logits = cuda.logits(&kv, last).unwrap();
+        let host_logits = logits(&weights, &host_rows, Weights::row(&weights.embed, last));
+        for (t, (d, h)) in device_logits.iter().zip(&host_logits).enumerate() {
+            assert!(close(*d, *h), "logit {t}: device {d}, host {h}");
+        }
+        assert_eq!(first, argmax(&host_logits));
+
+        // Decode: the device's tokens against the CPU engine fed the same tokens, step by step
+        // (so that one near tie cannot make the rest of the comparison meaningless).
+        let cpu = CpuEngine::new();
+        let (mut cpu_kv, _) = cpu.prefill(&prompt).unwrap();
+        let (mut token, mut agreed) = (first, 0);
+        for _ in 0..64 {
+            let device_next = cuda.decode_step(&mut kv, token).unwrap();
+            let cpu_next = cpu.decode_step(&mut cpu_kv, token).unwrap();
+            agreed += usize::from(device_next == cpu_next);
+            token = device_next;
+        }
+        assert!(agreed >= 62, "only {agreed} of 64 decode steps agreed with the CPU engine");
+
+        // A KV transfer (disaggregated serving) continues where it left off.
+        let moved = cuda.kv_from_bytes(&kv.to_bytes().unwrap()).unwrap();
+        assert_eq!(moved.len(), kv.len());
+        assert_eq!(cuda.logits(&moved, token).unwrap(), cuda.logits(&kv, token).unwrap());
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA device: run with -- --ignored where there is one"]
+    fn a_missing_device_is_refused_clearly() {
+        let error = CudaEngine::new(4096).err().expect("device 4096 opened");
+        assert!(error.to_string().contains("--device 4096 does not exist"), "{error}");
     }
 }

@@ -79,7 +79,8 @@ impl Weights {
         }
     }
 
-    fn row(table: &[f32], token: u32) -> &[f32] {
+    /// The row of `table` for `token`.
+    pub fn row(table: &[f32], token: u32) -> &[f32] {
         let t = token as usize % VOCAB;
         &table[t * DIM..(t + 1) * DIM]
     }
