@@ -135,9 +135,9 @@ where
         let mut attributes = Vec::with_capacity(5);
         attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, method));
         if let Some((host, port)) =
-            semconv::host_and_port(request.uri(), request.headers().get(http::header::HOST))
+            semconv::server_address(request.uri(), request.headers().get(http::header::HOST))
         {
-            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()));
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
             if let Some(port) = port {
                 attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
             }

@@ -200,8 +200,8 @@ where
         if let Some((route, kept)) = kept_route {
             attributes.push(KeyValue::new(semconv::HTTP_ROUTE, interned::kept_or_copied(kept, route)));
         }
-        if let Some((host, port)) = semconv::host_and_port(uri, found.host.single()) {
-            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, interned::HOSTS.value(host)));
+        if let Some((host, port)) = semconv::server_address(uri, found.host.single()) {
+            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
             if let Some(port) = port {
                 attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
             }
