@@ -21,9 +21,14 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use opentelemetry::Value;
+use opentelemetry::trace::Span;
+use opentelemetry::{KeyValue, Value};
 
-use crate::propagation::RequestUuid;
+use crate::propagation::{RequestIds, RequestUuid};
+
+/// Dynamo's attribute names for the request ids.
+pub(crate) const X_REQUEST_ID: &str = "x_request_id";
+pub(crate) const REQUEST_ID: &str = "request_id";
 
 /// Strings each thread keeps after handing them to a span: more than a batch processor holds
 /// (512 spans per batch by default) for the spans of about a thousand requests.
@@ -69,9 +74,69 @@ pub(crate) fn uuid(id: &RequestUuid) -> Value {
     string(std::str::from_utf8(&id.to_bytes()).unwrap_or_default())
 }
 
+/// Records the request ids on a span that was just started, if it records: `x_request_id`,
+/// and `request_id` too when `with_request_id`.
+///
+/// After the start rather than among the start attributes: an unsampled span (most of them
+/// under ratio sampling) would drop the values, so it costs no formatting and no string at all.
+/// The sampler does not see them; it has no use for a value unique to each request.
+///
+/// ```ignore
+/// retained::record_request_ids(&mut span, &ids, true);
+/// ```
+pub(crate) fn record_request_ids<S: Span>(span: &mut S, ids: &RequestIds, with_request_id: bool) {
+    if !span.is_recording() {
+        return;
+    }
+    span.set_attribute(KeyValue::new(X_REQUEST_ID, string(ids.x_request_id.as_str())));
+    if with_request_id {
+        span.set_attribute(KeyValue::new(REQUEST_ID, uuid(&ids.request_id)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_recorded_on_recording_spans_only() {
+        use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider};
+
+        use crate::propagation::RequestId;
+
+        let ids = RequestIds {
+            x_request_id: RequestId::parse(b"req-7").unwrap(),
+            request_id: RequestUuid::parse(b"f47ac10b-58cc-4372-a567-0e02b2c3d479").unwrap(),
+        };
+        let exporter = InMemorySpanExporter::default();
+        let sampled = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        let unsampled = SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOff)
+            .with_simple_exporter(exporter.clone())
+            .build();
+
+        let mut span = unsampled.tracer("t").start("unsampled");
+        record_request_ids(&mut span, &ids, true);
+        span.end();
+        RING.with(|ring| assert!(ring.borrow().strings.is_empty(), "no string made for an unsampled span"));
+
+        for (name, with_request_id) in [("server", true), ("client", false)] {
+            let mut span = sampled.tracer("t").start(name);
+            record_request_ids(&mut span, &ids, with_request_id);
+            span.end();
+        }
+        let spans = exporter.get_finished_spans().unwrap();
+        let attribute = |span: &str, key: &str| {
+            let span = spans.iter().find(|s| s.name == span).unwrap();
+            span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.as_str().into_owned())
+        };
+        assert_eq!(spans.len(), 2, "only the sampled spans are exported");
+        assert_eq!(attribute("server", X_REQUEST_ID).as_deref(), Some("req-7"));
+        assert_eq!(attribute("server", REQUEST_ID).as_deref(), Some("f47ac10b-58cc-4372-a567-0e02b2c3d479"));
+        assert_eq!(attribute("client", X_REQUEST_ID).as_deref(), Some("req-7"));
+        assert_eq!(attribute("client", REQUEST_ID), None);
+    }
 
     #[test]
     fn values_are_exact_and_the_ring_is_bounded() {

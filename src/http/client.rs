@@ -132,7 +132,8 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let parent = Context::current();
         let method = semconv::method(request.method());
-        let mut attributes = Vec::with_capacity(5);
+        // Four here, `x_request_id` after the start, the status code at the response.
+        let mut attributes = Vec::with_capacity(6);
         attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, method));
         if let Some((host, port)) =
             semconv::server_address(request.uri(), request.headers().get(http::header::HOST))
@@ -143,22 +144,19 @@ where
             }
         }
         attributes.push(KeyValue::new(semconv::URL_FULL, url_without_secrets(request.uri())));
-        let span = self
+        let mut span = self
             .tracer
             .span_builder(method)
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(&*self.tracer, &parent);
-        let cx = parent.with_span(span);
-
         let ids = match RequestIds::from_context(&parent) {
             Some(ids) => ids.clone(),
             None => RequestIds::extract(request.headers()),
         };
-        cx.span().set_attribute(KeyValue::new(
-            semconv::X_REQUEST_ID,
-            crate::retained::string(ids.x_request_id.as_str()),
-        ));
+        crate::retained::record_request_ids(&mut span, &ids, false);
+        let cx = parent.with_span(span);
+
         inject_context(request.headers_mut(), &cx);
         ids.inject(request.headers_mut());
 

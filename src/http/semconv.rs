@@ -16,9 +16,6 @@ pub(crate) const URL_FULL: &str = "url.full";
 pub(crate) const SERVER_ADDRESS: &str = "server.address";
 pub(crate) const SERVER_PORT: &str = "server.port";
 pub(crate) const NETWORK_PROTOCOL_VERSION: &str = "network.protocol.version";
-/// Dynamo's attribute name for the request id.
-pub(crate) const X_REQUEST_ID: &str = "x_request_id";
-pub(crate) const REQUEST_ID: &str = "request_id";
 
 /// Records a response's status code; a status the caller counts as a failure (5xx for a
 /// server span, 4xx and 5xx for a client span, as the conventions say) marks the span failed.

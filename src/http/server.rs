@@ -194,8 +194,6 @@ where
             KeyValue::new(semconv::URL_PATH, path_value(uri.path(), kept_route)),
             KeyValue::new(semconv::URL_SCHEME, uri.scheme_str().map_or("http", scheme_name)),
             KeyValue::new(semconv::NETWORK_PROTOCOL_VERSION, semconv::protocol_version(request.version())),
-            KeyValue::new(semconv::X_REQUEST_ID, retained::string(ids.x_request_id.as_str())),
-            KeyValue::new(semconv::REQUEST_ID, retained::uuid(&ids.request_id)),
         ]);
         if let Some((route, kept)) = kept_route {
             attributes.push(KeyValue::new(semconv::HTTP_ROUTE, interned::kept_or_copied(kept, route)));
@@ -214,7 +212,9 @@ where
         if let Some(link) = link {
             builder = builder.with_links(vec![link]);
         }
-        builder.start_with_context(&*self.tracer, parent)
+        let mut span = builder.start_with_context(&*self.tracer, parent);
+        retained::record_request_ids(&mut span, ids, true);
+        span
     }
 
     fn name_span(&self, method: &'static str, route: Option<&str>) -> Cow<'static, str> {
@@ -232,8 +232,8 @@ where
     }
 }
 
-/// Attributes a server span starts with, plus the status code set at the response: the vector
-/// is allocated once at its final size.
+/// Attributes a server span starts with, the two request ids recorded just after its start and
+/// the status code set at the response: the vector is allocated once at its final size.
 const ATTRIBUTES_PER_SPAN: usize = 10;
 
 /// `url.path`: the kept route when the path is the route itself (no path parameters), else a

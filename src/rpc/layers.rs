@@ -35,8 +35,6 @@ const ATTEMPT: &str = "attempt";
 const COMPONENT: &str = "component";
 const ENDPOINT: &str = "endpoint";
 const TRANSIT_MS: &str = "network.transit_ms";
-const X_REQUEST_ID: &str = "x_request_id";
-const REQUEST_ID: &str = "request_id";
 
 fn unix_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
@@ -202,7 +200,8 @@ where
 
     fn call(&mut self, mut request: Request<P>) -> Self::Future {
         let parent = Context::current();
-        let mut attributes = Vec::with_capacity(5);
+        // Up to four here, `x_request_id` after the start, items and outcome at the end.
+        let mut attributes = Vec::with_capacity(7);
         attributes.push(KeyValue::new(RPC_METHOD, interned::ENDPOINTS.value(request.endpoint())));
         attributes.push(KeyValue::new(ATTEMPT, i64::from(request.attempt())));
         if let Some(address) = &self.layer.name {
@@ -215,13 +214,13 @@ where
             Some(ids) => ids.clone(),
             None => RequestIds::extract(&request.metadata),
         };
-        attributes.push(KeyValue::new(X_REQUEST_ID, retained::string(ids.x_request_id.as_str())));
         let tracer = &*self.layer.tracer;
-        let span = tracer
+        let mut span = tracer
             .span_builder(interned::ENDPOINTS.name(request.endpoint()))
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
+        retained::record_request_ids(&mut span, &ids, false);
         let cx = parent.with_span(span);
         inject_context(&mut request.metadata, &cx);
         ids.inject(&mut request.metadata);
@@ -252,7 +251,8 @@ where
             None => Context::new(),
         }
         .with_value(ids.clone());
-        let mut attributes = Vec::with_capacity(6);
+        // Up to four here, both request ids after the start, items and outcome at the end.
+        let mut attributes = Vec::with_capacity(8);
         attributes.push(KeyValue::new(ENDPOINT, interned::ENDPOINTS.value(request.endpoint())));
         if let Some(component) = &self.layer.name {
             attributes.push(KeyValue::new(COMPONENT, component.clone()));
@@ -260,17 +260,16 @@ where
         if let Some(id) = self.layer.instance_id {
             attributes.push(KeyValue::new(INSTANCE_ID, id));
         }
-        attributes.push(KeyValue::new(X_REQUEST_ID, retained::string(ids.x_request_id.as_str())));
-        attributes.push(KeyValue::new(REQUEST_ID, retained::uuid(&ids.request_id)));
         if let Some(transit_ms) = transit_ms(&request) {
             attributes.push(KeyValue::new(TRANSIT_MS, transit_ms));
         }
         let tracer = &*self.layer.tracer;
-        let span = tracer
+        let mut span = tracer
             .span_builder(HANDLE_PAYLOAD)
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
+        retained::record_request_ids(&mut span, &ids, true);
         let cx = parent.with_span(span);
         let inner = {
             let _attached = cx.clone().attach();
