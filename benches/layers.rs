@@ -6,23 +6,28 @@
 //!
 //! Run: `cargo bench --bench layers`
 //!
-//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27):
+//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27,
+//! late evening):
 //!
 //! | variant | time per request | overhead over bare |
 //! |---|---:|---:|
-//! | bare axum `Router` | 1.00 µs | — |
-//! | `sdk_span_only` (reference: one SDK span, same attributes, nothing else) | 2.02 µs | +1.04 µs |
-//! | tokentrace `ServerLayer` | 3.01 µs | +1.96 µs |
-//! | `OtelAxumLayer` | 6.00 µs | +5.02 µs |
-//! | `TraceLayer` + tracing-opentelemetry | 9.34 µs | +8.42 µs |
+//! | bare axum `Router` | 0.96 µs | — |
+//! | `sdk_span_only` (reference: one SDK span, same attributes, nothing else) | 1.90 µs | +0.90 µs |
+//! | tokentrace `ServerLayer` | 2.61 µs | +1.66 µs |
+//! | `OtelAxumLayer` | 5.09 µs | +4.18 µs |
+//! | `TraceLayer` + tracing-opentelemetry | 8.19 µs | +7.15 µs |
 //!
-//! Overhead ratios: 0.39× `OtelAxumLayer`'s, 0.23× `TraceLayer`'s (0.39 and 0.26 in the run
-//! before; the machine drifts by ±10% between runs, `TraceLayer` most). The SDK's own span is
-//! half of ours (`sdk_span_only`: 0.21× `OtelAxumLayer`'s). The rest is the request ids, the
-//! `Context` (span and ids) in the request extensions and attached on each poll, the echoed
-//! header and the body wrapper. The code before the one-pass header scan, the kept route and
-//! host strings and the request-id strings freed on the request's thread, run back to back with
-//! this one: +3.29 µs (0.64×, 0.44×) against +2.04 µs (0.40×, 0.26×).
+//! Overhead ratios: 0.40× `OtelAxumLayer`'s, 0.23× `TraceLayer`'s. Across this session's runs
+//! they ranged 0.36–0.43 and 0.23–0.28: ours moves little (+1.6 to +1.8 µs), the competitors'
+//! rows move up to 10% between builds of the same code (run back to back with the code from the
+//! start of the session: ours +1.78/+1.70 µs then, +1.82/+1.63 µs now; `OtelAxumLayer` +4.70/+4.55
+//! then, +4.28/+4.17 now). The SDK's own span is over half of ours (`sdk_span_only`). The rest is
+//! the request ids, the `Context` (span and ids) in the request extensions and attached on each
+//! poll, the echoed header and the body wrapper.
+//!
+//! A second machine (16-vCPU Intel Xeon VM, the GPU host of this project's device checks; same
+//! binary): 0.26, 0.31 and 0.37× `OtelAxumLayer`'s, 0.11, 0.18 and 0.23× `TraceLayer`'s in three
+//! runs (its confidence intervals were ±5–10%).
 
 use std::hint::black_box;
 
