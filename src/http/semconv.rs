@@ -105,6 +105,16 @@ enum Authority<'a> {
     Header(&'a [u8]),
 }
 
+impl<'a> Authority<'a> {
+    /// Whether it came from the URI, and its bytes.
+    fn parts(self) -> (bool, &'a [u8]) {
+        match self {
+            Self::Uri(bytes) => (true, bytes),
+            Self::Header(bytes) => (false, bytes),
+        }
+    }
+}
+
 /// Longest authority remembered (the memo lives inline, without an allocation).
 const REMEMBERED_LEN: usize = 64;
 
@@ -118,20 +128,14 @@ struct LastServer {
 
 impl LastServer {
     fn new(key: Authority<'_>, host: &'static str, port: Option<u16>) -> Option<Self> {
-        let (from_uri, bytes) = match key {
-            Authority::Uri(bytes) => (true, bytes),
-            Authority::Header(bytes) => (false, bytes),
-        };
+        let (from_uri, bytes) = key.parts();
         let mut raw = [0u8; REMEMBERED_LEN];
         raw.get_mut(..bytes.len())?.copy_from_slice(bytes);
         Some(Self { from_uri, raw, len: bytes.len(), host, port })
     }
 
     fn answer(&self, key: Authority<'_>) -> Option<(Value, Option<u16>)> {
-        let (from_uri, bytes) = match key {
-            Authority::Uri(bytes) => (true, bytes),
-            Authority::Header(bytes) => (false, bytes),
-        };
+        let (from_uri, bytes) = key.parts();
         (from_uri == self.from_uri && bytes == &self.raw[..self.len])
             .then(|| (Value::from(self.host), self.port))
     }
