@@ -7,22 +7,22 @@
 //!
 //! Run: `cargo bench --bench pipeline` (about a minute).
 //!
-//! Latest figures (2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27, evening):
+//! Latest figures (2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27,
+//! late evening):
 //!
 //! | step | concurrency | tokens/s off | tokens/s on | on/off | on, not exported / off | TTFT p50 off → on | TTFT p99 off → on |
 //! |---:|---:|---:|---:|---:|---:|---:|---:|
-//! | 0 ms | 1 | 63 091 | 54 965 | 0.871 | 0.960 | 0.45 → 0.47 ms | 0.61 → 1.13 ms |
-//! | 0 ms | 16 | 154 769 | 128 161 | 0.828 | 0.946 | 2.76 → 3.16 ms | 4.44 → 6.74 ms |
-//! | 0 ms | 64 | 158 504 | 134 129 | 0.846 | 0.902 | 7.36 → 8.74 ms | 16.39 → 19.11 ms |
-//! | 5 ms | 1 | 168 | 166 | 0.990 | 0.995 | 0.53 → 0.90 ms | 1.05 → 1.42 ms |
-//! | 5 ms | 16 | 2 640 | 2 646 | 1.002 | 0.999 | 0.61 → 0.50 ms | 7.69 → 2.96 ms |
-//! | 5 ms | 64 | 10 383 | 10 381 | 1.000 | 0.994 | 0.82 → 1.09 ms | 11.59 → 10.03 ms |
+//! | 0 ms | 1 | 61 440 | 53 187 | 0.866 | 0.983 | 0.46 → 0.49 ms | 0.62 → 0.98 ms |
+//! | 0 ms | 16 | 157 946 | 136 419 | 0.864 | 0.944 | 2.71 → 2.99 ms | 4.29 → 5.93 ms |
+//! | 0 ms | 64 | 164 029 | 140 562 | 0.857 | 0.946 | 7.49 → 8.46 ms | 15.07 → 18.32 ms |
+//! | 5 ms | 1 | 167 | 167 | 0.998 | 0.999 | 0.45 → 0.60 ms | 0.84 → 1.24 ms |
+//! | 5 ms | 16 | 2 655 | 2 641 | 0.995 | 0.996 | 0.41 → 0.45 ms | 4.07 → 3.06 ms |
+//! | 5 ms | 64 | 10 353 | 10 350 | 1.000 | 1.000 | 0.71 → 0.80 ms | 8.83 → 7.47 ms |
 //!
 //! At step 0 both cores are saturated and the OTLP export (conversion, gRPC, and the receiver
-//! decoding in this same process) competes for them: 30k of 186k spans were dropped by the
-//! bounded queue, and counted. Step-0 ratios move by ±0.04 from run to run (the code before
-//! this evening's layer changes, run just before: 0.841, 0.787, 0.853; that morning: 0.865,
-//! 0.870, 0.896).
+//! decoding in this same process) competes for them: 35k of 194k spans were dropped by the
+//! bounded queue, and counted. Step-0 ratios move by ±0.04 from run to run (the run before this
+//! one, earlier the same evening: 0.871, 0.828, 0.846).
 
 #[allow(dead_code)]
 #[path = "../examples/serve/demo.rs"]
