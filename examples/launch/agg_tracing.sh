@@ -5,10 +5,12 @@
 #
 #   examples/launch/agg_tracing.sh                 # CPU engine
 #   ENGINE=cuda examples/launch/agg_tracing.sh     # CUDA engine on GPU 0 (builds with --features cuda)
+#   ENGINE=cuda DEVICE=1 examples/launch/agg_tracing.sh
 source "$(dirname "$0")/common.sh"
 WORKER_PORT="${WORKER_PORT:-9000}"
+DEVICE="${DEVICE:-0}"
 
-start dynamo-worker-vllm worker --role agg --listen "127.0.0.1:$WORKER_PORT" --engine "$ENGINE" --device 0
+start dynamo-worker-vllm worker --role agg --listen "127.0.0.1:$WORKER_PORT" --engine "$ENGINE" --device "$DEVICE"
 start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "127.0.0.1:$WORKER_PORT"
 print_curl agg-try-1
 wait

@@ -1,4 +1,4 @@
-# Sourced by agg_tracing.sh and disagg_tracing.sh: the tracing environment, the build, and
+# Sourced by agg_tracing.sh and disagg_tracing.sh: the tracing environment, the build (or SERVE), and
 # stopping every component on exit. Each component is started with `start NAME ARGS...`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -9,10 +9,16 @@ export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="${OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:
 ENGINE="${ENGINE:-cpu}"
 FRONTEND_PORT="${FRONTEND_PORT:-8000}"
 
-features=()
-if [ "$ENGINE" = cuda ]; then features=(--features cuda); fi
-cargo build --release --example serve "${features[@]}"
-serve=target/release/examples/serve
+# SERVE=path runs a binary built elsewhere (a GPU machine without a Rust toolchain); otherwise
+# the example is built here, with the CUDA engine when ENGINE=cuda.
+if [ -n "${SERVE:-}" ]; then
+  serve="$SERVE"
+else
+  features=()
+  if [ "$ENGINE" = cuda ]; then features=(--features cuda); fi
+  cargo build --release --example serve "${features[@]}"
+  serve=target/release/examples/serve
+fi
 
 pids=()
 cleanup() {
