@@ -452,3 +452,87 @@ fn the_gpu_check_script_runs_on_the_cpu_engine_and_failures_explain_themselves()
         "the worker's own reason is shown: {stderr}"
     );
 }
+
+/// A running launch script, stopped like Ctrl-C would (SIGTERM: its trap stops every component,
+/// which flushes its telemetry), also when a test fails half-way.
+struct LaunchScript(Option<std::process::Child>);
+
+impl LaunchScript {
+    fn stop(&mut self) {
+        if let Some(mut script) = self.0.take() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &script.id().to_string()]).status();
+            let _ = script.wait();
+        }
+    }
+}
+
+impl Drop for LaunchScript {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port free on 127.0.0.1 right now (the launch scripts take fixed ports).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs() {
+    let receiver = receiver::grpc().await;
+    let [frontend, decode, prefill] = [free_port(), free_port(), free_port()];
+    let logs = std::env::temp_dir().join(format!("tokentrace-launch-{}.log", std::process::id()));
+    let log_file = std::fs::File::create(&logs).unwrap();
+    // SERVE: the binary `cargo test` built, so the script does not build one itself.
+    let mut script = LaunchScript(Some(
+        std::process::Command::new("bash")
+            .arg(format!("{}/examples/launch/disagg_tracing.sh", env!("CARGO_MANIFEST_DIR")))
+            .env("SERVE", serve_exe())
+            .env("FRONTEND_PORT", frontend.to_string())
+            .env("DECODE_PORT", decode.to_string())
+            .env("PREFILL_PORT", prefill.to_string())
+            .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap(),
+    ));
+    let addr: SocketAddr = format!("127.0.0.1:{frontend}").parse().unwrap();
+    let health = format!("http://{addr}/health").parse::<http::Uri>().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while demo::http_client().get(health.clone()).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the frontend never answered: {}",
+            std::fs::read_to_string(&logs).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids = ["launch-1".to_owned()];
+    let answer = demo::stream_chat(addr, &ids[0], "hello from the launch script", 4).await.unwrap();
+    assert_eq!(answer.tokens, 4);
+
+    tokio::task::spawn_blocking(move || script.stop()).await.unwrap();
+    demo::wait_for_traces(&receiver.received, &ids, 10).await;
+
+    let spans = demo::trace_of(&receiver.received, &ids[0]);
+    let services: std::collections::BTreeSet<_> = spans.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(
+        services.into_iter().collect::<Vec<_>>(),
+        ["dynamo-frontend", "dynamo-worker-decode", "dynamo-worker-prefill"],
+        "the service names the script sets"
+    );
+    assert_eq!(spans.len(), 10, "{:?}", spans.iter().map(|s| (&s.span.name, &s.service)).collect::<Vec<_>>());
+    // JSON Lines logs (DYN_LOGGING_JSONL=true), from all three processes, carry the trace id.
+    let trace_id: String = spans[0].span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&logs)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|line: &serde_json::Value| line["x_request_id"] == "launch-1")
+        .collect();
+    assert!(lines.len() >= 3, "log lines of the request: {lines:?}");
+    assert!(lines.iter().all(|line| line["trace_id"] == trace_id.as_str()), "{lines:?}");
+    let _ = std::fs::remove_file(&logs);
+    receiver.stop().await;
+}
