@@ -536,3 +536,26 @@ async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs()
     let _ = std::fs::remove_file(&logs);
     receiver.stop().await;
 }
+
+#[test]
+fn a_launch_script_whose_worker_cannot_start_stops_with_its_message() {
+    let [frontend, worker] = [free_port(), free_port()];
+    let output = std::process::Command::new("bash")
+        .arg(format!("{}/examples/launch/agg_tracing.sh", env!("CARGO_MANIFEST_DIR")))
+        .env("SERVE", serve_exe())
+        .env("ENGINE", "abacus")
+        .env("FRONTEND_PORT", frontend.to_string())
+        .env("WORKER_PORT", worker.to_string())
+        .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(r#"--engine must be cpu or cuda, not "abacus""#), "{stderr}");
+    assert!(stderr.contains(&format!("a component exited before listening on port {worker}")), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("curl"),
+        "no curl offered for a broken deployment"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", frontend)).is_err(), "no frontend was started");
+}

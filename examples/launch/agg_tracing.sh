@@ -11,6 +11,8 @@ WORKER_PORT="${WORKER_PORT:-9000}"
 DEVICE="${DEVICE:-0}"
 
 start dynamo-worker-vllm worker --role agg --listen "127.0.0.1:$WORKER_PORT" --engine "$ENGINE" --device "$DEVICE"
+ready "$WORKER_PORT"
 start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "127.0.0.1:$WORKER_PORT"
+ready "$FRONTEND_PORT"
 print_curl agg-try-1
-wait
+wait_all

@@ -35,6 +35,35 @@ start() {
   pids+=($!)
 }
 
+# ready PORT: waits until the component started last listens on 127.0.0.1:PORT, so the next one
+# (and the printed curl) finds it; a CUDA worker compiles its kernels first. If it exits
+# instead, everything stops with its message above.
+ready() {
+  local port=$1 pid=${pids[${#pids[@]} - 1]}
+  for _ in $(seq 1 600); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "a component exited before listening on port $port (its message is above); stopping" >&2
+      exit 1
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on port $port after 60 s; stopping" >&2
+  exit 1
+}
+
+# wait_all: until Ctrl-C, or until one component exits: then everything stops, with its status.
+# (bash before 4.3, such as macOS's 3.2, has no `wait -n`: there it waits for all of them.)
+wait_all() {
+  local status=0
+  if ((BASH_VERSINFO[0] > 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] >= 3))); then
+    wait -n || status=$?
+  else
+    wait || status=$?
+  fi
+  exit "$status"
+}
+
 # print_curl REQUEST_ID: what to try, and where to look.
 print_curl() {
   cat <<CURL

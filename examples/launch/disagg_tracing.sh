@@ -14,8 +14,11 @@ DECODE_DEVICE="${DECODE_DEVICE:-0}"
 PREFILL_DEVICE="${PREFILL_DEVICE:-1}"
 
 start dynamo-worker-prefill worker --role prefill --listen "127.0.0.1:$PREFILL_PORT" --engine "$ENGINE" --device "$PREFILL_DEVICE"
+ready "$PREFILL_PORT"
 start dynamo-worker-decode worker --role decode --listen "127.0.0.1:$DECODE_PORT" \
   --prefill "127.0.0.1:$PREFILL_PORT" --engine "$ENGINE" --device "$DECODE_DEVICE"
+ready "$DECODE_PORT"
 start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "127.0.0.1:$DECODE_PORT"
+ready "$FRONTEND_PORT"
 print_curl disagg-try-1
-wait
+wait_all
