@@ -32,8 +32,8 @@
 //! rather than constants, the route, host and port), and the span ended with the response body
 //! rather than its head.
 //!
-//! A second machine (16-vCPU Intel Xeon VM, the GPU host of this project's device checks; same
-//! binary): 0.26, 0.31 and 0.37× `OtelAxumLayer`'s, 0.11, 0.18 and 0.23× `TraceLayer`'s in three
+//! A second machine (16-vCPU Intel Xeon VM, the GPU host of this project's device checks; this
+//! bench's binary before the `context_only` row was added): 0.26, 0.31 and 0.37× `OtelAxumLayer`'s, 0.11, 0.18 and 0.23× `TraceLayer`'s in three
 //! runs (its confidence intervals were ±5–10%).
 
 use std::hint::black_box;
