@@ -27,8 +27,8 @@ use opentelemetry::{KeyValue, Value};
 use crate::propagation::{RequestIds, RequestUuid};
 
 /// Dynamo's attribute names for the request ids.
-pub(crate) const X_REQUEST_ID: &str = "x_request_id";
-pub(crate) const REQUEST_ID: &str = "request_id";
+const X_REQUEST_ID: &str = "x_request_id";
+const REQUEST_ID: &str = "request_id";
 
 /// Strings each thread keeps after handing them to a span: more than a batch processor holds
 /// (512 spans per batch by default) for the spans of about a thousand requests.
@@ -61,7 +61,7 @@ thread_local! {
 /// let value = retained::string("req-42");
 /// assert_eq!(value.as_str(), "req-42");
 /// ```
-pub(crate) fn string(text: &str) -> Value {
+fn string(text: &str) -> Value {
     let shared: Arc<str> = Arc::from(text);
     // `try_with`: during thread teardown the ring may be gone; the span still gets its value.
     let _ = RING.try_with(|ring| ring.borrow_mut().keep(Arc::clone(&shared)));
@@ -69,7 +69,7 @@ pub(crate) fn string(text: &str) -> Value {
 }
 
 /// A request UUID as an attribute value, as [`string`] does.
-pub(crate) fn uuid(id: &RequestUuid) -> Value {
+fn uuid(id: &RequestUuid) -> Value {
     // Hex digits and dashes: always UTF-8.
     string(std::str::from_utf8(&id.to_bytes()).unwrap_or_default())
 }
