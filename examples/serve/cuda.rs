@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
-use crate::engine::{argmax, Engine, EngineError, KvState, Weights, DIM, MAX_SEQ, VOCAB};
+use crate::engine::{
+    argmax, kv_bytes, kv_floats, Engine, EngineError, KvState, Weights, DIM, MAX_SEQ, VOCAB,
+};
 
 /// CUDA C, compiled once at start by NVRTC.
 const KERNELS: &str = r#"
@@ -121,7 +123,7 @@ impl KvState for CudaKv {
             .stream
             .clone_dtoh(&self.rows.slice(0..self.len * DIM))
             .map_err(|e| cuda_error("copy to host", e))?;
-        Ok(rows.iter().flat_map(|v| v.to_le_bytes()).collect())
+        Ok(kv_bytes(&rows))
     }
 }
 
@@ -233,8 +235,7 @@ impl Engine for CudaEngine {
                 bytes.len()
             )));
         }
-        let host: Vec<f32> =
-            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let host = kv_floats(bytes);
         let mut kv = self.new_kv()?;
         let mut head = kv.rows.slice_mut(0..host.len());
         self.stream.memcpy_htod(&host, &mut head).map_err(|e| cuda_error("KV upload", e))?;
@@ -289,8 +290,7 @@ mod tests {
         for (position, &token) in prompt.iter().enumerate() {
             kv_row(&weights, token, position, &mut host_rows[position * DIM..(position + 1) * DIM]);
         }
-        let device_rows: Vec<f32> =
-            device_rows.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let device_rows = kv_floats(&device_rows);
         assert_eq!(device_rows.len(), host_rows.len());
         for (i, (d, h)) in device_rows.iter().zip(&host_rows).enumerate() {
             assert!(close(*d, *h), "KV value {i}: device {d}, host {h}");

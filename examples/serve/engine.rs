@@ -108,8 +108,18 @@ impl KvState for CpuKv {
     }
 
     fn to_bytes(&self) -> Result<Vec<u8>, EngineError> {
-        Ok(self.rows.iter().flat_map(|v| v.to_le_bytes()).collect())
+        Ok(kv_bytes(&self.rows))
     }
+}
+
+/// KV rows as transferred between workers: little-endian `f32`s.
+pub fn kv_bytes(rows: &[f32]) -> Vec<u8> {
+    rows.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The rows of a KV transfer (`bytes` holds whole `f32`s; a trailing partial one is ignored).
+pub fn kv_floats(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 /// The row cached for `token` at `position`: its embedding, rotated by position.
@@ -200,7 +210,6 @@ impl Engine for CpuEngine {
         if !bytes.len().is_multiple_of(DIM * 4) {
             return Err(EngineError(format!("KV transfer of {} bytes is not whole rows", bytes.len())));
         }
-        let rows = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        Ok(CpuKv { rows })
+        Ok(CpuKv { rows: kv_floats(bytes) })
     }
 }
