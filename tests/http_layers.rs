@@ -304,13 +304,23 @@ async fn server_errors_mark_the_span() {
 async fn filtered_requests_get_no_span_but_keep_their_request_id() {
     let spans = Spans::new();
     let app = Router::new()
-        .route("/health", get(|| async { "ok" }))
+        // The handler of an untraced route still runs in the request's context: it answers the
+        // request id it sees there.
+        .route(
+            "/health",
+            get(|| async {
+                tokentrace::propagation::RequestIds::current()
+                    .map(|ids| ids.x_request_id.as_str().to_owned())
+                    .unwrap_or_default()
+            }),
+        )
         .route("/v1/models", get(|| async { "[]" }))
         .layer(ServerLayer::with_tracer(spans.tracer("server")).filter(|_, uri| uri.path() != "/health"));
     let addr = serve(app).await;
     let client = plain_client();
     let health = client.request(get_request(addr, "/health", &[("x-request-id", "probe")])).await.unwrap();
     assert_eq!(health.headers()["x-request-id"], "probe");
+    assert_eq!(health.into_body().collect().await.unwrap().to_bytes(), "probe");
     client.request(get_request(addr, "/v1/models", &[])).await.unwrap().into_body().collect().await.unwrap();
     let spans = spans.wait_for("one span", |s| !s.is_empty());
     tokio::time::sleep(Duration::from_millis(50)).await;

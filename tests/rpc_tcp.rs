@@ -287,3 +287,56 @@ async fn a_dropped_traced_stream_is_recorded_as_cancelled_on_both_sides() {
         assert_eq!(attr(span, "cancelled").as_deref(), Some("true"));
     }
 }
+
+/// The server layer's stream keeps the request's context attached for every poll, also after an
+/// error item (the handler may go on), while the span records the first error only.
+#[tokio::test]
+async fn the_handler_stream_runs_in_the_request_context_after_an_error_item() {
+    use tokentrace::propagation::RequestIds;
+
+    let spans = Spans::new();
+    // Each item reports the request id and span the handler's stream sees while it is polled.
+    let handler = tower::service_fn(|_: Request<Bytes>| async {
+        let items = stream::unfold(0, |i| async move {
+            if i == 3 {
+                return None;
+            }
+            let seen = format!(
+                "{}/{}",
+                RequestIds::current().map(|ids| ids.x_request_id.as_str().to_owned()).unwrap_or_default(),
+                Context::current().span().span_context().span_id()
+            );
+            let item = if i == 1 { Err(RpcError::Remote(seen)) } else { Ok(Bytes::from(seen)) };
+            Some((item, i + 1))
+        });
+        Ok::<Items, RpcError>(items.boxed())
+    });
+    let server =
+        ServiceBuilder::new().layer(rpc::ServerLayer::with_tracer(spans.tracer("worker"))).service(handler);
+    let mut request = Request::new("generate", Bytes::new());
+    request.metadata.insert("x-request-id", "req-err-1");
+    let seen: Vec<String> = server
+        .oneshot(request)
+        .await
+        .unwrap()
+        .map(|item| match item {
+            Ok(bytes) => String::from_utf8(bytes.to_vec()).unwrap(),
+            Err(RpcError::Remote(seen)) => seen,
+            Err(other) => panic!("unexpected {other}"),
+        })
+        .collect()
+        .await;
+
+    let spans = spans.wait_for_async("the handler's span", |s| s.len() == 1).await;
+    let span = &spans[0];
+    let expected = format!("req-err-1/{}", span.span_context.span_id());
+    assert_eq!(
+        seen,
+        [expected.clone(), expected.clone(), expected],
+        "same context before and after the error"
+    );
+    assert_eq!(attr(span, "outcome").as_deref(), Some("error"));
+    assert_eq!(attr(span, "rpc.response.items").as_deref(), Some("1"), "counted up to the first error");
+    assert_eq!(attr(span, "error.type").as_deref(), Some("remote"));
+    assert_eq!(attr(span, "cancelled"), None, "an error, not a cancellation, though the stream went on");
+}

@@ -4,7 +4,6 @@ use std::pin::Pin;
 use std::task::{ready, Context as TaskContext, Poll};
 
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::Context;
 use pin_project_lite::pin_project;
 
 use crate::active_span::ActiveSpan;
@@ -29,8 +28,9 @@ pin_project! {
     pub struct TracedBody<B: Body> {
         #[pin]
         inner: B,
-        attach: Option<Context>,
         span: Option<ActiveSpan>,
+        // Whether the span's context is attached while the inner body is polled (server side).
+        attach: bool,
     }
 
     impl<B: Body> PinnedDrop for TracedBody<B> {
@@ -49,8 +49,8 @@ pin_project! {
 }
 
 impl<B: Body> TracedBody<B> {
-    pub(crate) fn new(inner: B, attach: Option<Context>, span: Option<ActiveSpan>) -> Self {
-        Self { inner, attach, span }
+    pub(crate) fn new(inner: B, span: Option<ActiveSpan>, attach: bool) -> Self {
+        Self { inner, span, attach }
     }
 }
 
@@ -66,7 +66,10 @@ where
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let attached = this.attach.as_ref().map(|context| context.clone().attach());
+        let attached = match this.span {
+            Some(span) if *this.attach => Some(span.context().clone().attach()),
+            _ => None,
+        };
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         let ended = match &frame {
             None | Some(Err(_)) => true,
@@ -83,7 +86,7 @@ where
             // Nothing runs in this body any more: the last poll (the one that sees `None`
             // after a body that announced its end) need not attach the context again.
             drop(attached);
-            *this.attach = None;
+            *this.attach = false;
         }
         Poll::Ready(frame)
     }

@@ -232,7 +232,7 @@ where
                     status,
                     status.is_client_error() || status.is_server_error(),
                 );
-                Ok(response.map(|body| TracedBody::new(body, None, span)))
+                Ok(response.map(|body| TracedBody::new(body, span, false)))
             }
             Err(error) => {
                 if let Some(span) = span.as_mut() {

@@ -334,22 +334,19 @@ where
         let span = traced.then(|| self.layer.start_span(&request, &found, &parent, &ids, link));
         let x_request_id = ids.x_request_id.header_value().clone();
         let cx = parent.with_value(ids);
-        let (cx, span) = match span {
-            Some(span) => {
-                let cx = cx.with_span(span);
-                (cx.clone(), Some(ActiveSpan::new(cx)))
-            }
-            None => (cx, None),
+        let scope = match span {
+            Some(span) => ActiveSpan::new(cx.with_span(span)),
+            None => ActiveSpan::untraced(cx),
         };
 
         // One extension: the context carries the ids too (`RequestIds::from_context`), and each
         // extension insert costs an allocation.
-        request.extensions_mut().insert(cx.clone());
+        request.extensions_mut().insert(scope.context().clone());
         let inner = {
-            let _attached = cx.clone().attach();
+            let _attached = scope.context().clone().attach();
             self.inner.call(request)
         };
-        ResponseFuture { inner, cx, span, x_request_id }
+        ResponseFuture { inner, scope: Some(scope), x_request_id }
     }
 }
 
@@ -362,8 +359,9 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        cx: Context,
-        span: Option<ActiveSpan>,
+        // The request's context, attached while `inner` runs, and its span (if traced); taken
+        // by the response body.
+        scope: Option<ActiveSpan>,
         x_request_id: HeaderValue,
     }
 }
@@ -385,10 +383,10 @@ where
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let _attached = this.cx.clone().attach();
+            let _attached = this.scope.as_ref().map(|scope| scope.context().clone().attach());
             ready!(this.inner.poll(task))
         };
-        let mut span = this.span.take();
+        let mut span = this.scope.take();
         Poll::Ready(match result {
             Ok(mut response) => {
                 let status = response.status();
@@ -398,7 +396,7 @@ where
                     const { HeaderName::from_static(names::X_REQUEST_ID) },
                     this.x_request_id.clone(),
                 );
-                Ok(response.map(|body| TracedBody::new(body, Some(this.cx.clone()), span)))
+                Ok(response.map(|body| TracedBody::new(body, span, true)))
             }
             Err(error) => {
                 if let Some(span) = span.as_mut() {

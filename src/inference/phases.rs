@@ -71,8 +71,7 @@ where
             .with_attributes(attributes)
             .with_links(links)
             .start_with_context(&*self.tracer, &parent);
-        let cx = parent.with_span(span);
-        Phase { span: ActiveSpan::new(cx.clone()), cx }
+        Phase { span: ActiveSpan::new(parent.with_span(span)) }
     }
 
     /// Waiting for a slot in the engine.
@@ -124,19 +123,18 @@ where
 #[derive(Debug)]
 pub struct Phase {
     span: ActiveSpan,
-    cx: Context,
 }
 
 impl Phase {
     /// The context holding this span: attach it (or use it as a parent) for work inside the
     /// phase.
     pub fn context(&self) -> &Context {
-        &self.cx
+        self.span.context()
     }
 
     /// This span's identity, for links (the decode span links to the prefill span).
     pub fn span_context(&self) -> SpanContext {
-        self.cx.span().span_context().clone()
+        self.span.context().span().span_context().clone()
     }
 
     /// Adds an attribute.

@@ -225,7 +225,7 @@ where
         inject_context(&mut request.metadata, &cx);
         ids.inject(&mut request.metadata);
         request.metadata.set_ascii(SEND_TIMESTAMP, crate::ids::decimal(unix_nanos()).as_bytes());
-        CallFuture { inner: self.inner.call(request), attach: None, span: Some(ActiveSpan::new(cx)) }
+        CallFuture { inner: self.inner.call(request), span: Some(ActiveSpan::new(cx)), attach: false }
     }
 }
 
@@ -275,7 +275,7 @@ where
             let _attached = cx.clone().attach();
             self.inner.call(request)
         };
-        CallFuture { inner, attach: Some(cx.clone()), span: Some(ActiveSpan::new(cx)) }
+        CallFuture { inner, span: Some(ActiveSpan::new(cx)), attach: true }
     }
 }
 
@@ -292,8 +292,9 @@ pin_project! {
     pub struct CallFuture<F> {
         #[pin]
         inner: F,
-        attach: Option<Context>,
         span: Option<ActiveSpan>,
+        // Whether the span's context is attached while `inner` runs (server side).
+        attach: bool,
     }
 }
 
@@ -313,7 +314,10 @@ where
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let _attached = this.attach.as_ref().map(|cx| cx.clone().attach());
+            let _attached = match this.span {
+                Some(span) if *this.attach => Some(span.context().clone().attach()),
+                _ => None,
+            };
             ready!(this.inner.poll(task))
         };
         let Some(mut span) = this.span.take() else {
@@ -322,7 +326,7 @@ where
             panic!("CallFuture polled after completion");
         };
         Poll::Ready(match result {
-            Ok(stream) => Ok(TracedStream::new(stream, this.attach.take(), span)),
+            Ok(stream) => Ok(TracedStream::new(stream, span, *this.attach)),
             Err(error) => {
                 span.set_attribute(KeyValue::new(OUTCOME, "error"));
                 span.fail_with("call failed", &error);

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{ready, Context as TaskContext, Poll};
 
 use futures_core::Stream;
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 
 use super::request::RpcError;
@@ -30,26 +30,28 @@ pin_project! {
     pub struct TracedStream<S> {
         #[pin]
         inner: S,
-        attach: Option<Context>,
-        span: Option<ActiveSpan>,
+        span: ActiveSpan,
+        // Whether the span's context is attached while `inner` is polled (server side); it
+        // stays attached after an error item, as the handler may go on.
+        attach: bool,
         items: u64,
     }
 
     impl<S> PinnedDrop for TracedStream<S> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(span) = this.span {
-                span.set_attribute(KeyValue::new(ITEMS, *this.items as i64));
-                span.set_attribute(KeyValue::new(OUTCOME, "cancelled"));
-                span.cancel();
+            if this.span.is_open() {
+                this.span.set_attribute(KeyValue::new(ITEMS, *this.items as i64));
+                this.span.set_attribute(KeyValue::new(OUTCOME, "cancelled"));
+                this.span.cancel();
             }
         }
     }
 }
 
 impl<S> TracedStream<S> {
-    pub(crate) fn new(inner: S, attach: Option<Context>, span: ActiveSpan) -> Self {
-        Self { inner, attach, span: Some(span), items: 0 }
+    pub(crate) fn new(inner: S, span: ActiveSpan, attach: bool) -> Self {
+        Self { inner, span, attach, items: 0 }
     }
 }
 
@@ -61,24 +63,22 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = self.project();
-        let _attached = this.attach.as_ref().map(|context| context.clone().attach());
+        let _attached = this.attach.then(|| this.span.context().clone().attach());
         let item = ready!(this.inner.poll_next(cx));
         match &item {
             Some(Ok(_)) => *this.items += 1,
-            Some(Err(error)) => {
-                if let Some(mut span) = this.span.take() {
-                    span.set_attribute(KeyValue::new(ITEMS, *this.items as i64));
-                    span.set_attribute(KeyValue::new(OUTCOME, "error"));
-                    span.fail(error.kind(), error.to_string());
-                }
+            // The first error or the end closes the span; what follows is not recorded.
+            Some(Err(error)) if this.span.is_open() => {
+                this.span.set_attribute(KeyValue::new(ITEMS, *this.items as i64));
+                this.span.set_attribute(KeyValue::new(OUTCOME, "error"));
+                this.span.fail(error.kind(), error.to_string());
             }
-            None => {
-                if let Some(mut span) = this.span.take() {
-                    span.set_attribute(KeyValue::new(ITEMS, *this.items as i64));
-                    span.set_attribute(KeyValue::new(OUTCOME, "ok"));
-                    span.end();
-                }
+            None if this.span.is_open() => {
+                this.span.set_attribute(KeyValue::new(ITEMS, *this.items as i64));
+                this.span.set_attribute(KeyValue::new(OUTCOME, "ok"));
+                this.span.end();
             }
+            _ => {}
         }
         Poll::Ready(item)
     }
