@@ -6,32 +6,41 @@
 //!
 //! Run: `cargo bench --bench layers`
 //!
-//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27,
-//! late evening):
+//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0,
+//! 2026-11-27, night, after the change that holds one `Context` per traced request):
 //!
 //! | variant | time per request | overhead over bare | overhead ÷ `OtelAxumLayer`'s |
 //! |---|---:|---:|---:|
-//! | bare axum `Router` | 1.02 µs | — | — |
-//! | `sdk_span_only` (reference: one SDK span, same attributes, nothing else) | 1.88 µs | +0.92 µs | 0.22 |
-//! | `context_only` (reference: the `Context` work the layer must do, static values) | 2.52 µs | +1.54 µs | 0.36 |
-//! | tokentrace `ServerLayer` | 2.70 µs | +1.68 µs | 0.40 |
-//! | `OtelAxumLayer` | 5.25 µs | +4.24 µs | 1 |
-//! | `TraceLayer` + tracing-opentelemetry | 7.92 µs | +7.04 µs | 1.66 |
+//! | bare axum `Router` | 0.94 µs | — | — |
+//! | `sdk_span_only` (reference: one SDK span, same attributes, nothing else) | 1.79 µs | +0.83 µs | 0.20 |
+//! | `context_only` (reference: the `Context` work the layer must do, static values) | 2.22 µs | +1.26 µs | 0.30 |
+//! | tokentrace `ServerLayer` | 2.44 µs | +1.47 µs | 0.355 |
+//! | `OtelAxumLayer` | 5.03 µs | +4.15 µs | 1 |
+//! | `TraceLayer` + tracing-opentelemetry | 7.54 µs | +6.57 µs | 1.58 |
 //!
-//! Ours is 0.24× `TraceLayer`'s. Seven runs in a row (this table's, then the next six, with the
-//! two reference rows in one module): ours 0.40, 0.42, 0.35, 0.32, 0.38, 0.39 and 0.40×
-//! `OtelAxumLayer`'s; `context_only` 0.36, 0.32, 0.31, 0.30, 0.30, 0.32 and 0.33×;
-//! `sdk_span_only` 0.16–0.22×. Ours moves little (+1.6 to +2.0 µs), `OtelAxumLayer` moves from
-//! +4.2 to +5.1 µs between runs and between builds of the same code (back to back with the code
-//! from the start of the session: ours +1.78/+1.70 µs then, +1.82/+1.63 µs now; `OtelAxumLayer`
-//! +4.70/+4.55 then, +4.28/+4.17 now).
+//! Ours is 0.22× `TraceLayer`'s. Ten runs of this code that night: ours 0.36, 0.41, 0.39, 0.40,
+//! 0.38, 0.39, 0.34, 0.39, 0.40 and 0.36× `OtelAxumLayer`'s (+1.47 to +1.68 µs, against
+//! +1.6 to +2.0 µs in the runs of the evening before); `context_only` 0.30–0.35×. Back to back
+//! with the code before that change (own target directory), three rounds: ours +1.58, +1.56,
+//! +1.60 µs then, +1.47, +1.55, +1.61 µs now — within this machine's run-to-run noise.
+//! `OtelAxumLayer` moves from +4.0 to +4.4 µs between runs and between builds of the same code.
 //!
 //! What the two reference rows say: the SDK's span alone is over half of ours; the `Context`
 //! work (ids and span in a `Context`, the `Context` in the extensions and attached while the
-//! handler runs) brings a layer with no other work to 0.32–0.36×. The rest of ours is doing the
-//! job for real: attribute values read from each request (the request ids as per-request strings
-//! rather than constants, the route, host and port), and the span ended with the response body
-//! rather than its head.
+//! handler runs) brings a layer with no other work to 0.30–0.36×. The rest of ours is doing the
+//! job for real: the request ids as per-request strings rather than constants (two allocations
+//! that the exporter's thread touches), the span ended with the response body rather than its
+//! head (in axum a wrapped body is boxed again by the `Router`: one allocation, and a dynamic
+//! call per frame), and attribute values read from each request (route, host, port).
+//!
+//! Where the time goes (`perf record -e cpu-clock --call-graph dwarf`, this request in a loop,
+//! same build): within the layer's own work the largest single item is glibc's arena lock. The
+//! span's attribute vector (560 bytes) is allocated on the request thread and freed on the
+//! batch exporter's, so the request thread's cache for that size only refills from the arena:
+//! one request in six took the arena's slow path (a `perf probe` on `_int_malloc`, 50 000
+//! requests), under the lock the exporter's frees take too — with futex wake-ups, about 6% of
+//! all samples. Every SDK-based row pays it; the request ids avoid it by returning their memory
+//! to the request thread (`retained`).
 //!
 //! A second machine (16-vCPU Intel Xeon VM, the GPU host of this project's device checks; this
 //! bench's binary before the `context_only` row was added): 0.26, 0.31 and 0.37× `OtelAxumLayer`'s, 0.11, 0.18 and 0.23× `TraceLayer`'s in three
