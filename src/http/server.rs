@@ -386,21 +386,22 @@ where
             let _attached = this.scope.as_ref().map(|scope| scope.context().clone().attach());
             ready!(this.inner.poll(task))
         };
-        let mut span = this.scope.take();
+        // Untraced, `scope` holds only the context: recording on it does nothing.
+        let mut scope = this.scope.take();
         Poll::Ready(match result {
             Ok(mut response) => {
                 let status = response.status();
                 // Server spans mark 5xx as errors; 4xx are the caller's problem.
-                semconv::record_status(span.as_ref(), status, status.is_server_error());
+                semconv::record_status(scope.as_ref(), status, status.is_server_error());
                 response.headers_mut().insert(
                     const { HeaderName::from_static(names::X_REQUEST_ID) },
                     this.x_request_id.clone(),
                 );
-                Ok(response.map(|body| TracedBody::new(body, span, true)))
+                Ok(response.map(|body| TracedBody::new(body, scope, true)))
             }
             Err(error) => {
-                if let Some(span) = span.as_mut() {
-                    span.fail_with("service failed", &error);
+                if let Some(scope) = scope.as_mut() {
+                    scope.fail_with("service failed", &error);
                 }
                 Err(error)
             }
