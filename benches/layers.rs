@@ -7,31 +7,32 @@
 //! Run: `cargo bench --bench layers`
 //!
 //! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0,
-//! 2026-11-27, night, after the change that holds one `Context` per traced request):
+//! 2026-11-27, night):
 //!
 //! | variant | time per request | overhead over bare | overhead ÷ `OtelAxumLayer`'s |
 //! |---|---:|---:|---:|
-//! | bare axum `Router` | 0.94 µs | — | — |
-//! | `sdk_span_only` (reference: one SDK span, same attributes, nothing else) | 1.79 µs | +0.83 µs | 0.20 |
-//! | `context_only` (reference: the `Context` work the layer must do, static values) | 2.22 µs | +1.26 µs | 0.30 |
-//! | tokentrace `ServerLayer` | 2.44 µs | +1.47 µs | 0.355 |
-//! | `OtelAxumLayer` | 5.03 µs | +4.15 µs | 1 |
-//! | `TraceLayer` + tracing-opentelemetry | 7.54 µs | +6.57 µs | 1.58 |
+//! | bare axum `Router` | 0.92 µs | — | — |
+//! | `sdk_span_only` (reference: one SDK span, same attributes, nothing else) | 1.76 µs | +0.84 µs | 0.19 |
+//! | `context_only` (reference: the `Context` work the layer must do, static values) | 2.25 µs | +1.32 µs | 0.31 |
+//! | `context_and_body` (reference: `context_only`, span ended with the body) | 2.23 µs | +1.33 µs | 0.31 |
+//! | tokentrace `ServerLayer` | 2.40 µs | +1.48 µs | 0.34 |
+//! | `OtelAxumLayer` | 5.20 µs | +4.32 µs | 1 |
+//! | `TraceLayer` + tracing-opentelemetry | 7.55 µs | +6.65 µs | 1.54 |
 //!
-//! Ours is 0.22× `TraceLayer`'s. Ten runs of this code that night: ours 0.36, 0.41, 0.39, 0.40,
-//! 0.38, 0.39, 0.34, 0.39, 0.40 and 0.36× `OtelAxumLayer`'s (+1.47 to +1.68 µs, against
-//! +1.6 to +2.0 µs in the runs of the evening before); `context_only` 0.30–0.35×. Back to back
-//! with the code before that change (own target directory), three rounds: ours +1.58, +1.56,
-//! +1.60 µs then, +1.47, +1.55, +1.61 µs now — within this machine's run-to-run noise.
-//! `OtelAxumLayer` moves from +4.0 to +4.4 µs between runs and between builds of the same code.
+//! Ours is 0.22× `TraceLayer`'s. Twenty runs of this code that night: ours 0.36, 0.41, 0.39,
+//! 0.40, 0.38, 0.39, 0.34, 0.39, 0.40, 0.36, 0.38, 0.38, 0.40, 0.38, 0.39, 0.37, 0.37, 0.38,
+//! 0.36 and 0.34× `OtelAxumLayer`'s (+1.47 to +1.68 µs; +1.6 to +2.0 µs in the runs of the
+//! evening before, with two more `Context` clones per request); `context_only` 0.30–0.35×;
+//! `context_and_body` (the last five runs) 0.31–0.34×, ours 1.09–1.17× its overhead.
+//! `OtelAxumLayer` moves from +3.9 to +4.4 µs between runs and between builds of the same code.
 //!
-//! What the two reference rows say: the SDK's span alone is over half of ours; the `Context`
-//! work (ids and span in a `Context`, the `Context` in the extensions and attached while the
-//! handler runs) brings a layer with no other work to 0.30–0.36×. The rest of ours is doing the
-//! job for real: the request ids as per-request strings rather than constants (two allocations
-//! that the exporter's thread touches), the span ended with the response body rather than its
-//! head (in axum a wrapped body is boxed again by the `Router`: one allocation, and a dynamic
-//! call per frame), and attribute values read from each request (route, host, port).
+//! What the reference rows say: the SDK's span alone is over half of ours. The `Context` work
+//! the issue requires (ids and span in a `Context`, the `Context` in the extensions and attached
+//! while the handler and the body run, the span ended with the body — in axum a wrapped body is
+//! boxed again by the `Router`) brings a layer with static attribute values to 0.30–0.35×.
+//! What ours adds on top (0.1–0.25 µs) is doing the job for real: the request ids as
+//! per-request strings (two allocations the exporter's thread touches; about 0.06 µs in a
+//! separate measurement) and attribute values read from each request (route, host, port).
 //!
 //! Where the time goes (`perf record -e cpu-clock --call-graph dwarf`, this request in a loop,
 //! same build): within the layer's own work the largest single item is glibc's arena lock. The
@@ -43,8 +44,9 @@
 //! to the request thread (`retained`).
 //!
 //! A second machine (16-vCPU Intel Xeon VM, the GPU host of this project's device checks; this
-//! bench's binary before the `context_only` row was added): 0.26, 0.31 and 0.37× `OtelAxumLayer`'s, 0.11, 0.18 and 0.23× `TraceLayer`'s in three
-//! runs (its confidence intervals were ±5–10%).
+//! bench's binary before the reference rows were added, an earlier session): 0.26, 0.31 and
+//! 0.37× `OtelAxumLayer`'s, 0.11, 0.18 and 0.23× `TraceLayer`'s in three runs (its confidence
+//! intervals were ±5–10%).
 
 use std::hint::black_box;
 
@@ -63,7 +65,7 @@ mod support;
 
 const GROUP: &str = "server_layer";
 
-/// The two reference rows: layers that do a known part of `ServerLayer`'s work and nothing else.
+/// The reference rows: layers that do a known part of `ServerLayer`'s work and nothing else.
 ///
 /// - `sdk_span_only`: the least a server layer built on the OpenTelemetry SDK can do — one SDK
 ///   span with the same attribute set as tokentrace's (static values: nothing copied), started
@@ -75,6 +77,10 @@ const GROUP: &str = "server_layer";
 ///   `Context`. Like `sdk_span_only` it reads no attribute from the request, keeps no string and
 ///   ends the span with the response head (no body wrapper): the least a layer using the
 ///   `Context` API this way can cost.
+/// - `context_and_body` ([`reference::BodyEndLayer`]): `context_only` with the span's lifetime
+///   the issue asks for — ended when the response body ends or is dropped, the `Context`
+///   attached while the body is polled. The least a layer meeting the issue with static
+///   attribute values can cost; what tokentrace costs beyond it is reading real values.
 mod reference {
     use std::future::Future;
     use std::pin::Pin;
@@ -122,27 +128,7 @@ mod reference {
         }
 
         fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-            let parent = RemoteContext::extract(request.headers())
-                .map(|remote| remote.to_context())
-                .unwrap_or_default();
-            let mut attributes = Vec::with_capacity(10);
-            attributes.extend([
-                KeyValue::new("http.request.method", "POST"),
-                KeyValue::new("url.path", "/v1/completions"),
-                KeyValue::new("url.scheme", "http"),
-                KeyValue::new("network.protocol.version", "1.1"),
-                KeyValue::new("http.route", "/v1/completions"),
-                KeyValue::new("server.address", "frontend"),
-                KeyValue::new("server.port", 8000_i64),
-                KeyValue::new("x_request_id", "bench-request-1"),
-                KeyValue::new("request_id", "9b2f6a4e-3c1d-4e8f-a5b7-0c6d2e1f3a4b"),
-            ]);
-            let span = self
-                .tracer
-                .span_builder("http-request")
-                .with_kind(SpanKind::Server)
-                .with_attributes(attributes)
-                .start_with_context(&self.tracer, &parent);
+            let (parent, span) = start_span(&self.tracer, &request);
             match self.kind {
                 Kind::SdkSpanOnly => ReferenceFuture {
                     inner: self.inner.call(request),
@@ -151,10 +137,7 @@ mod reference {
                     echo: None,
                 },
                 Kind::ContextOnly => {
-                    let ids = RequestIds::extract(request.headers());
-                    let echo = ids.x_request_id.header_value().clone();
-                    let cx = parent.with_value(ids).with_span(span);
-                    request.extensions_mut().insert(cx.clone());
+                    let (cx, echo) = request_context(&mut request, parent, span);
                     let inner = {
                         let _attached = cx.clone().attach();
                         self.inner.call(request)
@@ -162,6 +145,164 @@ mod reference {
                     ReferenceFuture { inner, span: None, cx: Some(cx), echo: Some(echo) }
                 }
             }
+        }
+    }
+
+    /// The remote parent, and one SDK span under it with the attribute set of tokentrace's
+    /// (static values: nothing copied).
+    fn start_span<B>(tracer: &SdkTracer, request: &http::Request<B>) -> (Context, Span) {
+        let parent =
+            RemoteContext::extract(request.headers()).map(|remote| remote.to_context()).unwrap_or_default();
+        let mut attributes = Vec::with_capacity(10);
+        attributes.extend([
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("url.path", "/v1/completions"),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("network.protocol.version", "1.1"),
+            KeyValue::new("http.route", "/v1/completions"),
+            KeyValue::new("server.address", "frontend"),
+            KeyValue::new("server.port", 8000_i64),
+            KeyValue::new("x_request_id", "bench-request-1"),
+            KeyValue::new("request_id", "9b2f6a4e-3c1d-4e8f-a5b7-0c6d2e1f3a4b"),
+        ]);
+        let span = tracer
+            .span_builder("http-request")
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        (parent, span)
+    }
+
+    /// The request ids derived, ids and span in a `Context`, that `Context` in the request's
+    /// extensions; the `x-request-id` to echo.
+    fn request_context<B>(
+        request: &mut http::Request<B>,
+        parent: Context,
+        span: Span,
+    ) -> (Context, http::HeaderValue) {
+        let ids = RequestIds::extract(request.headers());
+        let echo = ids.x_request_id.header_value().clone();
+        let cx = parent.with_value(ids).with_span(span);
+        request.extensions_mut().insert(cx.clone());
+        (cx, echo)
+    }
+
+    /// `context_and_body`: `context_only`, with the span ended when the response body ends
+    /// (or is dropped) instead of at the response head, and the `Context` attached while the body
+    /// is polled — what the issue asks of the span's lifetime. In axum the wrapped body is
+    /// boxed again by the `Router`, as tokentrace's is.
+    #[derive(Clone)]
+    pub struct BodyEndLayer(pub SdkTracer);
+
+    impl<S> tower::Layer<S> for BodyEndLayer {
+        type Service = BodyEndService<S>;
+        fn layer(&self, inner: S) -> BodyEndService<S> {
+            BodyEndService { inner, tracer: self.0.clone() }
+        }
+    }
+
+    #[derive(Clone)]
+    pub struct BodyEndService<S> {
+        inner: S,
+        tracer: SdkTracer,
+    }
+
+    impl<S, B, R> tower::Service<http::Request<B>> for BodyEndService<S>
+    where
+        S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    {
+        type Response = http::Response<BodyEnd<R>>;
+        type Error = S::Error;
+        type Future = BodyEndFuture<S::Future>;
+
+        fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
+            self.inner.poll_ready(cx)
+        }
+
+        fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+            let (parent, span) = start_span(&self.tracer, &request);
+            let (cx, echo) = request_context(&mut request, parent, span);
+            let inner = {
+                let _attached = cx.clone().attach();
+                self.inner.call(request)
+            };
+            BodyEndFuture { inner, cx: Some(cx), echo: Some(echo) }
+        }
+    }
+
+    pin_project! {
+        pub struct BodyEndFuture<F> {
+            #[pin]
+            inner: F,
+            cx: Option<Context>,
+            echo: Option<http::HeaderValue>,
+        }
+    }
+
+    impl<F: Future<Output = Result<http::Response<R>, E>>, R, E> Future for BodyEndFuture<F> {
+        type Output = Result<http::Response<BodyEnd<R>>, E>;
+
+        fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
+            let this = self.project();
+            let result = {
+                let _attached = this.cx.as_ref().map(|cx| cx.clone().attach());
+                ready!(this.inner.poll(task))
+            };
+            let cx = this.cx.take();
+            Poll::Ready(result.map(|mut response| {
+                if let Some(cx) = &cx {
+                    cx.span().set_attribute(KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(response.status().as_u16()),
+                    ));
+                }
+                if let Some(echo) = this.echo.take() {
+                    response.headers_mut().insert("x-request-id", echo);
+                }
+                response.map(|inner| BodyEnd { inner, cx })
+            }))
+        }
+    }
+
+    pin_project! {
+        pub struct BodyEnd<B> {
+            #[pin]
+            inner: B,
+            cx: Option<Context>,
+        }
+
+        impl<B> PinnedDrop for BodyEnd<B> {
+            fn drop(this: Pin<&mut Self>) {
+                if let Some(cx) = this.project().cx.take() {
+                    cx.span().end();
+                }
+            }
+        }
+    }
+
+    impl<B: http_body::Body> http_body::Body for BodyEnd<B> {
+        type Data = B::Data;
+        type Error = B::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            task: &mut TaskContext<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+            let mut this = self.project();
+            let frame = {
+                let _attached = this.cx.as_ref().map(|cx| cx.clone().attach());
+                ready!(this.inner.as_mut().poll_frame(task))
+            };
+            if frame.is_none() || this.inner.is_end_stream() {
+                if let Some(cx) = this.cx.take() {
+                    cx.span().end();
+                }
+            }
+            Poll::Ready(frame)
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.inner.is_end_stream()
         }
     }
 
@@ -219,7 +360,7 @@ fn request() -> http::Request<Body> {
 
 fn bench(c: &mut Criterion, provider: &SdkTracerProvider) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let variants: [(&str, Router); 6] = [
+    let variants: [(&str, Router); 7] = [
         ("bare", app()),
         (
             "sdk_span_only",
@@ -229,6 +370,7 @@ fn bench(c: &mut Criterion, provider: &SdkTracerProvider) {
             "context_only",
             app().layer(reference::Layer(provider.tracer("context"), reference::Kind::ContextOnly)),
         ),
+        ("context_and_body", app().layer(reference::BodyEndLayer(provider.tracer("context_body")))),
         (
             "tokentrace",
             app().layer(tokentrace::http::ServerLayer::with_tracer(provider.tracer("tokentrace"))),
@@ -274,5 +416,7 @@ fn main() {
     support::print_overhead_ratio(GROUP, "bare", "sdk_span_only", "tokentrace");
     support::print_overhead_ratio(GROUP, "bare", "context_only", "otel_axum_layer");
     support::print_overhead_ratio(GROUP, "bare", "tokentrace", "context_only");
+    support::print_overhead_ratio(GROUP, "bare", "context_and_body", "otel_axum_layer");
+    support::print_overhead_ratio(GROUP, "bare", "tokentrace", "context_and_body");
     let _ = provider.shutdown();
 }
