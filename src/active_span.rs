@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use opentelemetry::trace::{Status, TraceContextExt};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, ContextGuard, KeyValue};
 
 /// Attribute set on spans whose work was abandoned before its end (client gone, stream dropped).
 pub(crate) const CANCELLED: &str = "cancelled";
@@ -42,6 +42,12 @@ impl ActiveSpan {
     /// The context the work runs in; still valid after the span ends.
     pub(crate) fn context(&self) -> &Context {
         &self.cx
+    }
+
+    /// Attaches the context (a clone of it) to this thread until the guard drops: for the work
+    /// polled in the request's name.
+    pub(crate) fn attach(&self) -> ContextGuard {
+        self.cx.clone().attach()
     }
 
     /// Whether the span is this holder's and still open.

@@ -66,10 +66,7 @@ where
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let attached = match this.span {
-            Some(span) if *this.attach => Some(span.context().clone().attach()),
-            _ => None,
-        };
+        let attached = this.span.as_ref().filter(|_| *this.attach).map(ActiveSpan::attach);
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         let ended = match &frame {
             None | Some(Err(_)) => true,

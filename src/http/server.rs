@@ -343,7 +343,7 @@ where
         // extension insert costs an allocation.
         request.extensions_mut().insert(scope.context().clone());
         let inner = {
-            let _attached = scope.context().clone().attach();
+            let _attached = scope.attach();
             self.inner.call(request)
         };
         ResponseFuture { inner, scope: Some(scope), x_request_id }
@@ -383,7 +383,7 @@ where
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let _attached = this.scope.as_ref().map(|scope| scope.context().clone().attach());
+            let _attached = this.scope.as_ref().map(ActiveSpan::attach);
             ready!(this.inner.poll(task))
         };
         // Untraced, `scope` holds only the context: recording on it does nothing.

@@ -270,12 +270,12 @@ where
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
         retained::record_request_ids(&mut span, &ids, true);
-        let cx = parent.with_span(span);
+        let scope = ActiveSpan::new(parent.with_span(span));
         let inner = {
-            let _attached = cx.clone().attach();
+            let _attached = scope.attach();
             self.inner.call(request)
         };
-        CallFuture { inner, span: Some(ActiveSpan::new(cx)), attach: true }
+        CallFuture { inner, span: Some(scope), attach: true }
     }
 }
 
@@ -314,10 +314,7 @@ where
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let _attached = match this.span {
-                Some(span) if *this.attach => Some(span.context().clone().attach()),
-                _ => None,
-            };
+            let _attached = this.span.as_ref().filter(|_| *this.attach).map(ActiveSpan::attach);
             ready!(this.inner.poll(task))
         };
         let Some(mut span) = this.span.take() else {

@@ -63,7 +63,7 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = self.project();
-        let _attached = this.attach.then(|| this.span.context().clone().attach());
+        let _attached = this.attach.then(|| this.span.attach());
         let item = ready!(this.inner.poll_next(cx));
         match &item {
             Some(Ok(_)) => *this.items += 1,
