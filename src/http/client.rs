@@ -150,10 +150,7 @@ where
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(&*self.tracer, &parent);
-        let ids = match RequestIds::from_context(&parent) {
-            Some(ids) => ids.clone(),
-            None => RequestIds::extract(request.headers()),
-        };
+        let ids = RequestIds::for_outbound(&parent, request.headers());
         crate::retained::record_request_ids(&mut span, &ids, false);
         let cx = parent.with_span(span);
 

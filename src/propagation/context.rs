@@ -236,6 +236,15 @@ impl RequestIds {
         carrier.set_ascii(REQUEST_ID, &self.request_id.to_bytes());
     }
 
+    /// The ids an outbound call carries: those of `cx` (stored by a server layer), else the ones
+    /// already on the outbound request `carrier`, each generated where absent or invalid.
+    pub(crate) fn for_outbound<C: Carrier + ?Sized>(cx: &Context, carrier: &C) -> Self {
+        match Self::from_context(cx) {
+            Some(ids) => ids.clone(),
+            None => Self::extract(carrier),
+        }
+    }
+
     /// The ids stored in `cx` by a server layer, if any.
     pub fn from_context(cx: &Context) -> Option<&Self> {
         cx.get::<Self>()

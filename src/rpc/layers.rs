@@ -210,10 +210,7 @@ where
         if let Some(id) = self.layer.instance_id {
             attributes.push(KeyValue::new(INSTANCE_ID, id));
         }
-        let ids = match RequestIds::from_context(&parent) {
-            Some(ids) => ids.clone(),
-            None => RequestIds::extract(&request.metadata),
-        };
+        let ids = RequestIds::for_outbound(&parent, &request.metadata);
         let tracer = &*self.layer.tracer;
         let mut span = tracer
             .span_builder(interned::ENDPOINTS.name(request.endpoint()))
