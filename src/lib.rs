@@ -69,3 +69,6 @@ mod retained;
 pub mod rpc;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+mod tracer;
+
+pub use tracer::{DefaultSpan, DefaultTracer};

@@ -321,6 +321,29 @@ fn scenario_child() {
             assert!(matches!(tokentrace::telemetry::init("again"), Err(TelemetryError::AlreadyInitialized)));
             drop(guard);
         }
+        "default-layers" => {
+            use tokentrace::DefaultTracer;
+            use tower::ServiceExt;
+
+            assert!(!DefaultTracer::new().is_direct(), "nothing installed yet: the global tracer");
+            let guard = tokentrace::telemetry::init("dynamo-frontend").expect("init");
+            assert!(DefaultTracer::new().is_direct(), "the provider init installed, used directly");
+            let app = axum::Router::new()
+                .route("/v1/models", get(|| async { "[]" }))
+                .layer(tokentrace::http::ServerLayer::default());
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let request = http::Request::get("/v1/models")
+                    .header("x-request-id", "scenario-7")
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let response = app.oneshot(request).await.unwrap();
+                assert_eq!(response.headers()["x-request-id"], "scenario-7");
+                response.into_body().collect().await.unwrap();
+            });
+            drop(guard); // flushes to the collector
+            assert!(!DefaultTracer::new().is_direct(), "shut down: not used any more");
+        }
         "bad-env" => match tokentrace::telemetry::init("svc") {
             Err(error) => eprintln!("init refused: {error}"),
             Ok(_) => panic!("a bad sampler was accepted"),
@@ -344,6 +367,34 @@ fn init_installs_jsonl_logs_with_trace_ids_in_a_fresh_process() {
     assert_eq!(ours["user_input"], "\"}\n{\"x\":1}");
     assert_eq!(ours["trace_id"].as_str().unwrap().len(), 32);
     assert_eq!(ours["level"], "INFO");
+}
+
+/// What most programs do — `init`, then layers built with `default()` — exports the layers'
+/// spans through the provider `init` installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_built_after_init_export_through_its_provider() {
+    let receiver = otlp::grpc().await;
+    let endpoint = receiver.endpoint();
+    tokio::task::spawn_blocking(move || {
+        run_scenario(
+            "default-layers",
+            &[
+                ("OTEL_EXPORT_ENABLED", "true"),
+                ("OTEL_EXPORT_LOGS_ENABLED", "false"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let received = receiver.received.clone();
+    received.wait_for("the server span", |r| !r.spans().is_empty()).await;
+    let spans = received.spans();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].service, "dynamo-frontend");
+    assert_eq!(spans[0].span.name, "http-request");
+    assert_eq!(otlp::string_value(&spans[0].span.attributes, "x_request_id").as_deref(), Some("scenario-7"));
+    receiver.stop().await;
 }
 
 #[test]

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
 
 use http::{Request, Response};
-use opentelemetry::global::{self, BoxedTracer};
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
@@ -18,6 +17,7 @@ use super::body::TracedBody;
 use super::semconv;
 use crate::active_span::ActiveSpan;
 use crate::propagation::{inject_context, RequestIds};
+use crate::DefaultTracer;
 
 /// Traces outbound HTTP calls (wrap a `hyper_util` client, or any
 /// `tower::Service<http::Request<B>>`).
@@ -39,13 +39,13 @@ use crate::propagation::{inject_context, RequestIds};
 /// let client = ServiceBuilder::new().layer(ClientLayer::default()).service(hyper_client);
 /// # let _ = client;
 /// ```
-pub struct ClientLayer<T = BoxedTracer> {
+pub struct ClientLayer<T = DefaultTracer> {
     tracer: Arc<T>,
 }
 
-impl Default for ClientLayer<BoxedTracer> {
+impl Default for ClientLayer<DefaultTracer> {
     fn default() -> Self {
-        Self::with_tracer(global::tracer("tokentrace"))
+        Self::with_tracer(DefaultTracer::new())
     }
 }
 
@@ -96,7 +96,7 @@ impl<S, T> Layer<S> for ClientLayer<T> {
 /// }));
 /// # let _ = service;
 /// ```
-pub struct ClientService<S, T = BoxedTracer> {
+pub struct ClientService<S, T = DefaultTracer> {
     inner: S,
     tracer: Arc<T>,
 }

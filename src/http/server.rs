@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response};
-use opentelemetry::global::{self, BoxedTracer};
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, Value};
 use pin_project_lite::pin_project;
@@ -22,6 +21,7 @@ use crate::interned;
 use crate::propagation::carrier::InboundHeaders;
 use crate::propagation::{names, RemoteContext, RequestIds};
 use crate::retained;
+use crate::DefaultTracer;
 
 /// Span name used by NVIDIA Dynamo's frontend, kept so its dashboards and queries match.
 pub const DYNAMO_SPAN_NAME: &str = "http-request";
@@ -62,8 +62,8 @@ type Filter = Arc<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
 ///   [`rpc::ClientLayer`](crate::rpc::ClientLayer)) join the trace;
 /// - ends the span when the response **body** ends, fails or is dropped (`cancelled=true`).
 ///
-/// The tracer is taken when the layer is built: build it after installing your tracer
-/// provider (or pass one with [`ServerLayer::with_tracer`]).
+/// The tracer is taken when the layer is built ([`DefaultTracer`]): build it after installing
+/// your tracer provider (or pass one with [`ServerLayer::with_tracer`]).
 ///
 /// Cost (`cargo bench --bench layers`, 2-core Xeon): 1.5–1.7 µs per sampled request over a
 /// bare axum `Router`, over half of it the OpenTelemetry SDK's own span. Routes, route-shaped
@@ -80,16 +80,16 @@ type Filter = Arc<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
 ///     .layer(ServerLayer::default().filter(|_, uri| uri.path() != "/health"));
 /// # let _ = app;
 /// ```
-pub struct ServerLayer<T = BoxedTracer> {
+pub struct ServerLayer<T = DefaultTracer> {
     tracer: Arc<T>,
     filter: Option<Filter>,
     public_endpoint: bool,
     span_name: SpanNameStyle,
 }
 
-impl Default for ServerLayer<BoxedTracer> {
+impl Default for ServerLayer<DefaultTracer> {
     fn default() -> Self {
-        Self::with_tracer(global::tracer("tokentrace"))
+        Self::with_tracer(DefaultTracer::new())
     }
 }
 
@@ -284,7 +284,7 @@ impl<S, T> Layer<S> for ServerLayer<T> {
 /// }));
 /// # let _ = service;
 /// ```
-pub struct ServerService<S, T = BoxedTracer> {
+pub struct ServerService<S, T = DefaultTracer> {
     inner: S,
     layer: ServerLayer<T>,
 }

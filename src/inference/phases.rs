@@ -3,11 +3,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use opentelemetry::global::{self, BoxedTracer};
 use opentelemetry::trace::{Link, SpanContext, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 
 use crate::active_span::ActiveSpan;
+use crate::DefaultTracer;
 
 pub(crate) const INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
 const KV_BYTES: &str = "kv.bytes";
@@ -31,13 +31,13 @@ const KV_DESTINATION: &str = "kv.destination";
 /// let decode = phases.decode(Some(prefill_span)); // disaggregated: links to the prefill span
 /// decode.end();
 /// ```
-pub struct InferenceTracer<T = BoxedTracer> {
+pub struct InferenceTracer<T = DefaultTracer> {
     tracer: Arc<T>,
 }
 
-impl Default for InferenceTracer<BoxedTracer> {
+impl Default for InferenceTracer<DefaultTracer> {
     fn default() -> Self {
-        Self::with_tracer(global::tracer("tokentrace"))
+        Self::with_tracer(DefaultTracer::new())
     }
 }
 

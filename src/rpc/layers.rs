@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry::global::{self, BoxedTracer};
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, Value};
 use pin_project_lite::pin_project;
@@ -20,7 +19,7 @@ use super::request::Request;
 use super::stream::{TracedStream, OUTCOME};
 use crate::active_span::ActiveSpan;
 use crate::propagation::{inject_context, Carrier, RemoteContext, RequestIds};
-use crate::{interned, retained};
+use crate::{interned, retained, DefaultTracer};
 
 /// Metadata entry carrying the client's send time (nanoseconds since the Unix epoch), from
 /// which the server derives the network transit time.
@@ -74,7 +73,7 @@ pub struct RpcLayer<T, Side> {
 /// let layer = ClientLayer::default().server_address("10.0.0.7:9000").instance_id(7);
 /// # let _ = layer;
 /// ```
-pub type ClientLayer<T = BoxedTracer> = RpcLayer<T, Outbound>;
+pub type ClientLayer<T = DefaultTracer> = RpcLayer<T, Outbound>;
 
 /// Traces a worker's handler: extracts the caller's context from the metadata and opens the
 /// `handle_payload` SERVER span (`component`, `endpoint`, `instance_id`, `x_request_id`,
@@ -86,11 +85,11 @@ pub type ClientLayer<T = BoxedTracer> = RpcLayer<T, Outbound>;
 /// let layer = ServerLayer::default().component("backend").instance_id(1);
 /// # let _ = layer;
 /// ```
-pub type ServerLayer<T = BoxedTracer> = RpcLayer<T, Inbound>;
+pub type ServerLayer<T = DefaultTracer> = RpcLayer<T, Inbound>;
 
-impl<Side> Default for RpcLayer<BoxedTracer, Side> {
+impl<Side> Default for RpcLayer<DefaultTracer, Side> {
     fn default() -> Self {
-        Self::with_tracer(global::tracer("tokentrace"))
+        Self::with_tracer(DefaultTracer::new())
     }
 }
 
@@ -172,10 +171,10 @@ pub struct RpcService<S, T, Side> {
 }
 
 /// The service [`ClientLayer`] produces.
-pub type ClientService<S, T = BoxedTracer> = RpcService<S, T, Outbound>;
+pub type ClientService<S, T = DefaultTracer> = RpcService<S, T, Outbound>;
 
 /// The service [`ServerLayer`] produces.
-pub type ServerService<S, T = BoxedTracer> = RpcService<S, T, Inbound>;
+pub type ServerService<S, T = DefaultTracer> = RpcService<S, T, Inbound>;
 
 impl<S: Clone, T, Side> Clone for RpcService<S, T, Side> {
     fn clone(&self) -> Self {
