@@ -95,6 +95,18 @@ impl From<ConfigError> for TelemetryError {
 /// Reads the environment and installs everything globally: the tracer provider, the strict
 /// W3C propagator, and the `tracing` subscriber (human-readable or JSON Lines on stderr, plus
 /// OTLP logs). `default_service_name` names this component unless `OTEL_SERVICE_NAME` is set.
+///
+/// Layers built with `default()` after this call use the provider it installed (see
+/// [`DefaultTracer`](crate::DefaultTracer)).
+///
+/// ```
+/// // No OTEL_* variables here: logs on stderr, nothing exported.
+/// let guard = tokentrace::telemetry::init("dynamo-worker")?;
+/// assert!(tokentrace::DefaultTracer::new().is_direct());
+/// tracing::info!("ready");
+/// drop(guard); // flushes and shuts down, within a bounded time
+/// # Ok::<(), tokentrace::telemetry::TelemetryError>(())
+/// ```
 pub fn init(default_service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
     Telemetry::build(TelemetryConfig::from_env(default_service_name)?)?.install()
 }
@@ -138,7 +150,17 @@ fn sampler(config: &SamplerConfig) -> Sampler {
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Telemetry {
-    /// Builds providers and exporters (nothing global is touched).
+    /// Builds providers and exporters (nothing global is touched). Fails if the export
+    /// runtime cannot start or an exporter cannot be built from the configuration.
+    ///
+    /// ```
+    /// use tokentrace::telemetry::{Telemetry, TelemetryConfig};
+    ///
+    /// let config = TelemetryConfig::from_vars("worker", [("OTEL_TRACES_SAMPLER", "always_off")])?;
+    /// let telemetry = Telemetry::build(config)?;
+    /// assert_eq!(telemetry.config().service_name, "worker");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn build(config: TelemetryConfig) -> Result<Self, TelemetryError> {
         let mut resource = Resource::builder_empty().with_service_name(config.service_name.clone());
         for (key, value) in &config.resource_attributes {
@@ -200,16 +222,40 @@ impl Telemetry {
     }
 
     /// The configuration this was built from.
+    ///
+    /// ```
+    /// # use tokentrace::telemetry::{Telemetry, TelemetryConfig};
+    /// let telemetry = Telemetry::build(TelemetryConfig::from_vars("svc", [("DYN_LOG", "debug")])?)?;
+    /// assert_eq!(telemetry.config().log_filter, "debug");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn config(&self) -> &TelemetryConfig {
         &self.config
     }
 
     /// The tracer provider (hand its tracers to the layers' `with_tracer`).
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// # use tokentrace::telemetry::{Telemetry, TelemetryConfig};
+    /// let telemetry = Telemetry::build(TelemetryConfig::from_vars("svc", Vec::<(String, String)>::new())?)?;
+    /// let layer = tokentrace::rpc::ServerLayer::with_tracer(telemetry.tracer_provider().tracer("worker"));
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn tracer_provider(&self) -> &SdkTracerProvider {
         &self.tracer_provider
     }
 
     /// A tracer named `name`.
+    ///
+    /// ```
+    /// # use tokentrace::telemetry::{Telemetry, TelemetryConfig};
+    /// let telemetry = Telemetry::build(TelemetryConfig::from_vars("svc", Vec::<(String, String)>::new())?)?;
+    /// let layer = tokentrace::http::ServerLayer::with_tracer(telemetry.tracer("frontend"));
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn tracer(&self, name: &'static str) -> SdkTracer {
         self.tracer_provider.tracer(name)
     }
@@ -217,6 +263,14 @@ impl Telemetry {
     /// The `tracing` subscriber: `DYN_LOG` filter; JSON Lines or human-readable lines on
     /// stderr; OTLP logs when enabled (without the exporter's own transport crates, which
     /// would otherwise log about their own exports).
+    ///
+    /// ```
+    /// # use tokentrace::telemetry::{Telemetry, TelemetryConfig};
+    /// let telemetry = Telemetry::build(TelemetryConfig::from_vars("svc", [("DYN_LOGGING_JSONL", "1")])?)?;
+    /// // A JSON line on stderr, for this closure only.
+    /// tracing::subscriber::with_default(telemetry.subscriber(), || tracing::warn!(queue = 3, "slow"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn subscriber(&self) -> impl Subscriber + Send + Sync + 'static {
         // Validated when the configuration was read.
         let filter = Targets::from_str(&self.config.log_filter)
@@ -245,7 +299,17 @@ impl Telemetry {
             .with(readable.with_filter(filter))
     }
 
-    /// Installs the tracer provider, the strict propagator and the subscriber globally.
+    /// Installs the tracer provider, the strict propagator and the subscriber globally, once
+    /// per process ([`TelemetryError::AlreadyInitialized`] after that).
+    ///
+    /// ```
+    /// # use tokentrace::telemetry::{Telemetry, TelemetryConfig, TelemetryError};
+    /// let config = TelemetryConfig::from_vars("svc", Vec::<(String, String)>::new())?;
+    /// let guard = Telemetry::build(config.clone())?.install()?;
+    /// assert!(matches!(Telemetry::build(config)?.install(), Err(TelemetryError::AlreadyInitialized)));
+    /// drop(guard);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn install(self) -> Result<TelemetryGuard, TelemetryError> {
         tracing::subscriber::set_global_default(self.subscriber())
             .map_err(|_| TelemetryError::AlreadyInitialized)?;
@@ -257,6 +321,15 @@ impl Telemetry {
     }
 
     /// Flushes and shuts down, within a bounded time; returns what was lost.
+    ///
+    /// ```
+    /// use opentelemetry::trace::{Span, Tracer};
+    /// # use tokentrace::telemetry::{Telemetry, TelemetryConfig};
+    /// let telemetry = Telemetry::build(TelemetryConfig::from_vars("svc", Vec::<(String, String)>::new())?)?;
+    /// telemetry.tracer("job").start("step").end();
+    /// assert_eq!(telemetry.shutdown().spans, 0); // nothing exported, nothing lost
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(mut self) -> Lost {
         self.shutdown_inner()
     }
@@ -273,7 +346,14 @@ impl Telemetry {
         self.losses()
     }
 
-    /// What never reached the collector so far.
+    /// What never reached the collector so far (see [`Lost`]).
+    ///
+    /// ```
+    /// # use tokentrace::telemetry::{Telemetry, TelemetryConfig};
+    /// let telemetry = Telemetry::build(TelemetryConfig::from_vars("svc", Vec::<(String, String)>::new())?)?;
+    /// assert_eq!(telemetry.losses().logs, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn losses(&self) -> Lost {
         Lost {
             spans: self.span_losses.as_ref().map_or(0, |l| l.total()),
@@ -322,6 +402,12 @@ impl fmt::Debug for TelemetryGuard {
 
 impl TelemetryGuard {
     /// What never reached the collector so far.
+    ///
+    /// ```
+    /// let guard = tokentrace::telemetry::init("svc")?;
+    /// assert_eq!(guard.losses(), tokentrace::telemetry::Lost::default());
+    /// # Ok::<(), tokentrace::telemetry::TelemetryError>(())
+    /// ```
     pub fn losses(&self) -> Lost {
         self.telemetry.as_ref().map(Telemetry::losses).unwrap_or_default()
     }
