@@ -7,24 +7,26 @@
 //! Run: `cargo bench --bench layers`
 //!
 //! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0,
-//! 2026-11-27, night):
+//! 2026-11-28):
 //!
 //! | variant | time per request | overhead over bare | overhead ÷ `OtelAxumLayer`'s |
 //! |---|---:|---:|---:|
-//! | bare axum `Router` | 0.92 µs | — | — |
-//! | `sdk_span_only` (reference: one SDK span, same attributes, nothing else) | 1.76 µs | +0.84 µs | 0.19 |
-//! | `context_only` (reference: the `Context` work the layer must do, static values) | 2.25 µs | +1.32 µs | 0.31 |
-//! | `context_and_body` (reference: `context_only`, span ended with the body) | 2.23 µs | +1.33 µs | 0.31 |
-//! | tokentrace `ServerLayer` | 2.40 µs | +1.48 µs | 0.34 |
-//! | `OtelAxumLayer` | 5.20 µs | +4.32 µs | 1 |
-//! | `TraceLayer` + tracing-opentelemetry | 7.55 µs | +6.65 µs | 1.54 |
+//! | bare axum `Router` | 0.94 µs | — | — |
+//! | `sdk_span_only` (reference: one SDK span, same attributes, nothing else) | 1.80 µs | +0.85 µs | 0.19 |
+//! | `context_only` (reference: the `Context` work the layer must do, static values) | 2.28 µs | +1.33 µs | 0.30 |
+//! | `context_and_body` (reference: `context_only`, span ended with the body) | 2.30 µs | +1.38 µs | 0.31 |
+//! | tokentrace `ServerLayer` (an SDK tracer, as after `telemetry::init`) | 2.44 µs | +1.49 µs | 0.33 |
+//! | tokentrace `ServerLayer` through the global `BoxedTracer` | 2.64 µs | +1.69 µs | 0.38 |
+//! | `OtelAxumLayer` | 5.37 µs | +4.47 µs | 1 |
+//! | `TraceLayer` + tracing-opentelemetry | 7.85 µs | +6.94 µs | 1.55 |
 //!
-//! Ours is 0.22× `TraceLayer`'s. Twenty runs of this code that night: ours 0.36, 0.41, 0.39,
-//! 0.40, 0.38, 0.39, 0.34, 0.39, 0.40, 0.36, 0.38, 0.38, 0.40, 0.38, 0.39, 0.37, 0.37, 0.38,
-//! 0.36 and 0.34× `OtelAxumLayer`'s (+1.47 to +1.68 µs; +1.6 to +2.0 µs in the runs of the
-//! evening before, with two more `Context` clones per request); `context_only` 0.30–0.35×;
-//! `context_and_body` (the last five runs) 0.31–0.34×, ours 1.09–1.17× its overhead.
-//! `OtelAxumLayer` moves from +3.9 to +4.4 µs between runs and between builds of the same code.
+//! Ours is 0.22× `TraceLayer`'s. Five runs on 2026-11-28: ours 0.35, 0.38, 0.36, 0.36 and
+//! 0.33× `OtelAxumLayer`'s (+1.47 to +1.58 µs), 0.22–0.24× `TraceLayer`'s; `context_only`
+//! 0.30–0.35×, `context_and_body` 0.29–0.37×, ours 1.04–1.22× the latter. Through the global
+//! `BoxedTracer` (`ServerLayer::default()` in a program that installed its provider itself, not
+//! with `telemetry::init`) ours costs 1.01–1.13× as much. Twenty runs the night before: ours
+//! 0.34–0.41×. `OtelAxumLayer` moves from +3.9 to +4.5 µs between runs and between builds of
+//! the same code.
 //!
 //! What the reference rows say: the SDK's span alone is over half of ours. The `Context` work
 //! the issue requires (ids and span in a `Context`, the `Context` in the extensions and attached
