@@ -99,8 +99,7 @@ impl From<ConfigError> for TelemetryError {
 /// Layers built with `default()` after this call use the provider it installed (see
 /// [`DefaultTracer`](crate::DefaultTracer)).
 ///
-/// ```
-/// // No OTEL_* variables here: logs on stderr, nothing exported.
+/// ```no_run
 /// let guard = tokentrace::telemetry::init("dynamo-worker")?;
 /// assert!(tokentrace::DefaultTracer::new().is_direct());
 /// tracing::info!("ready");
@@ -404,9 +403,12 @@ impl TelemetryGuard {
     /// What never reached the collector so far.
     ///
     /// ```
-    /// let guard = tokentrace::telemetry::init("svc")?;
-    /// assert_eq!(guard.losses(), tokentrace::telemetry::Lost::default());
-    /// # Ok::<(), tokentrace::telemetry::TelemetryError>(())
+    /// use tokentrace::telemetry::{Lost, Telemetry, TelemetryConfig};
+    ///
+    /// let config = TelemetryConfig::from_vars("svc", Vec::<(String, String)>::new())?;
+    /// let guard = Telemetry::build(config)?.install()?;
+    /// assert_eq!(guard.losses(), Lost::default());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn losses(&self) -> Lost {
         self.telemetry.as_ref().map(Telemetry::losses).unwrap_or_default()
