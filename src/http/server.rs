@@ -347,7 +347,7 @@ where
             let _attached = scope.attach();
             self.inner.call(request)
         };
-        ResponseFuture { inner, scope: Some(scope), x_request_id }
+        ResponseFuture { inner, scope: Some(scope), x_request_id: Some(x_request_id) }
     }
 }
 
@@ -363,7 +363,8 @@ pin_project! {
         // The request's context, attached while `inner` runs, and its span (if traced); taken
         // by the response body.
         scope: Option<ActiveSpan>,
-        x_request_id: HeaderValue,
+        // Echoed on the response: taken, not cloned, when the response is ready.
+        x_request_id: Option<HeaderValue>,
     }
 }
 
@@ -394,10 +395,11 @@ where
                 let status = response.status();
                 // Server spans mark 5xx as errors; 4xx are the caller's problem.
                 semconv::record_status(scope.as_ref(), status, status.is_server_error());
-                response.headers_mut().insert(
-                    const { HeaderName::from_static(names::X_REQUEST_ID) },
-                    this.x_request_id.clone(),
-                );
+                if let Some(x_request_id) = this.x_request_id.take() {
+                    response
+                        .headers_mut()
+                        .insert(const { HeaderName::from_static(names::X_REQUEST_ID) }, x_request_id);
+                }
                 Ok(response.map(|body| TracedBody::new(body, scope, true)))
             }
             Err(error) => {
