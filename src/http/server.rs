@@ -67,9 +67,9 @@ type Filter = Arc<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
 ///
 /// Cost (`cargo bench --bench layers`, 2-core Xeon): about 1.5 µs per sampled request over a
 /// bare axum `Router` (1.5–1.7 µs through the global `BoxedTracer`), over half of it the
-/// OpenTelemetry SDK's own span. Routes, route-shaped
-/// paths and host names are recorded from bounded per-process tables (1024 routes and 64 hosts,
-/// 256 bytes each) rather than copied per request; values beyond those are copied.
+/// OpenTelemetry SDK's own span. Routes, route-shaped paths and host names are recorded from
+/// bounded per-process tables (1024 routes and 64 hosts, 256 bytes each) rather than copied per
+/// request; values beyond those are copied.
 ///
 /// ```
 /// use axum::{routing::get, Router};
