@@ -20,15 +20,17 @@ use opentelemetry::{Context, KeyValue};
 /// The instrumentation scope of every span tokentrace starts with its default tracer.
 const SCOPE: &str = "tokentrace";
 
+/// The provider [`Telemetry::install`](crate::telemetry::Telemetry::install) made global, while
+/// its guard lives: default tracers use it directly.
 #[cfg(feature = "telemetry")]
-mod installed {
+pub(crate) mod installed {
     use std::sync::{PoisonError, RwLock};
 
     use opentelemetry_sdk::trace::SdkTracerProvider;
 
-    /// The provider `Telemetry::install` made global, while its guard lives.
     static PROVIDER: RwLock<Option<SdkTracerProvider>> = RwLock::new(None);
 
+    /// Records `provider` as installed (`None` once its guard shuts it down).
     pub(crate) fn set(provider: Option<SdkTracerProvider>) {
         *PROVIDER.write().unwrap_or_else(PoisonError::into_inner) = provider;
     }
@@ -36,13 +38,6 @@ mod installed {
     pub(crate) fn get() -> Option<SdkTracerProvider> {
         PROVIDER.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
-}
-
-/// Records `provider` as the one [`Telemetry::install`](crate::telemetry::Telemetry::install)
-/// made global (`None` when its guard shuts it down), so default tracers use it directly.
-#[cfg(feature = "telemetry")]
-pub(crate) fn set_installed(provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>) {
-    installed::set(provider);
 }
 
 /// The tracer the layers use unless given one (`ServerLayer::default()` and the like): the
@@ -269,9 +264,9 @@ mod tests {
     fn the_installed_provider_is_used_while_it_is_installed() {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-        set_installed(Some(provider));
+        installed::set(Some(provider));
         let tracer = DefaultTracer::new();
-        set_installed(None);
+        installed::set(None);
         assert!(tracer.is_direct());
         assert!(!DefaultTracer::new().is_direct(), "after the guard, the global tracer again");
         tracer.start("direct").end();

@@ -315,7 +315,7 @@ impl Telemetry {
         opentelemetry::global::set_text_map_propagator(crate::propagation::StrictPropagator::new());
         opentelemetry::global::set_tracer_provider(self.tracer_provider.clone());
         // The same provider, known by its type: default tracers skip the global `BoxedTracer`.
-        crate::tracer::set_installed(Some(self.tracer_provider.clone()));
+        crate::tracer::installed::set(Some(self.tracer_provider.clone()));
         Ok(TelemetryGuard { telemetry: Some(self) })
     }
 
@@ -418,7 +418,7 @@ impl TelemetryGuard {
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(mut telemetry) = self.telemetry.take() {
-            crate::tracer::set_installed(None);
+            crate::tracer::installed::set(None);
             let lost = telemetry.shutdown_inner();
             if lost.spans > 0 || lost.logs > 0 {
                 eprintln!(
