@@ -17,10 +17,10 @@
 //! "Before": the same bench on the queue whose export thread waited on the item channel itself,
 //! so every span pushed after it went idle had to wake it, on the request's thread (a system call
 //! and, on this VM, an inter-processor interrupt). Now the export thread waits on a control
-//! channel, woken once per full batch of 512, by a flush, or by its one-second schedule. Four
-//! runs: ours 0.89–0.97× the SDK's speed at 20 µs, 0.94–0.98× at 100 µs (its exporter sends
+//! channel, woken once per full batch of 512, by a flush, or by its one-second schedule. Five
+//! runs: ours 0.89–0.97× the SDK's speed at 20 µs, 0.93–0.98× at 100 µs (its exporter sends
 //! real OTLP on the same two cores; the SDK's discards). At 20 µs apart (50 000 spans/s, the
-//! receiver in this process) 0, 63, 172 and 89 of about 180 000 spans were lost and counted
+//! receiver in this process) 0, 63, 172, 89 and 30 of about 180 000 spans were lost and counted
 //! (the bounded queue full, or an export failed: the count does not say which); the run of the
 //! old queue lost none — its producer, slowed by the wake-ups, sent fewer spans per second.
 
@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use opentelemetry::trace::{Span, Tracer, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tokentrace::telemetry::{Telemetry, TelemetryConfig};
 
 mod support;
 
@@ -75,15 +74,7 @@ fn main() {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let receiver = runtime.block_on(receiver::grpc());
-    let config = TelemetryConfig::from_vars(
-        "bench",
-        [
-            ("OTEL_EXPORT_ENABLED", "true".to_owned()),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint()),
-        ],
-    )
-    .unwrap();
-    let telemetry = Telemetry::build(config).unwrap();
+    let telemetry = support::exporting_traces_to(receiver.endpoint());
     let sdk = SdkTracerProvider::builder().with_batch_exporter(support::DiscardExporter).build();
 
     let mut c = Criterion::default()

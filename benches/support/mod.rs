@@ -100,3 +100,12 @@ pub fn install_tracing_opentelemetry(provider: &opentelemetry_sdk::trace::SdkTra
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("tracing-opentelemetry")));
     tracing::subscriber::set_global_default(subscriber).expect("no other subscriber in a bench");
 }
+
+/// Telemetry that exports traces over OTLP/gRPC to `endpoint` (logs stay local), as
+/// `telemetry::init` would with those two variables set.
+#[cfg(feature = "telemetry")]
+pub fn exporting_traces_to(endpoint: String) -> tokentrace::telemetry::Telemetry {
+    use tokentrace::telemetry::{Telemetry, TelemetryConfig};
+    let vars = [("OTEL_EXPORT_ENABLED", "true".to_owned()), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)];
+    Telemetry::build(TelemetryConfig::from_vars("bench", vars).unwrap()).unwrap()
+}
