@@ -103,22 +103,20 @@ impl<T: Send + 'static> ExportQueue<T> {
     }
 
     /// Queues `item`, or counts it lost when the queue is full. Never blocks, and wakes the
-    /// export thread only when this item completes a batch.
+    /// export thread only when this item completes a batch (or finds the queue full).
     pub(crate) fn push(&self, item: T) {
-        match self.items.try_send(item) {
-            Ok(()) => {
-                let queued = self.shared.queued.fetch_add(1, Ordering::Relaxed) + 1;
-                if queued >= MAX_BATCH
-                    && !self.shared.wake_pending.load(Ordering::Relaxed)
-                    && !self.shared.wake_pending.swap(true, Ordering::Relaxed)
-                {
-                    // Full control channel: wake-ups are already pending.
-                    let _ = self.control.try_send(Control::BatchReady);
-                }
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.losses.queue_full.fetch_add(1, Ordering::Relaxed);
-            }
+        // Counted before it is visible, so the export thread never takes more than is counted.
+        let queued = self.shared.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.items.try_send(item).is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.losses.queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+        if queued >= MAX_BATCH
+            && !self.shared.wake_pending.load(Ordering::Relaxed)
+            && !self.shared.wake_pending.swap(true, Ordering::Relaxed)
+        {
+            // Full control channel: wake-ups are already pending.
+            let _ = self.control.try_send(Control::BatchReady);
         }
     }
 
