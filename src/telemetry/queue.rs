@@ -112,8 +112,8 @@ impl<T: Send + 'static> ExportQueue<T> {
             self.losses.queue_full.fetch_add(1, Ordering::Relaxed);
         }
         if queued >= MAX_BATCH
-            && !self.shared.wake_pending.load(Ordering::Relaxed)
-            && !self.shared.wake_pending.swap(true, Ordering::Relaxed)
+            && !self.shared.wake_pending.load(Ordering::SeqCst)
+            && !self.shared.wake_pending.swap(true, Ordering::SeqCst)
         {
             // Full control channel: wake-ups are already pending.
             let _ = self.control.try_send(Control::BatchReady);
@@ -197,8 +197,10 @@ where
 
     /// Exports everything in the channel, in batches of at most [`MAX_BATCH`].
     fn export_queued(&mut self) {
-        // Before taking items: a batch completed while these are exported wakes it again.
-        self.shared.wake_pending.store(false, Ordering::Relaxed);
+        // Before taking items: a batch completed while these are exported wakes it again. Should a
+        // push race this and see the old flag, its wake-up is lost but its items are not: the
+        // schedule takes them within a second.
+        self.shared.wake_pending.store(false, Ordering::SeqCst);
         loop {
             let mut batch =
                 Vec::with_capacity(self.shared.queued.load(Ordering::Relaxed).clamp(1, MAX_BATCH));
