@@ -17,10 +17,10 @@
 //! "Before": the same bench on the queue whose export thread waited on the item channel itself,
 //! so every span pushed after it went idle had to wake it, on the request's thread (a system call
 //! and, on this VM, an inter-processor interrupt). Now the export thread waits on a control
-//! channel, woken once per full batch of 512, by a flush, or by its one-second schedule. Five
-//! runs: ours 0.89–0.97× the SDK's speed at 20 µs, 0.93–0.98× at 100 µs (its exporter sends
+//! channel, woken once per full batch of 512, by a flush, or by its one-second schedule. Six
+//! runs: ours 0.89–0.99× the SDK's speed at 20 µs, 0.93–0.98× at 100 µs (its exporter sends
 //! real OTLP on the same two cores; the SDK's discards). At 20 µs apart (50 000 spans/s, the
-//! receiver in this process) 0, 63, 172, 89 and 30 of about 180 000 spans were lost and counted
+//! receiver in this process) 0, 63, 172, 89, 30 and 27 of about 180 000 spans were lost and counted
 //! (the bounded queue full, or an export failed: the count does not say which); the run of the
 //! old queue lost none — its producer, slowed by the wake-ups, sent fewer spans per second.
 
