@@ -5,9 +5,8 @@
 //! given), so each request would pay an extra allocation and two dynamic calls per span
 //! operation. Measured on the HTTP server layer (`cargo bench --bench layers`, row
 //! `tokentrace_global_tracer`, 2-core Xeon, eleven runs): +0.02 to +0.20 µs per request over the
-//! same layer with a concrete SDK tracer. When
-//! tokentrace's own telemetry set up the process, the provider it installed is known here, and
-//! the layers use its tracer directly.
+//! same layer with a concrete SDK tracer. When tokentrace's own telemetry set up the process, the
+//! provider it installed is known here, and the layers use its tracer directly.
 
 use std::borrow::Cow;
 use std::fmt;
