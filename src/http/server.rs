@@ -24,6 +24,15 @@ use crate::retained;
 use crate::DefaultTracer;
 
 /// Span name used by NVIDIA Dynamo's frontend, kept so its dashboards and queries match.
+///
+/// ```
+/// use tokentrace::http::{ServerLayer, SpanNameStyle, DYNAMO_SPAN_NAME};
+///
+/// // The default style names every server span so:
+/// let layer = ServerLayer::default().span_name(SpanNameStyle::Dynamo);
+/// assert_eq!(DYNAMO_SPAN_NAME, "http-request");
+/// # let _ = layer;
+/// ```
 pub const DYNAMO_SPAN_NAME: &str = "http-request";
 
 /// How the server span is named.
@@ -172,6 +181,17 @@ where
     }
 
     /// How spans are named (default: `http-request`, as Dynamo).
+    ///
+    /// ```
+    /// use axum::{routing::post, Router};
+    /// use tokentrace::http::{ServerLayer, SpanNameStyle};
+    ///
+    /// // Spans named `POST /v1/chat/completions` (the route, not the path, so names stay few).
+    /// let app: Router = Router::new()
+    ///     .route("/v1/chat/completions", post(|| async { "{}" }))
+    ///     .layer(ServerLayer::default().span_name(SpanNameStyle::MethodAndRoute));
+    /// # let _ = app;
+    /// ```
     pub fn span_name(mut self, style: SpanNameStyle) -> Self {
         self.span_name = style;
         self
@@ -357,6 +377,20 @@ pin_project! {
     ///
     /// If it is dropped before the response is ready (the client went away), the span ends
     /// as `cancelled`.
+    ///
+    /// ```
+    /// use tokentrace::http::{ResponseFuture, ServerLayer};
+    /// use tower::{Layer, Service};
+    ///
+    /// let mut service = ServerLayer::default().layer(tower::service_fn(|_: http::Request<String>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+    /// }));
+    /// let future: ResponseFuture<_> = service.call(http::Request::new(String::new()));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let response = future.await.unwrap();
+    /// assert!(response.headers().contains_key("x-request-id")); // echoed, generated here
+    /// # });
+    /// ```
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,

@@ -18,18 +18,65 @@ use std::time::Instant;
 /// ```
 pub trait Clock {
     /// The current reading, in ticks. Called once per stream item: it must be cheap.
+    ///
+    /// A clock of your own, here counting microseconds since it was made:
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use tokentrace::inference::{Anchor, Clock};
+    ///
+    /// struct Micros(Instant);
+    /// impl Clock for Micros {
+    ///     fn ticks(&self) -> u64 { self.0.elapsed().as_micros() as u64 }
+    ///     fn nanos_per_tick(&self, _start: &Anchor) -> f64 { 1_000.0 }
+    /// }
+    /// let clock = Micros(Instant::now());
+    /// let before = clock.ticks();
+    /// std::thread::sleep(std::time::Duration::from_millis(2));
+    /// assert!(clock.ticks() - before >= 2_000);
+    /// ```
     fn ticks(&self) -> u64;
 
     /// A reading paired with the wall clock, taken at the start of a stream.
+    ///
+    /// ```
+    /// use tokentrace::inference::{Clock, ManualClock};
+    ///
+    /// let clock = ManualClock::new();
+    /// clock.advance_ns(7);
+    /// let anchor = clock.anchor();
+    /// assert_eq!(anchor.ticks, 7);
+    /// assert!(anchor.instant.elapsed().as_secs() < 1);
+    /// ```
     fn anchor(&self) -> Anchor {
         Anchor { ticks: self.ticks(), instant: Instant::now() }
     }
 
     /// Nanoseconds per tick, measured from `start` to now. Called once per stream.
+    ///
+    /// ```
+    /// use tokentrace::inference::{Clock, CpuClock};
+    ///
+    /// let clock = CpuClock::default();
+    /// let start = clock.anchor();
+    /// std::thread::sleep(std::time::Duration::from_millis(5));
+    /// let rate = clock.nanos_per_tick(&start);
+    /// assert!(rate > 0.0 && rate.is_finite());
+    /// ```
     fn nanos_per_tick(&self, start: &Anchor) -> f64;
 }
 
 /// A clock reading together with the `Instant` it was taken at.
+///
+/// ```
+/// use tokentrace::inference::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new();
+/// let start = clock.anchor();
+/// clock.advance_ns(2_000);
+/// let elapsed_ns = (clock.ticks() - start.ticks) as f64 * clock.nanos_per_tick(&start);
+/// assert_eq!(elapsed_ns, 2_000.0);
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Anchor {
     /// The clock's reading.
@@ -115,11 +162,27 @@ pub struct ManualClock {
 
 impl ManualClock {
     /// A clock at tick 0.
+    ///
+    /// ```
+    /// use tokentrace::inference::{Clock, ManualClock};
+    /// assert_eq!(ManualClock::new().ticks(), 0);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Moves the clock forward.
+    ///
+    /// Clones share one time, so a test can keep one and hand the other to a stream:
+    ///
+    /// ```
+    /// use tokentrace::inference::{Clock, ManualClock};
+    ///
+    /// let clock = ManualClock::new();
+    /// let given_away = clock.clone();
+    /// clock.advance_ns(1_500_000);
+    /// assert_eq!(given_away.ticks(), 1_500_000);
+    /// ```
     pub fn advance_ns(&self, nanos: u64) {
         self.now.fetch_add(nanos, Ordering::SeqCst);
     }

@@ -59,6 +59,18 @@ where
     T::Span: Send + Sync + 'static,
 {
     /// Phases traced with `tracer`.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    /// use tokentrace::inference::InferenceTracer;
+    ///
+    /// let exporter = InMemorySpanExporter::default();
+    /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// phases.queue().end();
+    /// assert_eq!(exporter.get_finished_spans().unwrap()[0].name, "queue");
+    /// ```
     pub fn with_tracer(tracer: T) -> Self {
         Self { tracer: Arc::new(tracer) }
     }
@@ -75,16 +87,59 @@ where
     }
 
     /// Waiting for a slot in the engine.
+    ///
+    /// ```
+    /// use tokentrace::inference::InferenceTracer;
+    ///
+    /// let phases = InferenceTracer::default();
+    /// let queued = phases.queue();
+    /// // ... wait for a batch slot ...
+    /// queued.end();
+    /// ```
     pub fn queue(&self) -> Phase {
         self.start("queue", Vec::new(), Vec::new())
     }
 
     /// The prefill of `input_tokens` prompt tokens.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    /// use tokentrace::inference::InferenceTracer;
+    ///
+    /// let exporter = InMemorySpanExporter::default();
+    /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// phases.prefill(512).end();
+    /// let span = &exporter.get_finished_spans().unwrap()[0];
+    /// assert_eq!(span.name, "prefill");
+    /// let tokens = span.attributes.iter().find(|kv| kv.key.as_str() == "gen_ai.usage.input_tokens");
+    /// assert_eq!(tokens.map(|kv| kv.value.as_str()).as_deref(), Some("512"));
+    /// ```
     pub fn prefill(&self, input_tokens: u64) -> Phase {
         self.start("prefill", vec![KeyValue::new(INPUT_TOKENS, input_tokens as i64)], Vec::new())
     }
 
     /// Moving `bytes` of KV cache from `source` to `destination` (disaggregated serving).
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    /// use tokentrace::inference::InferenceTracer;
+    ///
+    /// let exporter = InMemorySpanExporter::default();
+    /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// let transfer = phases.kv_transfer(64 << 20, "prefill-0", "decode-3");
+    /// // ... move the KV blocks ...
+    /// transfer.end();
+    /// let span = &exporter.get_finished_spans().unwrap()[0];
+    /// let value = |key: &str| {
+    ///     span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.as_str().into_owned())
+    /// };
+    /// assert_eq!(value("kv.bytes").as_deref(), Some("67108864"));
+    /// assert_eq!(value("kv.destination").as_deref(), Some("decode-3"));
+    /// ```
     pub fn kv_transfer(&self, bytes: u64, source: &str, destination: &str) -> Phase {
         self.start(
             "kv_transfer",
@@ -100,6 +155,23 @@ where
     /// The decode; in disaggregated serving pass the prefill span it continues, which the
     /// decode span links to. Hand it to [`TokenStream`](super::TokenStream) through
     /// [`StatsTarget::Phase`](super::StatsTarget::Phase) to record the stream's statistics on it.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    /// use tokentrace::inference::InferenceTracer;
+    ///
+    /// let exporter = InMemorySpanExporter::default();
+    /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// // The prefill ran on another worker; its span context came with the request.
+    /// let prefill = phases.prefill(16);
+    /// let prefill_span = prefill.span_context();
+    /// prefill.end();
+    /// phases.decode(Some(prefill_span.clone())).end();
+    /// let spans = exporter.get_finished_spans().unwrap();
+    /// assert_eq!(spans[1].links.links[0].span_context, prefill_span);
+    /// ```
     pub fn decode(&self, prefill: Option<SpanContext>) -> Phase {
         let links = prefill.filter(SpanContext::is_valid).map(Link::with_context).into_iter().collect();
         self.start("decode", Vec::new(), links)
@@ -128,16 +200,61 @@ pub struct Phase {
 impl Phase {
     /// The context holding this span: attach it (or use it as a parent) for work inside the
     /// phase.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TraceContextExt;
+    /// use opentelemetry::Context;
+    /// use tokentrace::inference::InferenceTracer;
+    ///
+    /// let phases = InferenceTracer::default();
+    /// let prefill = phases.prefill(16);
+    /// {
+    ///     let _attached = prefill.context().clone().attach();
+    ///     // Spans and log lines from here on are inside the prefill.
+    ///     assert_eq!(Context::current().span().span_context(), &prefill.span_context());
+    /// }
+    /// prefill.end();
+    /// ```
     pub fn context(&self) -> &Context {
         self.span.context()
     }
 
     /// This span's identity, for links (the decode span links to the prefill span).
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::SdkTracerProvider;
+    /// use tokentrace::inference::InferenceTracer;
+    ///
+    /// let provider = SdkTracerProvider::builder().build();
+    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// let prefill = phases.prefill(16);
+    /// let id = prefill.span_context();
+    /// assert!(id.is_valid() && id.is_sampled());
+    /// prefill.end();
+    /// ```
     pub fn span_context(&self) -> SpanContext {
         self.span.context().span().span_context().clone()
     }
 
     /// Adds an attribute.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    /// use tokentrace::inference::InferenceTracer;
+    ///
+    /// let exporter = InMemorySpanExporter::default();
+    /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// use opentelemetry::KeyValue;
+    ///
+    /// let prefill = phases.prefill(16);
+    /// prefill.set_attribute(KeyValue::new("prefix_cache_hit_tokens", 12));
+    /// prefill.end();
+    /// let span = &exporter.get_finished_spans().unwrap()[0];
+    /// assert!(span.attributes.iter().any(|kv| kv.key.as_str() == "prefix_cache_hit_tokens"));
+    /// ```
     pub fn set_attribute(&self, attribute: KeyValue) {
         self.span.set_attribute(attribute);
     }
@@ -147,11 +264,43 @@ impl Phase {
     }
 
     /// Ends the phase.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    /// use tokentrace::inference::InferenceTracer;
+    ///
+    /// let exporter = InMemorySpanExporter::default();
+    /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// phases.queue().end();
+    /// drop(phases.prefill(16)); // not ended: recorded as cancelled
+    /// let spans = exporter.get_finished_spans().unwrap();
+    /// let cancelled = |i: usize| spans[i].attributes.iter().any(|kv| kv.key.as_str() == "cancelled");
+    /// assert!(!cancelled(0) && cancelled(1));
+    /// ```
     pub fn end(mut self) {
         self.span.end();
     }
 
     /// Ends the phase as failed.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    /// use tokentrace::inference::InferenceTracer;
+    ///
+    /// let exporter = InMemorySpanExporter::default();
+    /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// use opentelemetry::trace::Status;
+    ///
+    /// phases.prefill(16).fail("out_of_memory", "KV cache exhausted");
+    /// let span = &exporter.get_finished_spans().unwrap()[0];
+    /// assert_eq!(span.status, Status::error("KV cache exhausted"));
+    /// let error_type = span.attributes.iter().find(|kv| kv.key.as_str() == "error.type");
+    /// assert_eq!(error_type.map(|kv| kv.value.as_str()).as_deref(), Some("out_of_memory"));
+    /// ```
     pub fn fail(mut self, error_type: &'static str, description: impl Into<std::borrow::Cow<'static, str>>) {
         self.span.fail(error_type, description);
     }

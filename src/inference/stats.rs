@@ -30,6 +30,12 @@ pub enum FinishReason {
 
 impl FinishReason {
     /// The conventional name.
+    ///
+    /// ```
+    /// use tokentrace::inference::FinishReason;
+    /// assert_eq!(FinishReason::ToolCalls.as_str(), "tool_calls");
+    /// assert_eq!(FinishReason::Length.as_str(), "length");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Stop => "stop",
@@ -56,9 +62,34 @@ impl FinishReason {
 /// ```
 pub trait TokenChunk {
     /// Tokens in this chunk (a chunk may carry several).
+    ///
+    /// ```
+    /// use tokentrace::inference::TokenChunk;
+    ///
+    /// // A chunk of detokenised text that knows how many tokens it came from.
+    /// struct Delta { text: String, tokens: u32 }
+    /// impl TokenChunk for Delta { fn token_count(&self) -> u32 { self.tokens } }
+    ///
+    /// let chunk = Delta { text: "Hello,".into(), tokens: 2 };
+    /// assert_eq!(chunk.token_count(), 2);
+    /// # let _ = chunk.text;
+    /// ```
     fn token_count(&self) -> u32;
 
     /// Why generation stopped, when this chunk is the last.
+    ///
+    /// ```
+    /// use tokentrace::inference::{FinishReason, TokenChunk};
+    ///
+    /// struct Last { hit_limit: bool }
+    /// impl TokenChunk for Last {
+    ///     fn token_count(&self) -> u32 { 1 }
+    ///     fn finish_reason(&self) -> Option<FinishReason> {
+    ///         Some(if self.hit_limit { FinishReason::Length } else { FinishReason::Stop })
+    ///     }
+    /// }
+    /// assert_eq!(Last { hit_limit: true }.finish_reason(), Some(FinishReason::Length));
+    /// ```
     fn finish_reason(&self) -> Option<FinishReason> {
         None
     }

@@ -42,6 +42,21 @@ pub enum StatsTarget {
 
 impl StatsTarget {
     /// The span of the current context (for example the HTTP server span in a handler).
+    ///
+    /// ```
+    /// use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
+    /// use opentelemetry::Context;
+    /// use opentelemetry_sdk::trace::SdkTracerProvider;
+    /// use tokentrace::inference::StatsTarget;
+    ///
+    /// let provider = SdkTracerProvider::builder().build();
+    /// let span = provider.tracer("frontend").start("http-request");
+    /// let _attached = Context::current_with_span(span).attach();
+    /// match StatsTarget::current_span() {
+    ///     StatsTarget::Span(cx) => assert!(cx.span().span_context().is_valid()),
+    ///     _ => unreachable!(),
+    /// }
+    /// ```
     pub fn current_span() -> Self {
         Self::Span(Context::current())
     }
@@ -64,23 +79,65 @@ pub struct StreamOptions {
 
 impl StreamOptions {
     /// No model, no input count, TTFT from the stream's start, no token events.
+    ///
+    /// ```
+    /// use tokentrace::inference::StreamOptions;
+    /// let options = StreamOptions::new();
+    /// # let _ = options;
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// `gen_ai.request.model`.
+    ///
+    /// One shared string for every stream of the model, rather than a copy per request:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tokentrace::inference::StreamOptions;
+    ///
+    /// let model: Arc<str> = Arc::from("llama-3-8b-instruct");
+    /// let options = StreamOptions::new().model(Arc::clone(&model));
+    /// # let _ = options;
+    /// ```
     pub fn model(mut self, model: impl Into<Arc<str>>) -> Self {
         self.model = Some(model.into());
         self
     }
 
     /// `gen_ai.usage.input_tokens`.
+    ///
+    /// ```
+    /// use tokentrace::inference::StreamOptions;
+    /// let prompt_tokens = [101_u32, 2023, 2003].len() as u64;
+    /// let options = StreamOptions::new().input_tokens(prompt_tokens);
+    /// # let _ = options;
+    /// ```
     pub fn input_tokens(mut self, tokens: u64) -> Self {
         self.input_tokens = Some(tokens);
         self
     }
 
     /// Measure TTFT from here (the request's arrival) rather than from the stream's start.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use futures_util::StreamExt;
+    /// use tokentrace::inference::{StatsTarget, StreamOptions, TokenChunk, TokenStream};
+    ///
+    /// struct Token;
+    /// impl TokenChunk for Token { fn token_count(&self) -> u32 { 1 } }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let arrived = Instant::now();
+    /// std::thread::sleep(Duration::from_millis(20)); // queueing, prefill ...
+    /// let options = StreamOptions::new().request_start(arrived);
+    /// let mut tokens = TokenStream::new(futures_util::stream::iter([Token]), StatsTarget::Detached, options);
+    /// tokens.next().await;
+    /// assert!(tokens.summary().ttft_ms.unwrap() >= 20.0); // counted from the arrival
+    /// # });
+    /// ```
     pub fn request_start(mut self, start: Instant) -> Self {
         self.request_start = Some(start);
         self
@@ -88,6 +145,13 @@ impl StreamOptions {
 
     /// Add a `token` span event for each of the first `count` chunks of a sampled request (off
     /// by default; each event costs an allocation, so keep `count` small).
+    ///
+    /// ```
+    /// use tokentrace::inference::StreamOptions;
+    /// // Enough to see the first tokens arrive in a trace view, bounded per request.
+    /// let options = StreamOptions::new().token_events(4);
+    /// # let _ = options;
+    /// ```
     pub fn token_events(mut self, count: u32) -> Self {
         self.token_events = count;
         self
@@ -151,6 +215,20 @@ pin_project! {
 
 impl<S> TokenStream<S, CpuClock> {
     /// Wraps `stream`, timing with the CPU clock.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use tokentrace::inference::{StatsTarget, StreamOptions, TokenChunk, TokenStream};
+    ///
+    /// struct Token;
+    /// impl TokenChunk for Token { fn token_count(&self) -> u32 { 1 } }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let engine_output = futures_util::stream::iter([Token, Token, Token]);
+    /// let tokens = TokenStream::new(engine_output, StatsTarget::Detached, StreamOptions::new());
+    /// assert_eq!(tokens.count().await, 3); // the items pass through unchanged
+    /// # });
+    /// ```
     pub fn new(stream: S, target: StatsTarget, options: StreamOptions) -> Self {
         Self::with_clock(stream, target, options, CpuClock::default())
     }
@@ -158,6 +236,32 @@ impl<S> TokenStream<S, CpuClock> {
 
 impl<S, C: Clock> TokenStream<S, C> {
     /// Wraps `stream`, timing with `clock` (a [`ManualClock`](super::ManualClock) in tests).
+    ///
+    /// Scripted timings (one tick of a [`ManualClock`](super::ManualClock) is a nanosecond):
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use tokentrace::inference::{ManualClock, StatsTarget, StreamOptions, TokenChunk, TokenStream};
+    ///
+    /// struct Token;
+    /// impl TokenChunk for Token { fn token_count(&self) -> u32 { 1 } }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let clock = ManualClock::new();
+    /// let chunks = futures_util::stream::iter([Token, Token, Token]);
+    /// let options = StreamOptions::new();
+    /// let mut tokens = TokenStream::with_clock(chunks, StatsTarget::Detached, options, clock.clone());
+    /// clock.advance_ns(40_000_000);
+    /// tokens.next().await; // first token at 40 ms
+    /// for _ in 0..2 {
+    ///     clock.advance_ns(10_000_000);
+    ///     tokens.next().await; // then one every 10 ms
+    /// }
+    /// let summary = tokens.summary();
+    /// assert_eq!(summary.ttft_ms, Some(40.0));
+    /// assert_eq!(summary.avg_itl_ms, Some(10.0));
+    /// # });
+    /// ```
     pub fn with_clock(stream: S, target: StatsTarget, options: StreamOptions, clock: C) -> Self {
         let anchor: Anchor = clock.anchor();
         let events_left = match &target {
@@ -176,6 +280,25 @@ impl<S, C: Clock> TokenStream<S, C> {
     }
 
     /// The statistics so far (final once the stream has ended).
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use tokentrace::inference::{ManualClock, StatsTarget, StreamOptions, TokenChunk, TokenStream};
+    ///
+    /// struct Token;
+    /// impl TokenChunk for Token { fn token_count(&self) -> u32 { 1 } }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let clock = ManualClock::new();
+    /// let chunks = futures_util::stream::iter([Token, Token]);
+    /// let options = StreamOptions::new();
+    /// let mut tokens = TokenStream::with_clock(chunks, StatsTarget::Detached, options, clock.clone());
+    /// assert_eq!(tokens.summary().ttft_ms, None); // no token yet
+    /// clock.advance_ns(5_000_000);
+    /// tokens.next().await;
+    /// assert_eq!((tokens.summary().output_tokens, tokens.summary().ttft_ms), (1, Some(5.0)));
+    /// # });
+    /// ```
     pub fn summary(&self) -> TokenSummary {
         self.stats.summary_now(&self.clock, self.options.request_start)
     }

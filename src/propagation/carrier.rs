@@ -24,9 +24,27 @@ use super::traceparent::TraceParent;
 /// ```
 pub trait Carrier {
     /// Every value of `name`, in the order received.
+    ///
+    /// ```
+    /// use tokentrace::propagation::Carrier;
+    /// use tokentrace::rpc::Metadata;
+    ///
+    /// let metadata: Metadata =
+    ///     [("tracestate", "a=1"), ("x-request-id", "r"), ("Tracestate", "b=2")].into_iter().collect();
+    /// assert_eq!(metadata.get_all("tracestate").collect::<Vec<_>>(), [&b"a=1"[..], b"b=2"]);
+    /// ```
     fn get_all(&self, name: &'static str) -> impl Iterator<Item = &[u8]>;
 
     /// Sets `name` to the single value `value`, replacing any earlier values.
+    ///
+    /// ```
+    /// use tokentrace::propagation::Carrier;
+    /// use tokentrace::rpc::Metadata;
+    ///
+    /// let mut metadata: Metadata = [("x-request-id", "a"), ("x-request-id", "b")].into_iter().collect();
+    /// metadata.set("x-request-id", "c");
+    /// assert_eq!(metadata.values("x-request-id").collect::<Vec<_>>(), ["c"]);
+    /// ```
     fn set(&mut self, name: &'static str, value: &str);
 
     /// [`Carrier::set`] for a value tokentrace built as ASCII bytes (a `traceparent`, a
@@ -47,9 +65,31 @@ pub trait Carrier {
     }
 
     /// Removes every value of `name`.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tokentrace::propagation::Carrier;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.append("traceparent", "a".parse().unwrap());
+    /// headers.append("traceparent", "b".parse().unwrap());
+    /// headers.remove_all("traceparent");
+    /// assert!(headers.get("traceparent").is_none());
+    /// ```
     fn remove_all(&mut self, name: &'static str);
 
     /// The value of `name` when it appears exactly once; `None` when absent or repeated.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tokentrace::propagation::Carrier;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.append("x-request-id", "a".parse().unwrap());
+    /// assert_eq!(headers.get_single("x-request-id"), Some(&b"a"[..]));
+    /// headers.append("x-request-id", "b".parse().unwrap());
+    /// assert_eq!(headers.get_single("x-request-id"), None); // repeated: trust neither
+    /// ```
     fn get_single(&self, name: &'static str) -> Option<&[u8]> {
         let mut values = self.get_all(name);
         let first = values.next()?;

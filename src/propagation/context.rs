@@ -10,14 +10,44 @@ use super::traceparent::TraceParent;
 use crate::rate_limit::RateLimitedWarning;
 
 /// Header and metadata names, lowercase.
+///
+/// ```
+/// use tokentrace::propagation::names;
+/// use tokentrace::rpc::Metadata;
+///
+/// let metadata: Metadata = [(names::X_REQUEST_ID, "req-42")].into_iter().collect();
+/// assert_eq!(metadata.get(names::X_REQUEST_ID), Some("req-42"));
+/// ```
 pub mod names {
     /// W3C `traceparent`.
+    ///
+    /// ```
+    /// assert_eq!(tokentrace::propagation::names::TRACEPARENT, http::HeaderName::from_static("traceparent"));
+    /// ```
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C `tracestate`.
+    ///
+    /// ```
+    /// assert_eq!(tokentrace::propagation::names::TRACESTATE, "tracestate");
+    /// ```
     pub const TRACESTATE: &str = "tracestate";
     /// The request id operators search by.
+    ///
+    /// ```
+    /// use tokentrace::propagation::names::X_REQUEST_ID;
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert(X_REQUEST_ID, "req-42".parse().unwrap());
+    /// assert_eq!(headers["X-Request-Id"], "req-42");
+    /// ```
     pub const X_REQUEST_ID: &str = "x-request-id";
     /// A UUID request id.
+    ///
+    /// ```
+    /// use tokentrace::propagation::{names::REQUEST_ID, RequestIds};
+    /// let mut headers = http::HeaderMap::new();
+    /// RequestIds::generate().inject(&mut headers);
+    /// assert_eq!(headers[REQUEST_ID].len(), 36);
+    /// ```
     pub const REQUEST_ID: &str = "request-id";
 }
 use names::*;
@@ -49,6 +79,20 @@ impl RemoteContext {
     /// Reads `traceparent` and `tracestate`. `None` means "start a new trace": no
     /// `traceparent`, more than one, or an invalid one (and `tracestate` is then ignored too).
     /// An invalid `tracestate` alone is dropped and the trace continues.
+    ///
+    /// ```
+    /// use tokentrace::propagation::RemoteContext;
+    /// use tokentrace::rpc::Metadata;
+    ///
+    /// // Any carrier: here the worker RPC metadata.
+    /// let mut metadata = Metadata::new();
+    /// assert!(RemoteContext::extract(&metadata).is_none()); // nothing received: a new trace
+    /// metadata.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// metadata.insert("tracestate", "not a valid list ,,=");
+    /// let remote = RemoteContext::extract(&metadata).expect("valid traceparent");
+    /// assert!(remote.traceparent.is_sampled());
+    /// assert!(remote.tracestate.is_empty()); // the invalid tracestate alone is dropped
+    /// ```
     pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Option<Self> {
         Self::from_fields(carrier.trace_fields(), carrier)
     }
@@ -70,11 +114,40 @@ impl RemoteContext {
 
     /// The OpenTelemetry context with this remote span as parent (the full [`TraceState`] is
     /// kept in the context for tokentrace's own injection).
+    ///
+    /// ```
+    /// use opentelemetry::trace::TraceContextExt;
+    /// use tokentrace::propagation::RemoteContext;
+    ///
+    /// let remote: RemoteContext = RemoteContext {
+    ///     traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+    ///     tracestate: Default::default(),
+    /// };
+    /// let cx = remote.to_context();
+    /// let parent = cx.span().span_context().clone();
+    /// assert!(parent.is_remote() && parent.is_sampled());
+    /// assert_eq!(parent.span_id().to_string(), "00f067aa0ba902b7");
+    /// ```
     pub fn to_context(&self) -> Context {
         self.attach_to(&Context::new())
     }
 
     /// Like [`RemoteContext::to_context`], on top of `cx`.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TraceContextExt;
+    /// use opentelemetry::Context;
+    /// use tokentrace::propagation::{RemoteContext, RequestIds};
+    ///
+    /// let remote = RemoteContext {
+    ///     traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+    ///     tracestate: Default::default(),
+    /// };
+    /// let ids = RequestIds::generate();
+    /// let cx = remote.attach_to(&Context::new().with_value(ids.clone()));
+    /// assert!(cx.has_active_span());
+    /// assert_eq!(RequestIds::from_context(&cx), Some(&ids)); // what `cx` held is kept
+    /// ```
     pub fn attach_to(&self, cx: &Context) -> Context {
         let span_context = self.traceparent.to_span_context(&self.tracestate);
         let cx = cx.with_remote_span_context(span_context);
@@ -208,6 +281,18 @@ fn request_uuid(inbound: Seen<&[u8]>) -> RequestUuid {
 impl RequestIds {
     /// Reads both ids, generating each one that is absent, repeated or invalid. A refused
     /// `request-id` gives a rate-limited warning that never includes the refused value.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tokentrace::propagation::RequestIds;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("x-request-id", "has a space".parse().unwrap()); // refused: replaced
+    /// headers.insert("request-id", "123e4567-e89b-42d3-a456-426614174000".parse().unwrap());
+    /// let ids = RequestIds::extract(&headers);
+    /// assert!(ids.x_request_id.is_generated());
+    /// assert_eq!(ids.request_id.to_string(), "123e4567-e89b-42d3-a456-426614174000");
+    /// ```
     pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Self {
         Self {
             x_request_id: RequestId::from_inbound(carrier.get_single(X_REQUEST_ID)),
@@ -226,11 +311,31 @@ impl RequestIds {
     }
 
     /// Fresh ids, for a request that starts here.
+    ///
+    /// ```
+    /// use tokentrace::propagation::RequestIds;
+    ///
+    /// let (a, b) = (RequestIds::generate(), RequestIds::generate());
+    /// assert!(a.x_request_id.is_generated());
+    /// assert_ne!(a, b);
+    /// ```
     pub fn generate() -> Self {
         Self { x_request_id: RequestId::generate(), request_id: RequestUuid::new_v4() }
     }
 
     /// Sets `x-request-id` and `request-id`, replacing any present.
+    ///
+    /// ```
+    /// use tokentrace::propagation::RequestIds;
+    /// use tokentrace::rpc::Metadata;
+    ///
+    /// let mut metadata = Metadata::new();
+    /// metadata.insert("x-request-id", "stale");
+    /// let ids = RequestIds::generate();
+    /// ids.inject(&mut metadata);
+    /// assert_eq!(metadata.get("x-request-id"), Some(ids.x_request_id.as_str()));
+    /// assert_eq!(metadata.get("request-id"), Some(ids.request_id.to_string().as_str()));
+    /// ```
     pub fn inject<C: Carrier + ?Sized>(&self, carrier: &mut C) {
         carrier.set(X_REQUEST_ID, self.x_request_id.as_str());
         carrier.set_ascii(REQUEST_ID, &self.request_id.to_bytes());
@@ -246,6 +351,24 @@ impl RequestIds {
     }
 
     /// The ids stored in `cx` by a server layer, if any.
+    ///
+    /// In a handler behind [`ServerLayer`](crate::http::ServerLayer), `cx` is the
+    /// `Extension<opentelemetry::Context>` it stored:
+    ///
+    /// ```
+    /// use axum::{routing::get, Extension, Router};
+    /// use opentelemetry::Context;
+    /// use tokentrace::{http::ServerLayer, propagation::RequestIds};
+    ///
+    /// async fn handler(Extension(cx): Extension<Context>) -> String {
+    ///     let ids = RequestIds::from_context(&cx).expect("stored by the server layer");
+    ///     format!("request {}", ids.x_request_id)
+    /// }
+    ///
+    /// let app: Router = Router::new().route("/", get(handler)).layer(ServerLayer::default());
+    /// # let _ = app;
+    /// assert_eq!(RequestIds::from_context(&Context::new()), None);
+    /// ```
     pub fn from_context(cx: &Context) -> Option<&Self> {
         cx.get::<Self>()
     }

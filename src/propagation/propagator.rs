@@ -39,7 +39,16 @@ pub struct StrictPropagator {
 }
 
 impl StrictPropagator {
-    /// The propagator.
+    /// The propagator (it holds no state: a `const`, usable in statics).
+    ///
+    /// ```
+    /// use opentelemetry::propagation::TextMapPropagator;
+    /// use tokentrace::propagation::StrictPropagator;
+    ///
+    /// static PROPAGATOR: StrictPropagator = StrictPropagator::new();
+    /// let fields: Vec<&str> = PROPAGATOR.fields().collect();
+    /// assert!(fields.contains(&"traceparent") && fields.contains(&"tracestate"));
+    /// ```
     pub const fn new() -> Self {
         Self { _private: () }
     }

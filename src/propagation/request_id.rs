@@ -9,6 +9,13 @@ use super::hex;
 use crate::ids;
 
 /// Longest `x-request-id` we accept.
+///
+/// ```
+/// use tokentrace::propagation::{RequestId, RequestIdError, MAX_REQUEST_ID_LEN};
+///
+/// assert!(RequestId::parse(&[b'a'; MAX_REQUEST_ID_LEN]).is_ok());
+/// assert_eq!(RequestId::parse(&[b'a'; MAX_REQUEST_ID_LEN + 1]), Err(RequestIdError::Length));
+/// ```
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// A safe `x-request-id`: 1–128 characters from `[A-Za-z0-9._:@/+=-]`.
@@ -111,11 +118,28 @@ impl RequestId {
     }
 
     /// The inbound value when valid, else a generated one (absent, or refused).
+    ///
+    /// ```
+    /// use tokentrace::propagation::RequestId;
+    ///
+    /// assert_eq!(RequestId::from_inbound(Some(b"req-42")).as_str(), "req-42");
+    /// let replaced = RequestId::from_inbound(Some(b"<script>"));
+    /// assert!(replaced.is_generated() && replaced.as_str().len() == 36);
+    /// assert!(RequestId::from_inbound(None).is_generated());
+    /// ```
     pub fn from_inbound(value: Option<&[u8]>) -> Self {
         value.and_then(|v| Self::parse(v).ok()).unwrap_or_else(Self::generate)
     }
 
     /// A new random id, formatted as a UUID v4.
+    ///
+    /// ```
+    /// use tokentrace::propagation::{RequestId, RequestUuid};
+    ///
+    /// let id = RequestId::generate();
+    /// assert!(id.is_generated());
+    /// assert!(id.as_str().parse::<RequestUuid>().is_ok());
+    /// ```
     pub fn generate() -> Self {
         let text = RequestUuid::new_v4().to_bytes();
         Self {
@@ -125,6 +149,12 @@ impl RequestId {
     }
 
     /// The id (always safe to log and to send).
+    ///
+    /// ```
+    /// use tokentrace::propagation::RequestId;
+    /// let id: RequestId = "tenant-7/req-42".parse().unwrap();
+    /// assert_eq!(id.as_str(), "tenant-7/req-42");
+    /// ```
     pub fn as_str(&self) -> &str {
         // Only `[A-Za-z0-9._:@/+=-]` is ever stored; `from_utf8` checks ASCII a word at a time,
         // where `HeaderValue::to_str` checks byte by byte.
@@ -132,11 +162,27 @@ impl RequestId {
     }
 
     /// The id as a header value, for echoing without a copy.
+    ///
+    /// ```
+    /// use http::{HeaderMap, HeaderValue};
+    /// use tokentrace::propagation::RequestId;
+    ///
+    /// let id: RequestId = "req-42".parse().unwrap();
+    /// let mut response_headers = HeaderMap::new();
+    /// response_headers.insert("x-request-id", id.header_value().clone());
+    /// assert_eq!(response_headers["x-request-id"], HeaderValue::from_static("req-42"));
+    /// ```
     pub fn header_value(&self) -> &HeaderValue {
         &self.value
     }
 
     /// Whether this id was generated here rather than received.
+    ///
+    /// ```
+    /// use tokentrace::propagation::RequestId;
+    /// assert!(!"req-42".parse::<RequestId>().unwrap().is_generated());
+    /// assert!(RequestId::generate().is_generated());
+    /// ```
     pub fn is_generated(&self) -> bool {
         self.generated
     }
@@ -198,6 +244,15 @@ const UUID_GROUPS: [(usize, usize); 5] = [(0, 8), (9, 13), (14, 18), (19, 23), (
 
 impl RequestUuid {
     /// A random (version 4, RFC 9562 variant) UUID.
+    ///
+    /// ```
+    /// use tokentrace::propagation::RequestUuid;
+    ///
+    /// let id = RequestUuid::new_v4();
+    /// assert_eq!((id.as_u128() >> 76) & 0xf, 4); // version
+    /// assert_eq!((id.as_u128() >> 62) & 0x3, 2); // variant
+    /// assert_ne!(id, RequestUuid::new_v4());
+    /// ```
     pub fn new_v4() -> Self {
         let bits = ids::random_u128();
         let bits = (bits & !(0xf << 76)) | (0x4 << 76); // version 4
@@ -206,6 +261,14 @@ impl RequestUuid {
     }
 
     /// Parses `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (hex digits of either case).
+    ///
+    /// ```
+    /// use tokentrace::propagation::RequestUuid;
+    ///
+    /// let id = RequestUuid::parse(b"123E4567-e89b-12d3-a456-426614174000").unwrap();
+    /// assert_eq!(id.as_u128(), 0x123e4567_e89b_12d3_a456_426614174000);
+    /// assert!(RequestUuid::parse(b"123e4567-e89b-12d3-a456-42661417400g").is_err());
+    /// ```
     pub fn parse(value: &[u8]) -> Result<Self, RequestUuidError> {
         if value.len() != 36 || [8, 13, 18, 23].iter().any(|&i| value[i] != b'-') {
             return Err(RequestUuidError);
@@ -222,6 +285,12 @@ impl RequestUuid {
     }
 
     /// The 128 bits.
+    ///
+    /// ```
+    /// use tokentrace::propagation::RequestUuid;
+    /// let id: RequestUuid = "00000000-0000-0000-0000-00000000002a".parse().unwrap();
+    /// assert_eq!(id.as_u128(), 42);
+    /// ```
     pub fn as_u128(&self) -> u128 {
         self.0
     }

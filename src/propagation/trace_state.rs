@@ -6,8 +6,30 @@ use std::fmt;
 use opentelemetry::trace::TraceState as OtelTraceState;
 
 /// Most list members a `tracestate` may carry; more discards the whole header.
+///
+/// ```
+/// use tokentrace::propagation::{TraceState, MAX_MEMBERS};
+///
+/// let members = |n: usize| (0..n).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
+/// assert_eq!(TraceState::from_headers([members(MAX_MEMBERS).as_bytes()]).unwrap().len(), 32);
+/// assert!(TraceState::from_headers([members(MAX_MEMBERS + 1).as_bytes()]).is_err());
+/// ```
 pub const MAX_MEMBERS: usize = 32;
 /// Length we keep a sent `tracestate` within (the spec asks vendors to propagate at least this).
+///
+/// ```
+/// use http::HeaderMap;
+/// use tokentrace::propagation::{inject_trace, TraceParent, TraceState, MAX_HEADER_LEN};
+///
+/// // 20 members of 40 characters: 819 characters received, fewer than 512 sent on.
+/// let received = (0..20).map(|i| format!("vendor{i:02}={}", "x".repeat(31))).collect::<Vec<_>>().join(",");
+/// let state = TraceState::from_headers([received.as_bytes()]).unwrap();
+/// let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap();
+/// let mut headers = HeaderMap::new();
+/// inject_trace(&mut headers, &tp, &state);
+/// assert!(headers["tracestate"].len() <= MAX_HEADER_LEN);
+/// assert!(headers["tracestate"].to_str().unwrap().starts_with("vendor00="));
+/// ```
 pub const MAX_HEADER_LEN: usize = 512;
 /// Entries longer than this are the first dropped when a sent header must shrink.
 const LONG_MEMBER: usize = 128;
@@ -72,6 +94,12 @@ impl std::error::Error for TraceStateError {}
 
 impl TraceState {
     /// The empty state (nothing is sent for it).
+    ///
+    /// ```
+    /// use tokentrace::propagation::TraceState;
+    /// assert!(TraceState::EMPTY.is_empty());
+    /// assert_eq!(TraceState::default(), TraceState::EMPTY);
+    /// ```
     pub const EMPTY: TraceState = TraceState { header: String::new(), members: 0 };
 
     /// Combines the `tracestate` header values of one request, in order.
@@ -142,16 +170,36 @@ impl TraceState {
     }
 
     /// The state as a header value (`""` when empty).
+    ///
+    /// ```
+    /// use tokentrace::propagation::TraceState;
+    ///
+    /// let state = TraceState::from_headers([&b"congo=t61rcWkgMzE"[..], b"rojo=00f067aa0ba902b7"]).unwrap();
+    /// assert_eq!(state.header(), "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"); // one header, in order
+    /// assert_eq!(TraceState::EMPTY.header(), "");
+    /// ```
     pub fn header(&self) -> &str {
         &self.header
     }
 
     /// Number of list members.
+    ///
+    /// ```
+    /// use tokentrace::propagation::TraceState;
+    /// let state = TraceState::from_headers([&b"a=1, ,b=2"[..]]).unwrap();
+    /// assert_eq!(state.len(), 2); // empty members are not counted
+    /// ```
     pub fn len(&self) -> usize {
         usize::from(self.members)
     }
 
     /// Whether there are no members (then no `tracestate` header is sent).
+    ///
+    /// ```
+    /// use tokentrace::propagation::TraceState;
+    /// assert!(TraceState::from_headers([&b" , "[..]]).unwrap().is_empty());
+    /// assert!(!TraceState::from_headers([&b"a=1"[..]]).unwrap().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.members == 0
     }
@@ -169,6 +217,14 @@ impl TraceState {
     }
 
     /// The value for `key`, if present.
+    ///
+    /// ```
+    /// use tokentrace::propagation::TraceState;
+    ///
+    /// let state = TraceState::from_headers([&b"tenant@vendor=x,congo=t61rcWkgMzE"[..]]).unwrap();
+    /// assert_eq!(state.get("tenant@vendor"), Some("x"));
+    /// assert_eq!(state.get("rojo"), None);
+    /// ```
     pub fn get(&self, key: &str) -> Option<&str> {
         self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }

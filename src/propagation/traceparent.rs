@@ -86,6 +86,15 @@ impl std::error::Error for TraceParentError {}
 const KNOWN_FLAGS: u8 = 0x01 | 0x02;
 
 /// The `random` trace flag (Level 2): the trace id's rightmost 7 bytes are random.
+///
+/// ```
+/// use opentelemetry::trace::TraceFlags;
+/// use tokentrace::propagation::{TraceParent, RANDOM_FLAG};
+///
+/// let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03".parse().unwrap();
+/// assert_eq!(tp.flags().to_u8() & RANDOM_FLAG, RANDOM_FLAG);
+/// assert_eq!(tp.flags() & TraceFlags::SAMPLED, TraceFlags::SAMPLED);
+/// ```
 pub const RANDOM_FLAG: u8 = 0x02;
 
 impl TraceParent {
@@ -148,31 +157,73 @@ impl TraceParent {
     }
 
     /// The version it was received with (`0` for those we create).
+    ///
+    /// ```
+    /// use tokentrace::propagation::TraceParent;
+    ///
+    /// // A later version is accepted (its extra fields ignored); what we send on is version 00.
+    /// let tp: TraceParent = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra".parse().unwrap();
+    /// assert_eq!(tp.version(), 1);
+    /// assert_eq!(tp.with_parent_id(tp.parent_id()).version(), 0);
+    /// ```
     pub fn version(&self) -> u8 {
         self.version
     }
 
     /// The trace id (never all zeros).
+    ///
+    /// ```
+    /// use tokentrace::propagation::TraceParent;
+    /// let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap();
+    /// assert_eq!(tp.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    /// ```
     pub fn trace_id(&self) -> TraceId {
         self.trace_id
     }
 
     /// The parent (span) id (never all zeros).
+    ///
+    /// ```
+    /// use tokentrace::propagation::TraceParent;
+    /// let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap();
+    /// assert_eq!(tp.parent_id().to_string(), "00f067aa0ba902b7");
+    /// ```
     pub fn parent_id(&self) -> SpanId {
         self.parent_id
     }
 
     /// The known trace flags (`sampled`, `random`).
+    ///
+    /// ```
+    /// use opentelemetry::trace::TraceFlags;
+    /// use tokentrace::propagation::TraceParent;
+    ///
+    /// // Unknown flag bits are not kept (and so never sent on).
+    /// let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff".parse().unwrap();
+    /// assert_eq!(tp.flags(), TraceFlags::new(0x03));
+    /// ```
     pub fn flags(&self) -> TraceFlags {
         self.flags
     }
 
     /// Whether the caller sampled this trace.
+    ///
+    /// ```
+    /// use tokentrace::propagation::TraceParent;
+    /// let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap();
+    /// assert!(tp.is_sampled());
+    /// ```
     pub fn is_sampled(&self) -> bool {
         self.flags.is_sampled()
     }
 
     /// Whether the caller declares the trace id random (Level 2 `random` flag).
+    ///
+    /// ```
+    /// use tokentrace::propagation::TraceParent;
+    /// let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03".parse().unwrap();
+    /// assert!(tp.is_random() && tp.is_sampled());
+    /// ```
     pub fn is_random(&self) -> bool {
         self.flags.to_u8() & RANDOM_FLAG != 0
     }

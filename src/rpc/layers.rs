@@ -23,8 +23,44 @@ use crate::{interned, retained, DefaultTracer};
 
 /// Metadata entry carrying the client's send time (nanoseconds since the Unix epoch), from
 /// which the server derives the network transit time.
+///
+/// ```
+/// use bytes::Bytes;
+/// use tokentrace::rpc::{ClientLayer, Request, RpcError, SEND_TIMESTAMP};
+/// use tower::{Layer, ServiceExt};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let transport = tower::service_fn(|request: Request<Bytes>| async move {
+///     let sent: u64 = request.metadata.get(SEND_TIMESTAMP).unwrap().parse().unwrap();
+///     assert!(sent > 1_700_000_000_000_000_000); // nanoseconds since 1970
+///     Ok::<_, RpcError>(futures_util::stream::empty::<Result<Bytes, RpcError>>())
+/// });
+/// let stream = ClientLayer::default().layer(transport).oneshot(Request::new("generate", Bytes::new())).await;
+/// # drop(stream);
+/// # });
+/// ```
 pub const SEND_TIMESTAMP: &str = "x-frontend-send-ts-ns";
 /// Span name of the worker's server span, as NVIDIA Dynamo names it.
+///
+/// ```
+/// use bytes::Bytes;
+/// use opentelemetry::trace::TracerProvider;
+/// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+/// use tokentrace::rpc::{Request, RpcError, ServerLayer, HANDLE_PAYLOAD};
+/// use tower::{Layer, ServiceExt};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let exporter = InMemorySpanExporter::default();
+/// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+/// let handler = tower::service_fn(|_: Request<Bytes>| async {
+///     Ok::<_, RpcError>(futures_util::stream::empty::<Result<Bytes, RpcError>>())
+/// });
+/// let worker = ServerLayer::with_tracer(provider.tracer("worker")).layer(handler);
+/// let stream = worker.oneshot(Request::new("generate", Bytes::new())).await.unwrap();
+/// drop(stream);
+/// assert_eq!(exporter.get_finished_spans().unwrap()[0].name, HANDLE_PAYLOAD);
+/// # });
+/// ```
 pub const HANDLE_PAYLOAD: &str = "handle_payload";
 
 const RPC_METHOD: &str = "rpc.method";
@@ -40,10 +76,22 @@ fn unix_nanos() -> u64 {
 }
 
 /// Marks a layer that traces outbound calls (the frontend's side).
+///
+/// ```
+/// use tokentrace::rpc::{ClientLayer, Outbound, RpcLayer};
+/// let layer: RpcLayer<_, Outbound> = ClientLayer::default();
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub enum Outbound {}
 
 /// Marks a layer that traces inbound calls (the worker's side).
+///
+/// ```
+/// use tokentrace::rpc::{Inbound, RpcLayer, ServerLayer};
+/// let layer: RpcLayer<_, Inbound> = ServerLayer::default();
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub enum Inbound {}
 
@@ -116,11 +164,31 @@ impl<T, Side> fmt::Debug for RpcLayer<T, Side> {
 
 impl<T, Side> RpcLayer<T, Side> {
     /// A layer that starts spans with `tracer`.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::SdkTracerProvider;
+    /// use tokentrace::rpc::{ClientLayer, ServerLayer};
+    ///
+    /// let provider = SdkTracerProvider::builder().build();
+    /// let client = ClientLayer::with_tracer(provider.tracer("frontend"));
+    /// let server = ServerLayer::with_tracer(provider.tracer("worker")).component("prefill");
+    /// # let _ = (client, server);
+    /// ```
     pub fn with_tracer(tracer: T) -> Self {
         Self { tracer: Arc::new(tracer), name: None, instance_id: None, side: PhantomData }
     }
 
     /// The worker instance (called, or serving), recorded as `instance_id`.
+    ///
+    /// ```
+    /// use tokentrace::rpc::{ClientLayer, ServerLayer};
+    ///
+    /// // The frontend records which worker it called; the worker, which instance it is.
+    /// let client = ClientLayer::default().server_address("10.0.0.7:9000").instance_id(7);
+    /// let server = ServerLayer::default().component("decode").instance_id(7);
+    /// # let _ = (client, server);
+    /// ```
     pub fn instance_id(mut self, id: i64) -> Self {
         self.instance_id = Some(id);
         self
@@ -129,6 +197,31 @@ impl<T, Side> RpcLayer<T, Side> {
 
 impl<T> RpcLayer<T, Outbound> {
     /// The worker's address, recorded as `server.address`.
+    ///
+    /// The value is shared by every span of the layer (and interned per process), not copied
+    /// per call.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::SdkTracerProvider;
+    /// use tokentrace::rpc::{ClientLayer, Request, RpcError};
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// // Stands in for the transport: sees the metadata the worker would receive.
+    /// let transport = tower::service_fn(|request: Request<Bytes>| async move {
+    ///     assert!(request.metadata.get("traceparent").is_some());
+    ///     assert!(request.metadata.get("x-request-id").is_some());
+    ///     Ok::<_, RpcError>(futures_util::stream::empty::<Result<Bytes, RpcError>>())
+    /// });
+    /// let provider = SdkTracerProvider::builder().build();
+    /// let layer = ClientLayer::with_tracer(provider.tracer("frontend")).server_address("worker-0:9000");
+    /// let client = layer.layer(transport);
+    /// let stream = client.oneshot(Request::new("generate", Bytes::new())).await.unwrap();
+    /// # drop(stream);
+    /// # });
+    /// ```
     pub fn server_address(mut self, address: impl Into<Arc<str>>) -> Self {
         self.name = Some(interned::NAMES.shared_value(&address.into()));
         self
@@ -137,6 +230,13 @@ impl<T> RpcLayer<T, Outbound> {
 
 impl<T> RpcLayer<T, Inbound> {
     /// The worker component (for example `backend`, `prefill`, `decode`).
+    ///
+    /// ```
+    /// use tokentrace::rpc::ServerLayer;
+    /// let prefill = ServerLayer::default().component("prefill");
+    /// let decode = ServerLayer::default().component(String::from("decode"));
+    /// # let _ = (prefill, decode);
+    /// ```
     pub fn component(mut self, component: impl Into<Arc<str>>) -> Self {
         self.name = Some(interned::NAMES.shared_value(&component.into()));
         self
@@ -171,9 +271,33 @@ pub struct RpcService<S, T, Side> {
 }
 
 /// The service [`ClientLayer`] produces.
+///
+/// ```
+/// use bytes::Bytes;
+/// use tokentrace::rpc::{ClientLayer, ClientService, Request, RpcError};
+/// use tower::Layer;
+///
+/// let transport = tower::service_fn(|_: Request<Bytes>| async {
+///     Ok::<_, RpcError>(futures_util::stream::empty::<Result<Bytes, RpcError>>())
+/// });
+/// let client: ClientService<_> = ClientLayer::default().layer(transport);
+/// # let _ = client;
+/// ```
 pub type ClientService<S, T = DefaultTracer> = RpcService<S, T, Outbound>;
 
 /// The service [`ServerLayer`] produces.
+///
+/// ```
+/// use bytes::Bytes;
+/// use tokentrace::rpc::{Request, RpcError, ServerLayer, ServerService};
+/// use tower::Layer;
+///
+/// let handler = tower::service_fn(|request: Request<Bytes>| async move {
+///     Ok::<_, RpcError>(futures_util::stream::iter([Ok::<_, RpcError>(request.payload)]))
+/// });
+/// let worker: ServerService<_> = ServerLayer::default().component("backend").layer(handler);
+/// # let _ = worker;
+/// ```
 pub type ServerService<S, T = DefaultTracer> = RpcService<S, T, Inbound>;
 
 impl<S: Clone, T, Side> Clone for RpcService<S, T, Side> {
@@ -285,6 +409,23 @@ fn transit_ms<P>(request: &Request<P>) -> Option<f64> {
 
 pin_project! {
     /// The future of a traced RPC call: becomes a [`TracedStream`] that owns the span.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use futures_util::TryStreamExt;
+    /// use tokentrace::rpc::{CallFuture, ClientLayer, Request, RpcError};
+    /// use tower::{Layer, Service};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let transport = tower::service_fn(|_: Request<Bytes>| async {
+    ///     Ok::<_, RpcError>(futures_util::stream::iter([Ok::<_, RpcError>(Bytes::from_static(b"token"))]))
+    /// });
+    /// let mut client = ClientLayer::default().layer(transport);
+    /// let call: CallFuture<_> = client.call(Request::new("generate", Bytes::new()));
+    /// let items: Vec<Bytes> = call.await.unwrap().try_collect().await.unwrap(); // the span ends here
+    /// assert_eq!(items, ["token"]);
+    /// # });
+    /// ```
     pub struct CallFuture<F> {
         #[pin]
         inner: F,

@@ -3,6 +3,16 @@
 use crate::propagation::Carrier;
 
 /// Most entries a [`Metadata`] accepts from the wire.
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use tokentrace::rpc::tcp::Frame;
+/// use tokentrace::rpc::{Metadata, MAX_METADATA_ENTRIES};
+///
+/// let metadata: Metadata = (0..=MAX_METADATA_ENTRIES).map(|i| (format!("k{i}"), "v")).collect();
+/// let frame = Frame::Request { stream: 1, endpoint: "generate".into(), metadata, payload: Bytes::new() };
+/// assert!(frame.encode(&mut BytesMut::new()).is_err()); // refused before it is sent
+/// ```
 pub const MAX_METADATA_ENTRIES: usize = 64;
 
 /// The metadata of a worker RPC request: what HTTP headers are to HTTP.
@@ -28,16 +38,38 @@ pub struct Metadata {
 
 impl Metadata {
     /// Empty metadata.
+    ///
+    /// ```
+    /// use tokentrace::rpc::Metadata;
+    /// assert!(Metadata::new().is_empty());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Appends `name: value` (the name is lowercased), keeping earlier values of `name`.
+    ///
+    /// ```
+    /// use tokentrace::rpc::Metadata;
+    ///
+    /// let mut metadata = Metadata::new();
+    /// metadata.insert("Tracestate", "a=1");
+    /// metadata.insert("tracestate", "b=2");
+    /// assert_eq!(metadata.iter().collect::<Vec<_>>(), [("tracestate", "a=1"), ("tracestate", "b=2")]);
+    /// ```
     pub fn insert(&mut self, name: &str, value: impl Into<String>) {
         self.entries.push((name.to_ascii_lowercase(), value.into()));
     }
 
     /// The first value of `name`.
+    ///
+    /// ```
+    /// use tokentrace::rpc::Metadata;
+    ///
+    /// let metadata: Metadata = [("x-request-id", "first"), ("X-Request-Id", "second")].into_iter().collect();
+    /// assert_eq!(metadata.get("X-REQUEST-ID"), Some("first"));
+    /// assert_eq!(metadata.get("request-id"), None);
+    /// ```
     pub fn get(&self, name: &str) -> Option<&str> {
         self.entries.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
@@ -54,21 +86,52 @@ impl Metadata {
     }
 
     /// Removes every value of `name`.
+    ///
+    /// ```
+    /// use tokentrace::rpc::Metadata;
+    ///
+    /// let mut metadata: Metadata =
+    ///     [("traceparent", "a"), ("x-request-id", "r"), ("Traceparent", "b")].into_iter().collect();
+    /// metadata.remove("traceparent");
+    /// assert_eq!(metadata.iter().collect::<Vec<_>>(), [("x-request-id", "r")]);
+    /// ```
     pub fn remove(&mut self, name: &str) {
         self.entries.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
     }
 
     /// The entries, in order.
+    ///
+    /// ```
+    /// use tokentrace::rpc::Metadata;
+    ///
+    /// let metadata: Metadata = [("X-Request-Id", "r1"), ("tenant", "acme")].into_iter().collect();
+    /// let names: Vec<&str> = metadata.iter().map(|(name, _)| name).collect();
+    /// assert_eq!(names, ["x-request-id", "tenant"]); // lowercase, in order
+    /// ```
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
     /// Number of entries.
+    ///
+    /// ```
+    /// use tokentrace::rpc::Metadata;
+    /// let metadata: Metadata = [("tracestate", "a=1"), ("tracestate", "b=2")].into_iter().collect();
+    /// assert_eq!(metadata.len(), 2); // a repeated name counts each time
+    /// ```
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Whether there are no entries.
+    ///
+    /// ```
+    /// use tokentrace::rpc::Metadata;
+    /// let mut metadata = Metadata::new();
+    /// assert!(metadata.is_empty());
+    /// metadata.insert("x-request-id", "r1");
+    /// assert!(!metadata.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

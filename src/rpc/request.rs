@@ -28,22 +28,50 @@ pub struct Request<T> {
 
 impl<T> Request<T> {
     /// A first attempt at `endpoint` with empty metadata.
+    ///
+    /// ```
+    /// use tokentrace::rpc::Request;
+    ///
+    /// let request = Request::new(format!("generate/{}", 2), vec![1u32, 2, 3]);
+    /// assert_eq!(request.endpoint(), "generate/2");
+    /// assert!(request.metadata.is_empty());
+    /// ```
     pub fn new(endpoint: impl Into<Cow<'static, str>>, payload: T) -> Self {
         Self { endpoint: endpoint.into(), attempt: 1, metadata: Metadata::new(), payload }
     }
 
     /// The endpoint name.
+    ///
+    /// ```
+    /// use tokentrace::rpc::Request;
+    /// assert_eq!(Request::new("prefill", ()).endpoint(), "prefill");
+    /// ```
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
     /// Which attempt this is (1 for the first); a retry policy bumps it with
     /// [`Request::with_attempt`] and the client span records it.
+    ///
+    /// ```
+    /// use tokentrace::rpc::Request;
+    /// let request = Request::new("generate", ());
+    /// assert_eq!(request.attempt(), 1);
+    /// assert_eq!(request.with_attempt(2).attempt(), 2);
+    /// ```
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
 
     /// The same request as attempt `attempt`.
+    ///
+    /// ```
+    /// use tokentrace::rpc::Request;
+    ///
+    /// let first = Request::new("generate", "payload");
+    /// let retry = first.clone().with_attempt(first.attempt() + 1);
+    /// assert_eq!((retry.attempt(), retry.payload), (2, "payload"));
+    /// ```
     pub fn with_attempt(mut self, attempt: u32) -> Self {
         self.attempt = attempt;
         self

@@ -126,6 +126,14 @@ impl ConfigError {
     }
 
     /// The variable at fault.
+    ///
+    /// ```
+    /// use tokentrace::telemetry::TelemetryConfig;
+    ///
+    /// let error = TelemetryConfig::from_vars("frontend", [("DYN_LOG", "info,,=nonsense=")]).unwrap_err();
+    /// assert_eq!(error.variable(), "DYN_LOG");
+    /// assert!(error.to_string().starts_with("DYN_LOG: "));
+    /// ```
     pub fn variable(&self) -> &str {
         &self.variable
     }
@@ -173,11 +181,37 @@ impl Vars {
 impl TelemetryConfig {
     /// Reads the process environment. `default_service_name` names this component
     /// (`dynamo-frontend`, `dynamo-worker-vllm`, ...) unless `OTEL_SERVICE_NAME` is set.
+    ///
+    /// ```
+    /// use tokentrace::telemetry::TelemetryConfig;
+    ///
+    /// let config = TelemetryConfig::from_env("dynamo-frontend")?;
+    /// if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+    ///     assert_eq!(config.service_name, "dynamo-frontend");
+    /// }
+    /// # Ok::<(), tokentrace::telemetry::ConfigError>(())
+    /// ```
     pub fn from_env(default_service_name: &str) -> Result<Self, ConfigError> {
         Self::from_vars(default_service_name, std::env::vars())
     }
 
     /// Reads the given variables instead of the process environment.
+    ///
+    /// ```
+    /// use tokentrace::telemetry::TelemetryConfig;
+    ///
+    /// let config = TelemetryConfig::from_vars("dynamo-worker-vllm", [
+    ///     ("OTEL_EXPORT_ENABLED", "1"),
+    ///     ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://tempo:4317"),
+    ///     ("OTEL_EXPORT_LOGS_ENABLED", "false"),
+    /// ])?;
+    /// assert!(config.export_traces && !config.export_logs);
+    /// assert_eq!(config.service_name, "dynamo-worker-vllm");
+    ///
+    /// let refused = TelemetryConfig::from_vars("x", [("OTEL_EXPORT_ENABLED", "maybe")]).unwrap_err();
+    /// assert_eq!(refused.variable(), "OTEL_EXPORT_ENABLED");
+    /// # Ok::<(), tokentrace::telemetry::ConfigError>(())
+    /// ```
     pub fn from_vars<I, K, V>(default_service_name: &str, vars: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = (K, V)>,

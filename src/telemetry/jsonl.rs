@@ -56,11 +56,31 @@ enum Sink {
 
 impl JsonLines {
     /// Lines to standard error.
+    ///
+    /// ```
+    /// use tracing_subscriber::layer::SubscriberExt;
+    ///
+    /// let subscriber = tracing_subscriber::registry().with(tokentrace::telemetry::JsonLines::stderr());
+    /// tracing::subscriber::with_default(subscriber, || tracing::info!("one JSON object on stderr"));
+    /// ```
     pub fn stderr() -> Self {
         Self { sink: Sink::Stderr }
     }
 
     /// Lines into memory (for tests), and the vector they land in.
+    ///
+    /// ```
+    /// use tracing_subscriber::layer::SubscriberExt;
+    ///
+    /// let (writer, lines) = tokentrace::telemetry::JsonLines::capture();
+    /// let subscriber = tracing_subscriber::registry().with(writer);
+    /// tracing::subscriber::with_default(subscriber, || {
+    ///     tracing::warn!(target: "worker", "a\nsecond line?");
+    /// });
+    /// let lines = lines.lock().unwrap();
+    /// assert_eq!(lines.len(), 1); // the newline is escaped, not written
+    /// assert!(lines[0].contains(r#""level":"WARN""#) && lines[0].contains(r#""target":"worker""#));
+    /// ```
     pub fn capture() -> (Self, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
         let lines = std::sync::Arc::default();
         (Self { sink: Sink::Capture(std::sync::Arc::clone(&lines)) }, lines)

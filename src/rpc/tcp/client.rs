@@ -86,11 +86,39 @@ pub struct Client {
 
 impl Client {
     /// Connects with the default frame limit (8 MiB).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use tokentrace::rpc::tcp;
+    ///
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let client = tcp::Client::connect(listener.local_addr()?).await?;
+    /// assert_eq!(client.peer_addr(), listener.local_addr()?);
+    ///
+    /// drop(listener); // nothing listens there any more
+    /// # let addr = client.peer_addr();
+    /// assert!(tcp::Client::connect(addr).await.is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<Self> {
         Self::connect_with_limit(addr, DEFAULT_MAX_FRAME_LEN).await
     }
 
     /// Connects, refusing frames (sent or received) over `max_frame_len` bytes.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use bytes::Bytes;
+    /// use tokentrace::rpc::{tcp, Request, RpcError};
+    ///
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let client = tcp::Client::connect_with_limit(listener.local_addr()?, 1024).await?;
+    /// let too_big = Request::new("generate", Bytes::from(vec![0u8; 4096]));
+    /// assert!(matches!(client.send(too_big), Err(RpcError::FrameTooLarge { max: 1024, .. })));
+    /// # Ok::<(), std::io::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn connect_with_limit(addr: impl ToSocketAddrs, max_frame_len: usize) -> io::Result<Self> {
         let socket = TcpStream::connect(addr).await?;
         socket.set_nodelay(true)?;
@@ -109,11 +137,45 @@ impl Client {
     }
 
     /// The server's address.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let client = tokentrace::rpc::tcp::Client::connect(listener.local_addr()?).await?;
+    /// assert_eq!(client.peer_addr().port(), listener.local_addr()?.port());
+    /// # Ok::<(), std::io::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn peer_addr(&self) -> SocketAddr {
         self.shared.peer
     }
 
     /// Opens a stream: sends the request and returns its response items.
+    ///
+    /// A worker on loopback that streams its payload back word by word:
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use bytes::Bytes;
+    /// use futures_util::{stream, StreamExt, TryStreamExt};
+    /// use tokentrace::rpc::{tcp, Request, RpcError};
+    ///
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let addr = listener.local_addr()?;
+    /// let words = tower::service_fn(|request: Request<Bytes>| async move {
+    ///     let words: Vec<Result<Bytes, RpcError>> =
+    ///         request.payload.split(|&b| b == b' ').map(|w| Ok(request.payload.slice_ref(w))).collect();
+    ///     Ok::<_, RpcError>(stream::iter(words))
+    /// });
+    /// tokio::spawn(tcp::serve(listener, words));
+    ///
+    /// let client = tcp::Client::connect(addr).await?;
+    /// let items = client.send(Request::new("generate", Bytes::from_static(b"one two three"))).unwrap();
+    /// let items: Vec<Bytes> = items.try_collect().await.unwrap();
+    /// assert_eq!(items, ["one", "two", "three"]);
+    /// # Ok::<(), std::io::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn send(&self, request: Request<Bytes>) -> Result<ResponseStream, RpcError> {
         let stream = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
         let frame = Frame::Request {

@@ -19,6 +19,21 @@ use crate::rpc::metadata::{Metadata, MAX_METADATA_ENTRIES};
 use crate::rpc::request::RpcError;
 
 /// Longest endpoint name, metadata name or metadata value, in bytes.
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use tokentrace::rpc::tcp::{Frame, MAX_FIELD_LEN};
+/// use tokentrace::rpc::Metadata;
+///
+/// let request = |value_len: usize| Frame::Request {
+///     stream: 1,
+///     endpoint: "generate".into(),
+///     metadata: [("tenant", "t".repeat(value_len))].into_iter().collect::<Metadata>(),
+///     payload: Bytes::new(),
+/// };
+/// assert!(request(MAX_FIELD_LEN).encode(&mut BytesMut::new()).is_ok());
+/// assert!(request(MAX_FIELD_LEN + 1).encode(&mut BytesMut::new()).is_err());
+/// ```
 pub const MAX_FIELD_LEN: usize = u16::MAX as usize;
 
 const REQUEST: u8 = 1;
@@ -80,6 +95,11 @@ pub enum Frame {
 
 impl Frame {
     /// The stream this frame belongs to.
+    ///
+    /// ```
+    /// use tokentrace::rpc::tcp::Frame;
+    /// assert_eq!(Frame::Error { stream: 4, message: "worker overloaded".into() }.stream(), 4);
+    /// ```
     pub fn stream(&self) -> u64 {
         match self {
             Self::Request { stream, .. }
@@ -94,6 +114,22 @@ impl Frame {
     ///
     /// Fails when a field does not fit its 16-bit length or there are too many metadata
     /// entries; nothing is written then.
+    ///
+    /// ```
+    /// use bytes::{Bytes, BytesMut};
+    /// use tokentrace::rpc::tcp::{Frame, MAX_FIELD_LEN};
+    /// use tokentrace::rpc::Metadata;
+    ///
+    /// let mut out = BytesMut::new();
+    /// let too_long = Frame::Request {
+    ///     stream: 1,
+    ///     endpoint: "e".repeat(MAX_FIELD_LEN + 1),
+    ///     metadata: Metadata::new(),
+    ///     payload: Bytes::new(),
+    /// };
+    /// assert!(too_long.encode(&mut out).is_err());
+    /// assert!(out.is_empty());
+    /// ```
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), RpcError> {
         let start = out.len();
         let result = self.encode_unchecked(out);
@@ -148,6 +184,16 @@ impl Frame {
 
     /// Decodes a frame body (the length prefix already removed). Payloads are slices of `body`,
     /// not copies. Never panics; every allocation is bounded by `body.len()`.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tokentrace::rpc::tcp::Frame;
+    ///
+    /// // kind 2 (item), stream 7, then the payload.
+    /// let body = Bytes::from_static(b"\x02\x00\x00\x00\x00\x00\x00\x00\x07hello");
+    /// assert_eq!(Frame::decode(body).unwrap(), Frame::Item { stream: 7, payload: Bytes::from_static(b"hello") });
+    /// assert!(Frame::decode(Bytes::from_static(b"\x09")).is_err()); // unknown kind, too short
+    /// ```
     pub fn decode(mut body: Bytes) -> Result<Self, RpcError> {
         if body.len() < 9 {
             return Err(RpcError::Malformed(format!(

@@ -77,11 +77,46 @@ where
     St: Stream<Item = Result<Bytes, RpcError>> + Send + 'static,
 {
     /// A server with the default frame limit (8 MiB).
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use tokentrace::rpc::{tcp::Server, Request, RpcError};
+    ///
+    /// let echo = tower::service_fn(|request: Request<Bytes>| async move {
+    ///     Ok::<_, RpcError>(futures_util::stream::iter([Ok::<_, RpcError>(request.payload)]))
+    /// });
+    /// let server = Server::new(echo);
+    /// # let _ = server;
+    /// ```
     pub fn new(service: S) -> Self {
         Self { service, max_frame_len: DEFAULT_MAX_FRAME_LEN }
     }
 
     /// Refuses frames (received or sent) over `max_frame_len` bytes.
+    ///
+    /// A request over the limit is refused before it is read whole; the client sees the
+    /// connection end:
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use bytes::Bytes;
+    /// use futures_util::StreamExt;
+    /// use tokentrace::rpc::{tcp, Request, RpcError};
+    ///
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let addr = listener.local_addr()?;
+    /// let echo = tower::service_fn(|request: Request<Bytes>| async move {
+    ///     Ok::<_, RpcError>(futures_util::stream::iter([Ok::<_, RpcError>(request.payload)]))
+    /// });
+    /// let server = tcp::Server::new(echo).max_frame_len(1024);
+    /// tokio::spawn(server.serve_with_shutdown(listener, std::future::pending()));
+    ///
+    /// let client = tcp::Client::connect(addr).await?; // the client's own limit is 8 MiB
+    /// let mut items = client.send(Request::new("echo", Bytes::from(vec![0u8; 4096]))).unwrap();
+    /// assert!(matches!(items.next().await, Some(Err(RpcError::ConnectionLost(_)))));
+    /// # Ok::<(), std::io::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn max_frame_len(mut self, max_frame_len: usize) -> Self {
         self.max_frame_len = max_frame_len;
         self
@@ -89,6 +124,33 @@ where
 
     /// Serves until `shutdown` completes; then stops accepting, lets every in-flight stream
     /// finish, closes the connections and returns.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use bytes::Bytes;
+    /// use futures_util::TryStreamExt;
+    /// use tokentrace::rpc::{tcp, Request, RpcError};
+    ///
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let addr = listener.local_addr()?;
+    /// let echo = tower::service_fn(|request: Request<Bytes>| async move {
+    ///     Ok::<_, RpcError>(futures_util::stream::iter([Ok::<_, RpcError>(request.payload)]))
+    /// });
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let server = tokio::spawn(tcp::Server::new(echo).serve_with_shutdown(listener, async {
+    ///     let _ = stopped.await;
+    /// }));
+    ///
+    /// let client = tcp::Client::connect(addr).await?;
+    /// let items = client.send(Request::new("echo", Bytes::from_static(b"hi"))).unwrap();
+    /// assert_eq!(items.try_collect::<Vec<_>>().await.unwrap(), ["hi"]);
+    ///
+    /// let _ = stop.send(());
+    /// server.await.unwrap()?; // returns once every connection is closed
+    /// assert!(tcp::Client::connect(addr).await.is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn serve_with_shutdown(
         self,
         listener: TcpListener,
