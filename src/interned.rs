@@ -53,7 +53,8 @@ pub(crate) static HOSTS: Interner = Interner::new(64, &RECENT_HOSTS);
 /// but read from the wire on the server side, hence bounded like the hosts.
 pub(crate) static ENDPOINTS: Interner = Interner::new(256, &RECENT_ENDPOINTS);
 
-/// Names a layer is configured with (components, worker addresses), kept when it is built.
+/// Names a layer is configured with (components, worker addresses), kept when it is built, and
+/// the workers a KV transfer goes between.
 pub(crate) static NAMES: Interner = Interner::new(256, &RECENT_NAMES);
 
 impl Interner {

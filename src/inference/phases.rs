@@ -7,6 +7,7 @@ use opentelemetry::trace::{Link, SpanContext, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 
 use crate::active_span::ActiveSpan;
+use crate::interned;
 use crate::DefaultTracer;
 
 pub(crate) const INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
@@ -145,8 +146,9 @@ where
             "kv_transfer",
             vec![
                 KeyValue::new(KV_BYTES, bytes as i64),
-                KeyValue::new(KV_SOURCE, source.to_owned()),
-                KeyValue::new(KV_DESTINATION, destination.to_owned()),
+                // Worker names recur: kept once, not copied per request (see `interned`).
+                KeyValue::new(KV_SOURCE, interned::NAMES.value(source)),
+                KeyValue::new(KV_DESTINATION, interned::NAMES.value(destination)),
             ],
             Vec::new(),
         )
