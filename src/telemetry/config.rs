@@ -182,7 +182,9 @@ impl TelemetryConfig {
     /// Reads the process environment. `default_service_name` names this component
     /// (`dynamo-frontend`, `dynamo-worker-vllm`, ...) unless `OTEL_SERVICE_NAME` is set.
     ///
-    /// ```
+    /// (Not run as a test: it would depend on the environment of whoever runs the tests.)
+    ///
+    /// ```no_run
     /// use tokentrace::telemetry::TelemetryConfig;
     ///
     /// let config = TelemetryConfig::from_env("dynamo-frontend")?;
