@@ -243,13 +243,13 @@ impl Phase {
     ///
     /// ```
     /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry::KeyValue;
     /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
     /// use tokentrace::inference::InferenceTracer;
     ///
     /// let exporter = InMemorySpanExporter::default();
     /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
     /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
-    /// use opentelemetry::KeyValue;
     ///
     /// let prefill = phases.prefill(16);
     /// prefill.set_attribute(KeyValue::new("prefix_cache_hit_tokens", 12));
@@ -288,14 +288,13 @@ impl Phase {
     /// Ends the phase as failed.
     ///
     /// ```
-    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry::trace::{Status, TracerProvider};
     /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
     /// use tokentrace::inference::InferenceTracer;
     ///
     /// let exporter = InMemorySpanExporter::default();
     /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
     /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
-    /// use opentelemetry::trace::Status;
     ///
     /// phases.prefill(16).fail("out_of_memory", "KV cache exhausted");
     /// let span = &exporter.get_finished_spans().unwrap()[0];

@@ -119,7 +119,7 @@ impl RemoteContext {
     /// use opentelemetry::trace::TraceContextExt;
     /// use tokentrace::propagation::RemoteContext;
     ///
-    /// let remote: RemoteContext = RemoteContext {
+    /// let remote = RemoteContext {
     ///     traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
     ///     tracestate: Default::default(),
     /// };
