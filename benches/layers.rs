@@ -25,8 +25,10 @@
 //! `context_and_body` 0.29–0.37×, ours 1.04–1.22× the latter. Through the global `BoxedTracer`
 //! (`ServerLayer::default()` in a program that installed its provider itself, not with
 //! `telemetry::init`) ours costs 1.01–1.13× as much. Three later runs the same day: ours 0.35,
-//! 0.38, 0.41× (+1.50, +1.57, +1.69 µs; `context_and_body` 0.32, 0.33, 0.33×). Twenty runs the
-//! night before: ours 0.34–0.41×. `OtelAxumLayer` moves from +3.9 to +4.5 µs between runs and
+//! 0.38, 0.41× (+1.50, +1.57, +1.69 µs; `context_and_body` 0.32, 0.33, 0.33×). Five runs in a
+//! later session, same code: 0.36, 0.32, 0.36, 0.36, 0.35× (ours +1.47 to +1.72 µs, four of
+//! them within +1.47 to +1.52; `OtelAxumLayer` +4.11 to +4.76 µs), `TraceLayer` 0.21–0.26×.
+//! Twenty runs the night before: ours 0.34–0.41×. `OtelAxumLayer` moves from +3.9 to +4.5 µs between runs and
 //! between builds of the same code.
 //!
 //! What the reference rows say: the SDK's span alone is over half of ours. The `Context` work
