@@ -41,12 +41,17 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if this.span.is_open() {
-                this.span.set_attribute(KeyValue::new(ITEMS, *this.items as i64));
-                this.span.set_attribute(KeyValue::new(OUTCOME, "cancelled"));
+                record_outcome(this.span, *this.items, "cancelled");
                 this.span.cancel();
             }
         }
     }
+}
+
+/// Records, on a span about to end, how many items went through and how the stream ended.
+fn record_outcome(span: &ActiveSpan, items: u64, outcome: &'static str) {
+    span.set_attribute(KeyValue::new(ITEMS, items as i64));
+    span.set_attribute(KeyValue::new(OUTCOME, outcome));
 }
 
 impl<S> TracedStream<S> {
@@ -69,13 +74,11 @@ where
             Some(Ok(_)) => *this.items += 1,
             // The first error or the end closes the span; what follows is not recorded.
             Some(Err(error)) if this.span.is_open() => {
-                this.span.set_attribute(KeyValue::new(ITEMS, *this.items as i64));
-                this.span.set_attribute(KeyValue::new(OUTCOME, "error"));
+                record_outcome(this.span, *this.items, "error");
                 this.span.fail(error.kind(), error.to_string());
             }
             None if this.span.is_open() => {
-                this.span.set_attribute(KeyValue::new(ITEMS, *this.items as i64));
-                this.span.set_attribute(KeyValue::new(OUTCOME, "ok"));
+                record_outcome(this.span, *this.items, "ok");
                 this.span.end();
             }
             _ => {}
