@@ -28,6 +28,9 @@
 //! 0.38, 0.41× (+1.50, +1.57, +1.69 µs; `context_and_body` 0.32, 0.33, 0.33×). Five runs in a
 //! later session, same code: 0.36, 0.32, 0.36, 0.36, 0.35× (ours +1.47 to +1.72 µs, four of
 //! them within +1.47 to +1.52; `OtelAxumLayer` +4.11 to +4.76 µs), `TraceLayer` 0.21–0.26×.
+//! Three runs in the session after (2026-11-28, same code): 0.35, 0.35, 0.38× (ours +1.43,
+//! +1.57, +1.56 µs; `OtelAxumLayer` +4.06, +4.47, +4.13 µs; in the third, `context_and_body`
+//! +1.36 µs, 0.33×), `TraceLayer` 0.21–0.23×.
 //! Twenty runs the night before: ours 0.34–0.41×. `OtelAxumLayer` moves from +3.9 to +4.5 µs between runs and
 //! between builds of the same code.
 //!
