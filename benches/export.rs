@@ -4,25 +4,7 @@
 //! and 100 µs apart — the export thread goes idle between spans, as under light or moderate load.
 //! Only `Span::end` is timed (it hands the span to the processor).
 //!
-//! Run: `cargo bench --bench export`
-//!
-//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0,
-//! 2026-11-28):
-//!
-//! | spans every | SDK `BatchSpanProcessor` | tokentrace queue | ratio | tokentrace queue before (2026-11-28 morning) |
-//! |---:|---:|---:|---:|---:|
-//! | 20 µs | 170 ns | 178 ns | 0.95× as fast | 6.93 µs |
-//! | 100 µs | 203 ns | 207 ns | 0.98× as fast | 13.0 µs |
-//!
-//! "Before": the same bench on the queue whose export thread waited on the item channel itself,
-//! so every span pushed after it went idle had to wake it, on the request's thread (a system call
-//! and, on this VM, an inter-processor interrupt). Now the export thread waits on a control
-//! channel, woken once per full batch of 512, by a flush, or by its one-second schedule. Six
-//! runs: ours 0.89–0.99× the SDK's speed at 20 µs, 0.93–0.98× at 100 µs (its exporter sends
-//! real OTLP on the same two cores; the SDK's discards). At 20 µs apart (50 000 spans/s, the
-//! receiver in this process) 0, 63, 172, 89, 30 and 27 of about 180 000 spans were lost and counted
-//! (the bounded queue full, or an export failed: the count does not say which); the run of the
-//! old queue lost none — its producer, slowed by the wake-ups, sent fewer spans per second.
+//! Run: `cargo bench --bench export`; the latest figures are in `BENCHMARKS.md`.
 
 use std::time::{Duration, Instant};
 

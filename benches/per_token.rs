@@ -1,22 +1,13 @@
 //! Per-token cost of instrumenting a token stream: bare; tokentrace's `TokenStream` (one clock
 //! read and a few integer updates per chunk, attributes written once, the decode span started
 //! and ended in each iteration); OpenTelemetry's `Span::add_event` per token; a `tracing` event
-//! per token under `tracing-opentelemetry` (both keeping every event: the SDK's default limit
-//! of 128 events per span is lifted, since dropping events is not recording them). Streams of 256 and 4096 single-token chunks,
-//! polled directly (no runtime), exporting through a batch processor into a discarding
-//! exporter. Prints ns/token over the bare stream and the ratios.
+//! per token under `tracing-opentelemetry`. Both baselines keep every event: the SDK's default
+//! limit of 128 events per span is lifted for them, since dropping events is not recording
+//! them. Streams of 256 and 4096 single-token chunks, polled directly (no runtime), exporting
+//! through a batch processor into a discarding exporter. Prints ns/token over the bare stream
+//! and the ratios.
 //!
-//! Run: `cargo bench --bench per_token`
-//!
-//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27):
-//!
-//! | stream | tokentrace | `Span::add_event` | `tracing` event | vs add_event | vs tracing |
-//! |---|---:|---:|---:|---:|---:|
-//! | 256 tokens | +13.9 ns/token | +55.7 ns/token | +506 ns/token | 4.0× cheaper | 36× cheaper |
-//! | 4096 tokens | +10.6 ns/token | +46.8 ns/token | +321 ns/token | 4.4× cheaper | 30× cheaper |
-//!
-//! The 256-token figure includes the decode span's start and end (fixed per stream). Of the
-//! ~10.6 ns per token, ~7 ns is the time-stamp-counter read.
+//! Run: `cargo bench --bench per_token`; the latest figures are in `BENCHMARKS.md`.
 
 use std::hint::black_box;
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -25,7 +16,7 @@ use criterion::{Criterion, Throughput};
 use futures_util::{stream, Stream, StreamExt};
 use opentelemetry::trace::{Span as _, Tracer, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tokentrace::inference::{InferenceTracer, StatsTarget, StreamOptions, TokenChunk, TokenStream};
+use tokentrace::inference::{Phases, StatsTarget, StreamOptions, TokenChunk, TokenStream};
 
 mod support;
 
@@ -53,7 +44,7 @@ fn drain<S: Stream + Unpin>(mut stream: S, mut each: impl FnMut(&S::Item)) {
 
 fn bench(c: &mut Criterion, provider: &SdkTracerProvider, all_events: &SdkTracerProvider, n: u32) {
     let group_name = format!("per_token/{n}");
-    let phases = InferenceTracer::with_tracer(provider.tracer("tokentrace"));
+    let phases = Phases::with_tracer(provider.tracer("tokentrace"));
     let tracer = all_events.tracer("otel");
     let mut group = c.benchmark_group(&group_name);
     group.throughput(Throughput::Elements(u64::from(n)));
@@ -93,7 +84,7 @@ fn main() {
         .with_batch_exporter(support::DiscardExporter)
         .with_max_events_per_span(u32::MAX)
         .build();
-    support::install_tracing_opentelemetry(&provider);
+    support::install_tracing_opentelemetry(&all_events);
 
     let mut c = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(500))

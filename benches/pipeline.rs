@@ -5,25 +5,8 @@
 //! `step 0 ms`, where the 2-core machine is saturated by HTTP, RPC and the engine, so every
 //! cycle tracing takes shows (the worst case), and `step 5 ms`, a GPU-like inter-token latency.
 //!
-//! Run: `cargo bench --bench pipeline` (about a minute).
-//!
-//! Latest figures (2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-28):
-//!
-//! | step | concurrency | tokens/s off | tokens/s on | on/off | on, not exported / off | TTFT p50 off → on | TTFT p99 off → on |
-//! |---:|---:|---:|---:|---:|---:|---:|---:|
-//! | 0 ms | 1 | 78 826 | 74 936 | 0.951 | 0.978 | 0.35 → 0.35 ms | 0.60 → 0.78 ms |
-//! | 0 ms | 16 | 202 431 | 170 191 | 0.841 | 0.951 | 2.11 → 2.37 ms | 3.31 → 4.74 ms |
-//! | 0 ms | 64 | 210 052 | 177 648 | 0.846 | 0.918 | 5.84 → 6.56 ms | 11.58 → 13.77 ms |
-//! | 5 ms | 1 | 168 | 168 | 1.002 | 1.002 | 0.29 → 0.29 ms | 0.55 → 0.74 ms |
-//! | 5 ms | 16 | 2 669 | 2 681 | 1.004 | 1.003 | 0.21 → 0.44 ms | 1.71 → 1.25 ms |
-//! | 5 ms | 64 | 10 540 | 10 544 | 1.000 | 0.997 | 0.42 → 0.66 ms | 5.83 → 4.81 ms |
-//!
-//! At step 0 both cores are saturated and the OTLP export (conversion, gRPC, and the receiver
-//! decoding in this same process) competes for them: 23k of 246k spans were dropped by the
-//! bounded queue, and counted. Step-0 ratios move by ±0.04 from run to run: two more runs that
-//! day gave 0.935, 0.921, 0.861 and 0.921, 0.861, 0.886 (step 5 ms: 0.999, 1.002, 1.002 and
-//! 0.999, 0.991, 0.997). The night before, with the export queue that woke its thread per span:
-//! 0.901, 0.880, 0.858 (step 5 ms 0.998, 0.995, 0.999).
+//! Run: `cargo bench --bench pipeline` (about a minute); the latest figures are in
+//! `BENCHMARKS.md`.
 
 #[allow(dead_code)]
 #[path = "../examples/serve/demo.rs"]

@@ -3,27 +3,7 @@
 //! streams, traced and untraced, in one run. Spans go through a batch processor into a
 //! discarding exporter.
 //!
-//! Run: `cargo bench --bench rpc`
-//!
-//! Latest figures (mean; 2-core Intel Xeon @ 2.6 GHz KVM guest, 24 GiB, rustc 1.95.0, 2026-11-27,
-//! late evening):
-//!
-//! | case | untraced | traced | ratio |
-//! |---|---:|---:|---:|
-//! | one call, in process (client + server layers) | 113 ns | 2.54 µs | +2.35 µs per call |
-//! | TCP, 1 stream × 1000 items | 2.86 M items/s | 2.30 M items/s | 0.807 |
-//! | TCP, 64 streams × 1000 items | 2.50 M items/s | 2.30 M items/s | 0.921 |
-//!
-//! Back to back with the code from the start of that session: +3.24 µs per call, 0.787 and
-//! 0.967 (the TCP ratios move by a few percent from run to run). Roughly half of the per-call
-//! gain is the attribute vectors now sized for the attributes added at the end (items, outcome):
-//! with the old sizes, +3.07 and +2.97 µs in the same window; the rest is the request ids recorded
-//! after the start and formatted faster. On the 16-vCPU Xeon VM of the device checks: +3.09 µs per call,
-//! 0.772 and 0.887. On 2026-11-28, after the stream's end-of-stream recording became one helper
-//! (same calls): +2.40 µs per call, 0.856 and 0.965.
-//!
-//! The traced per-item cost (~85 ns at one stream) is mostly the server attaching the request's
-//! context on every poll of the handler's stream, so work inside it is parented correctly.
+//! Run: `cargo bench --bench rpc`; the latest figures are in `BENCHMARKS.md`.
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -119,3 +119,56 @@ impl Drop for ActiveSpan {
         self.cancel();
     }
 }
+
+/// Records Dynamo's `x_request_id` and `request_id` attributes on a span that was just started,
+/// if it records: an unsampled span would drop the values, so it costs no string at all.
+pub(crate) fn record_request_ids<S: opentelemetry::trace::Span>(
+    span: &mut S,
+    ids: &crate::propagation::RequestIds,
+) {
+    if span.is_recording() {
+        span.set_attribute(KeyValue::new("x_request_id", crate::retained::string(ids.x_request_id.as_str())));
+        // Hex digits and dashes: always ASCII.
+        if let Ok(uuid) = std::str::from_utf8(&ids.request_id.to_bytes()) {
+            span.set_attribute(KeyValue::new("request_id", crate::retained::string(uuid)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider};
+
+    use super::record_request_ids;
+    use crate::propagation::{RequestId, RequestIds, RequestUuid};
+
+    #[test]
+    fn request_ids_are_recorded_on_recording_spans_only() {
+        let ids = RequestIds {
+            x_request_id: RequestId::parse(b"req-7").unwrap(),
+            request_id: RequestUuid::parse(b"f47ac10b-58cc-4372-a567-0e02b2c3d479").unwrap(),
+        };
+        let exporter = InMemorySpanExporter::default();
+        let provider = |sampler| {
+            SdkTracerProvider::builder().with_sampler(sampler).with_simple_exporter(exporter.clone()).build()
+        };
+        let (unsampled, sampled) = (provider(Sampler::AlwaysOff), provider(Sampler::AlwaysOn));
+        for (name, provider) in [("unsampled", &unsampled), ("sampled", &sampled)] {
+            let mut span = provider.tracer("t").start(name);
+            record_request_ids(&mut span, &ids);
+            span.end();
+        }
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(spans.iter().map(|s| &*s.name).collect::<Vec<_>>(), ["sampled"]);
+        let attribute = |key: &str| {
+            spans[0]
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.as_str().into_owned())
+        };
+        assert_eq!(attribute("x_request_id").as_deref(), Some("req-7"));
+        assert_eq!(attribute("request_id").as_deref(), Some("f47ac10b-58cc-4372-a567-0e02b2c3d479"));
+    }
+}

@@ -10,7 +10,6 @@ pub fn traceparent(data: &[u8]) {
     if let Ok(parsed) = TraceParent::parse(data) {
         let text = parsed.to_string();
         assert_eq!(text.len(), 55);
-        assert_eq!(parsed.to_header_value().as_bytes(), text.as_bytes());
         assert_eq!(TraceParent::parse(text.as_bytes()), Ok(parsed));
         assert_eq!(
             TraceParent::from_span_context(&parsed.to_span_context(&TraceState::EMPTY)),
@@ -37,13 +36,6 @@ pub fn request_id(data: &[u8]) {
         assert_eq!(id.as_str().as_bytes(), data);
         assert_eq!(RequestId::parse(id.as_str().as_bytes()), Ok(id));
     }
-    // A received header value gives the same answer without being copied.
-    if let Ok(value) = http::HeaderValue::from_bytes(data) {
-        match (RequestId::from_header(&value), RequestId::parse(data)) {
-            (Ok(kept), Ok(parsed)) => assert_eq!(kept, parsed),
-            (kept, parsed) => assert_eq!(kept.err(), parsed.err()),
-        }
-    }
     let safe = RequestId::from_inbound(Some(data));
     assert!(RequestId::parse(safe.as_str().as_bytes()).is_ok());
     if let Ok(uuid) = RequestUuid::parse(data) {
@@ -51,14 +43,13 @@ pub fn request_id(data: &[u8]) {
     }
 }
 
-/// Builds a header map from `data` (first byte: pad the map past the one-pass limit when odd;
-/// then records of a name byte, a length byte and the value) and checks that the HTTP server's
-/// one-pass reading agrees with the generic carrier reading: the same remote context, the same
-/// kept `x-request-id`, the same kept `request-id`, the same `Host`. Never panics.
+/// Builds a header map from `data` (first byte: pad the map with unrelated headers when odd;
+/// then records of a name byte, a length byte and the value) and extracts from it as a server
+/// layer does. Never panics; the ids are always safe, a single valid inbound id is kept, and a
+/// remote context injected again extracts to itself.
 pub fn inbound_headers(data: &[u8]) {
-    use crate::propagation::carrier::{InboundHeaders, Seen};
-    use crate::propagation::{Carrier, RemoteContext, RequestIds};
-    use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
+    use crate::propagation::{inject_trace, Carrier, RemoteContext, RequestIds};
+    use http::header::{HeaderMap, HeaderName, HeaderValue};
 
     const NAMES: [&str; 6] = ["traceparent", "tracestate", "x-request-id", "request-id", "host", "x-other"];
     let Some((&flags, mut rest)) = data.split_first() else { return };
@@ -80,18 +71,20 @@ pub fn inbound_headers(data: &[u8]) {
         }
     }
 
-    let found = InboundHeaders::scan(&headers);
-    assert_eq!(RemoteContext::from_fields(found.trace_fields(), &headers), RemoteContext::extract(&headers));
-    assert_eq!(found.host.single(), Seen::of(headers.get_all(HOST).iter()).single());
-
-    let (server, generic) = (RequestIds::from_headers(&found), RequestIds::extract(&headers));
-    let kept =
-        |ids: &RequestIds| (!ids.x_request_id.is_generated()).then(|| ids.x_request_id.as_str().to_owned());
-    assert_eq!(kept(&server), kept(&generic));
-    assert!(RequestId::parse(server.x_request_id.as_str().as_bytes()).is_ok(), "always a safe id");
-    let inbound_uuid = Carrier::get_single(&headers, "request-id").and_then(|v| RequestUuid::parse(v).ok());
-    if let Some(uuid) = inbound_uuid {
-        assert_eq!((server.request_id, generic.request_id), (uuid, uuid));
+    let ids = RequestIds::extract(&headers);
+    assert!(RequestId::parse(ids.x_request_id.as_str().as_bytes()).is_ok(), "always a safe id");
+    if let Some(inbound) = headers.get_single("x-request-id").and_then(|v| RequestId::parse(v).ok()) {
+        assert_eq!(ids.x_request_id, inbound);
+    }
+    if let Some(uuid) = headers.get_single("request-id").and_then(|v| RequestUuid::parse(v).ok()) {
+        assert_eq!(ids.request_id, uuid);
+    }
+    if let Some(remote) = RemoteContext::extract(&headers) {
+        let mut again = HeaderMap::new();
+        inject_trace(&mut again, &remote.traceparent, &remote.tracestate);
+        let resent = RemoteContext::extract(&again).expect("what was injected extracts");
+        assert_eq!(resent.traceparent, remote.traceparent.with_parent_id(remote.traceparent.parent_id()));
+        assert_eq!(resent.tracestate, *remote.tracestate.within_limits());
     }
 }
 

@@ -34,49 +34,9 @@ pub(crate) fn random_u128() -> u128 {
     (u128::from(random_u64()) << 64) | u128::from(random_u64())
 }
 
-/// The decimal digits of `value`, without going through `fmt` (per-request paths).
-pub(crate) fn decimal(value: u64) -> Decimal {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = value;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    Decimal { digits, start: at }
-}
-
-/// The result of [`decimal`]: up to 20 ASCII digits on the stack.
-pub(crate) struct Decimal {
-    digits: [u8; 20],
-    start: usize,
-}
-
-impl Decimal {
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.digits[self.start..]
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        // Only ASCII digits are written.
-        std::str::from_utf8(self.as_bytes()).unwrap_or("0")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decimals() {
-        for value in [0, 7, 10, 443, 8000, u64::MAX] {
-            assert_eq!(decimal(value).as_str(), value.to_string());
-        }
-    }
 
     #[test]
     fn ids_differ() {

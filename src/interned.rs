@@ -1,11 +1,9 @@
 //! Attribute strings that repeat from request to request (routes, host names), kept once for the
 //! life of the process so a span can take them as `&'static str`.
 //!
-//! Why: with a batch exporter, every `String` put in a span attribute is allocated on the
-//! request's thread and freed on the exporter's, which with glibc's allocator costs far more than
-//! the copy (see `retained.rs`). Measured with `cargo bench --bench layers` (2-core Xeon):
-//! the server layer's overhead is +2.57 µs with the route, the path and the host copied per
-//! request, +1.74 µs with them kept here. A kept string costs a lookup and nothing to free.
+//! Why: with a batch exporter, every `String` in a span attribute is allocated on the request's
+//! thread and freed on the exporter's, which with glibc's allocator costs more than the copy;
+//! the server layer's budget in `BENCHMARKS.md` (`layers`) needs these strings kept instead.
 //!
 //! Bounded: each table keeps at most its capacity of strings of at most [`MAX_LEN`] bytes, for
 //! good; once a table is full, callers copy as before. The route table is filled from the
@@ -15,7 +13,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock};
+use std::sync::{LazyLock, OnceLock, PoisonError, RwLock};
 use std::thread::LocalKey;
 
 use opentelemetry::Value;
@@ -39,8 +37,6 @@ pub(crate) struct Interner {
 thread_local! {
     static RECENT_ROUTES: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
     static RECENT_HOSTS: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
-    static RECENT_ENDPOINTS: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
-    static RECENT_NAMES: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Routes (`http.route`, span names built from them): as many as an application has.
@@ -49,24 +45,12 @@ pub(crate) static ROUTES: Interner = Interner::new(1024, &RECENT_ROUTES);
 /// `server.address` values from `Host` headers.
 pub(crate) static HOSTS: Interner = Interner::new(64, &RECENT_HOSTS);
 
-/// RPC endpoint names (`rpc.method`, `endpoint`, client span names): chosen by the application,
-/// but read from the wire on the server side, hence bounded like the hosts.
-pub(crate) static ENDPOINTS: Interner = Interner::new(256, &RECENT_ENDPOINTS);
-
-/// Names a layer is configured with (components, worker addresses), kept when it is built, and
-/// the workers a KV transfer goes between.
-pub(crate) static NAMES: Interner = Interner::new(256, &RECENT_NAMES);
-
 impl Interner {
     const fn new(capacity: usize, recent: &'static LocalKey<RefCell<Vec<&'static str>>>) -> Self {
         Self { capacity, kept: LazyLock::new(Default::default), frozen: OnceLock::new(), recent }
     }
 
     /// `text` as a kept string, or `None` when it is too long or the table is full.
-    ///
-    /// ```ignore
-    /// assert_eq!(ROUTES.get("/v1/models"), Some("/v1/models"));
-    /// ```
     pub(crate) fn get(&self, text: &str) -> Option<&'static str> {
         if text.len() > MAX_LEN {
             return None;
@@ -89,7 +73,10 @@ impl Interner {
 
     /// `text` as an attribute value: the kept string, else a copy for this span.
     pub(crate) fn value(&self, text: &str) -> Value {
-        kept_or_copied(self.get(text), text)
+        match self.get(text) {
+            Some(kept) => Value::from(kept),
+            None => Value::from(text.to_owned()),
+        }
     }
 
     /// `text` as a span name: the kept string, else a copy for this span.
@@ -97,15 +84,6 @@ impl Interner {
         match self.get(text) {
             Some(kept) => Cow::Borrowed(kept),
             None => Cow::Owned(text.to_owned()),
-        }
-    }
-
-    /// `text` as an attribute value cloned into every span: the kept string, else one shared
-    /// copy (cloning a plain `String` value would copy it per span).
-    pub(crate) fn shared_value(&self, text: &str) -> Value {
-        match self.get(text) {
-            Some(kept) => Value::from(kept),
-            None => Value::from(Arc::<str>::from(text)),
         }
     }
 
@@ -133,14 +111,6 @@ impl Interner {
     }
 }
 
-/// The kept copy of `text` when there is one, else a copy for this span.
-pub(crate) fn kept_or_copied(kept: Option<&'static str>, text: &str) -> Value {
-    match kept {
-        Some(kept) => Value::from(kept),
-        None => Value::from(text.to_owned()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,7 +132,6 @@ mod tests {
         assert_eq!(TABLE.value("c").as_str(), "c");
         assert!(matches!(TABLE.name("c"), Cow::Owned(name) if name == "c"));
         assert!(matches!(TABLE.name("a"), Cow::Borrowed("a")));
-        assert_eq!(TABLE.shared_value("c").as_str(), "c");
         assert_eq!(TABLE.get("/v1/models"), Some("/v1/models"), "kept strings stay usable");
         assert_eq!(TABLE.get(&"x".repeat(MAX_LEN + 1)), None, "too long");
         // Another thread finds the same strings without its own copies.

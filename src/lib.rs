@@ -49,8 +49,39 @@
 //! assert_eq!(remote.traceparent.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 //! assert_eq!(ids.x_request_id.as_str(), "my-request");
 //! ```
-#![deny(unsafe_code)] // audited exceptions: the TSC read (`inference::clock`), `TraceParent::to_header_value`
+#![deny(unsafe_code)] // one audited exception: the TSC read in `inference::clock` (the per-token budget)
 #![warn(missing_docs, missing_debug_implementations)]
+
+/// `get_ref`, `get_mut` and `into_inner` for a service wrapper `$service<S, T>` whose wrapped
+/// service is its `inner` field; `$example` is an expression that builds one, for the docs'
+/// examples.
+macro_rules! inner_accessors {
+    ($service:ident, $example:literal) => {
+        impl<S, T> $service<S, T> {
+            /// The wrapped service.
+            ///
+            #[doc = concat!("```\nuse tower::Layer;\nlet service = ", $example, ";\nlet _inner = service.get_ref();\n```")]
+            pub fn get_ref(&self) -> &S {
+                &self.inner
+            }
+
+            /// The wrapped service, mutably.
+            ///
+            #[doc = concat!("```\nuse tower::Layer;\nlet mut service = ", $example, ";\nlet _inner = service.get_mut();\n```")]
+            pub fn get_mut(&mut self) -> &mut S {
+                &mut self.inner
+            }
+
+            /// Unwraps the service, dropping the tracing.
+            ///
+            #[doc = concat!("```\nuse tower::Layer;\nlet service = ", $example, ";\nlet _inner = service.into_inner();\n```")]
+            pub fn into_inner(self) -> S {
+                self.inner
+            }
+        }
+    };
+}
+pub(crate) use inner_accessors;
 
 mod active_span;
 #[doc(hidden)]
@@ -71,4 +102,19 @@ pub mod rpc;
 pub mod telemetry;
 mod tracer;
 
-pub use tracer::{DefaultSpan, DefaultTracer};
+pub use tracer::DefaultTracer;
+
+/// The `opentelemetry` this crate is built against, so a handler can name
+/// `Extension<tokentrace::opentelemetry::Context>` without a version of its own to match.
+///
+/// ```
+/// use axum::{routing::get, Extension, Router};
+/// use tokentrace::opentelemetry::{trace::TraceContextExt, Context};
+///
+/// async fn handler(Extension(cx): Extension<Context>) -> String {
+///     cx.span().span_context().trace_id().to_string()
+/// }
+/// let app: Router = Router::new().route("/", get(handler)).layer(tokentrace::http::ServerLayer::default());
+/// # let _ = app;
+/// ```
+pub use opentelemetry;

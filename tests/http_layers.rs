@@ -111,9 +111,50 @@ async fn parent_and_child_across_a_real_server_and_client() {
     assert_eq!(attr(server, "server.address").as_deref(), Some("127.0.0.1"));
     assert_eq!(attr(server, "network.protocol.version").as_deref(), Some("1.1"));
     assert_eq!(attr(client, "http.response.status_code").as_deref(), Some("200"));
-    // The same x-request-id on both sides.
+    // The same request ids on both sides.
     assert!(attr(server, "x_request_id").is_some());
     assert_eq!(attr(server, "x_request_id"), attr(client, "x_request_id"));
+    assert_eq!(attr(server, "request_id").map(|id| id.len()), Some(36));
+    assert_eq!(attr(server, "request_id"), attr(client, "request_id"));
+}
+
+/// A handler reads the request ids and the request's context as typed extensions, through the
+/// crate's own `opentelemetry` re-export.
+#[tokio::test]
+async fn handlers_take_request_ids_and_the_context_as_extensions() {
+    use axum::Extension;
+    use tokentrace::propagation::RequestIds;
+
+    let spans = Spans::new();
+    let app = Router::new()
+        .route(
+            "/ids",
+            get(
+                |Extension(ids): Extension<RequestIds>,
+                 Extension(cx): Extension<tokentrace::opentelemetry::Context>| async move {
+                    assert_eq!(RequestIds::from_context(&cx), Some(&ids), "one set of ids");
+                    format!("{} {} {}", ids.x_request_id, ids.request_id, cx.span().span_context().trace_id())
+                },
+            ),
+        )
+        .layer(ServerLayer::with_tracer(spans.tracer("server")));
+    let addr = serve(app).await;
+    let mut client = client(spans.tracer("client"));
+    let request = get_request(
+        addr,
+        "/ids",
+        &[
+            ("x-request-id", "ext-1"),
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ],
+    );
+    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = std::str::from_utf8(&body).unwrap().to_owned();
+    let spans = spans.wait_for("two spans", |s| s.len() == 2);
+    let server = spans.iter().find(|s| s.span_kind == SpanKind::Server).unwrap();
+    let request_id = attr(server, "request_id").unwrap();
+    assert_eq!(body, format!("ext-1 {request_id} {}", server.span_context.trace_id()));
 }
 
 #[tokio::test]
@@ -333,7 +374,7 @@ async fn a_public_endpoint_starts_a_new_trace_linked_to_the_caller() {
     let spans = Spans::new();
     let app = recording_app(Seen::default()).layer(
         ServerLayer::with_tracer(spans.tracer("server"))
-            .public_endpoint(true)
+            .public_endpoint()
             .span_name(SpanNameStyle::MethodAndRoute),
     );
     let addr = serve(app).await;

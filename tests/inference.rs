@@ -10,7 +10,7 @@ use opentelemetry::trace::{TraceContextExt, Tracer};
 use opentelemetry::Context;
 use support::{attr, Spans};
 use tokentrace::inference::{
-    FinishReason, InferenceTracer, ManualClock, StatsTarget, StreamOptions, TokenChunk, TokenStream,
+    FinishReason, ManualClock, Phases, StatsTarget, StreamOptions, TokenChunk, TokenStream,
 };
 
 #[derive(Debug)]
@@ -122,7 +122,7 @@ fn no_tokens_means_no_timings() {
 #[test]
 fn attributes_land_on_the_exported_decode_span_with_a_link_to_prefill() {
     let spans = Spans::new();
-    let phases = InferenceTracer::with_tracer(spans.tracer("worker"));
+    let phases = Phases::with_tracer(spans.tracer("worker"));
     let clock = ManualClock::new();
     let root = Context::current_with_span(spans.tracer("test").start("handle_payload"));
     let _attached = root.clone().attach();
@@ -172,7 +172,7 @@ fn attributes_land_on_the_exported_decode_span_with_a_link_to_prefill() {
 #[test]
 fn a_stream_dropped_before_its_end_records_cancelled() {
     let spans = Spans::new();
-    let phases = InferenceTracer::with_tracer(spans.tracer("worker"));
+    let phases = Phases::with_tracer(spans.tracer("worker"));
     let clock = ManualClock::new();
     let script = (0..100).map(|_| (MS, 1, None)).collect();
     let mut tokens = TokenStream::with_clock(

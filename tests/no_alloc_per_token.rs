@@ -6,7 +6,7 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use futures_util::{stream, StreamExt};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-use tokentrace::inference::{InferenceTracer, StatsTarget, StreamOptions, TokenChunk, TokenStream};
+use tokentrace::inference::{Phases, StatsTarget, StreamOptions, TokenChunk, TokenStream};
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
@@ -29,7 +29,7 @@ impl TokenChunk for Chunk {
 fn draining_tokens_allocates_nothing_per_token() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    let phases = Phases::with_tracer(provider.tracer("worker"));
 
     let allocations_for = |tokens: usize| {
         // Everything but the per-token loop is set up outside the measured region where

@@ -314,7 +314,7 @@ async fn the_handler_stream_runs_in_the_request_context_after_an_error_item() {
     let server =
         ServiceBuilder::new().layer(rpc::ServerLayer::with_tracer(spans.tracer("worker"))).service(handler);
     let mut request = Request::new("generate", Bytes::new());
-    request.metadata.insert("x-request-id", "req-err-1");
+    request.metadata.append("x-request-id", "req-err-1");
     let seen: Vec<String> = server
         .oneshot(request)
         .await

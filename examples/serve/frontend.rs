@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
-use opentelemetry::trace::{Status, TraceContextExt};
-use opentelemetry::Context;
 use serde_json::{json, Value};
 use tokentrace::inference::{StatsTarget, StreamOptions, TokenStream};
+use tokentrace::opentelemetry::trace::{Status, TraceContextExt};
+use tokentrace::opentelemetry::Context;
 use tokentrace::propagation::RequestIds;
 use tokentrace::rpc::{self, tcp, Request, RpcError};
 use tokio::sync::Mutex;
@@ -52,12 +52,22 @@ async fn models(State(frontend): State<Arc<Frontend>>) -> Json<Value> {
     )
 }
 
-async fn chat(state: State<Arc<Frontend>>, cx: Extension<Context>, body: Json<Value>) -> Response {
-    complete(state, cx, body, Api::Chat).await
+async fn chat(
+    state: State<Arc<Frontend>>,
+    ids: Extension<RequestIds>,
+    cx: Extension<Context>,
+    body: Json<Value>,
+) -> Response {
+    complete(state, ids, cx, body, Api::Chat).await
 }
 
-async fn completions(state: State<Arc<Frontend>>, cx: Extension<Context>, body: Json<Value>) -> Response {
-    complete(state, cx, body, Api::Completions).await
+async fn completions(
+    state: State<Arc<Frontend>>,
+    ids: Extension<RequestIds>,
+    cx: Extension<Context>,
+    body: Json<Value>,
+) -> Response {
+    complete(state, ids, cx, body, Api::Completions).await
 }
 
 fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
@@ -98,6 +108,7 @@ impl Frontend {
 
 async fn complete(
     State(frontend): State<Arc<Frontend>>,
+    Extension(ids): Extension<RequestIds>,
     Extension(cx): Extension<Context>,
     Json(body): Json<Value>,
     api: Api,
@@ -140,9 +151,8 @@ async fn complete(
         items.map(|item| item.and_then(|bytes| TokenItem::parse(&bytes).map_err(RpcError::Malformed)));
     let options = StreamOptions::new().model(request.model.clone()).request_start(start);
     let tokens = TokenStream::new(tokens, StatsTarget::Span(cx.clone()), options);
-    let request_id =
-        RequestIds::from_context(&cx).map(|ids| ids.x_request_id.to_string()).unwrap_or_default();
-    let id = format!("{}-{request_id}", if matches!(api, Api::Chat) { "chatcmpl" } else { "cmpl" });
+    let kind = if matches!(api, Api::Chat) { "chatcmpl" } else { "cmpl" };
+    let id = format!("{kind}-{}", ids.x_request_id);
     let completion = Arc::new(Completion { cx, frontend, id, model: request.model, api });
     if stream_response {
         Sse::new(sse_events(tokens, completion)).into_response()

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 use opentelemetry::trace::SpanContext;
-use tokentrace::inference::{FinishReason, InferenceTracer, StatsTarget, StreamOptions, TokenStream};
+use tokentrace::inference::{FinishReason, Phases, StatsTarget, StreamOptions, TokenStream};
 use tokentrace::propagation::TraceParent;
 use tokentrace::rpc::{self, tcp, Request, RpcError};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
@@ -57,7 +57,7 @@ pub struct WorkerConfig {
 
 struct Worker<E: Engine> {
     engine: Arc<E>,
-    phases: InferenceTracer,
+    phases: Phases,
     slots: Arc<Semaphore>,
     config: WorkerConfig,
     /// The traced connection to the prefill worker (decode role), opened on first use.
@@ -75,7 +75,7 @@ pub async fn serve<E: Engine>(
     let instance_id = config.instance_id;
     let worker = Arc::new(Worker {
         engine: Arc::new(engine),
-        phases: InferenceTracer::default(),
+        phases: Phases::default(),
         slots: Arc::new(Semaphore::new(config.slots)),
         config,
         prefill: Mutex::new(None),

@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use super::body::TracedBody;
 use super::semconv;
-use crate::active_span::ActiveSpan;
+use crate::active_span::{record_request_ids, ActiveSpan};
 use crate::propagation::{inject_context, RequestIds};
 use crate::DefaultTracer;
 
@@ -113,6 +113,13 @@ impl<S: fmt::Debug, T> fmt::Debug for ClientService<S, T> {
     }
 }
 
+crate::inner_accessors!(
+    ClientService,
+    "tokentrace::http::ClientLayer::default().layer(tower::service_fn(|_: http::Request<String>| async {
+    Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+}))"
+);
+
 impl<S, T, ReqBody, ResBody> Service<Request<ReqBody>> for ClientService<S, T>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -132,17 +139,12 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let parent = Context::current();
         let method = semconv::method(request.method());
-        // Four here, `x_request_id` after the start, the status code at the response.
-        let mut attributes = Vec::with_capacity(6);
-        attributes.push(KeyValue::new(semconv::HTTP_REQUEST_METHOD, method));
-        if let Some((host, port)) =
-            semconv::server_address(request.uri(), request.headers().get(http::header::HOST))
-        {
-            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
-            if let Some(port) = port {
-                attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
-            }
-        }
+        let mut attributes = vec![KeyValue::new(semconv::HTTP_REQUEST_METHOD, method)];
+        semconv::push_server_address(
+            &mut attributes,
+            request.uri(),
+            request.headers().get(http::header::HOST),
+        );
         attributes.push(KeyValue::new(semconv::URL_FULL, url_without_secrets(request.uri())));
         let mut span = self
             .tracer
@@ -151,7 +153,7 @@ where
             .with_attributes(attributes)
             .start_with_context(&*self.tracer, &parent);
         let ids = RequestIds::for_outbound(&parent, request.headers());
-        crate::retained::record_request_ids(&mut span, &ids, false);
+        record_request_ids(&mut span, &ids);
         let cx = parent.with_span(span);
 
         inject_context(request.headers_mut(), &cx);
@@ -163,24 +165,16 @@ where
 }
 
 /// `scheme://host[:port]/path`: the query and any user info are left out, as they may hold
-/// secrets. Built by hand: this runs on every outbound request.
+/// secrets.
 fn url_without_secrets(uri: &http::Uri) -> String {
     let path = uri.path();
-    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        return path.to_owned();
-    };
-    let host = authority.host();
-    let port = authority.port_u16().map(|port| crate::ids::decimal(u64::from(port)));
-    let mut url = String::with_capacity(scheme.len() + 3 + host.len() + 6 + path.len());
-    url.push_str(scheme);
-    url.push_str("://");
-    url.push_str(host);
-    if let Some(port) = &port {
-        url.push(':');
-        url.push_str(port.as_str());
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => match authority.port_u16() {
+            Some(port) => format!("{scheme}://{}:{port}{path}", authority.host()),
+            None => format!("{scheme}://{}{path}", authority.host()),
+        },
+        _ => path.to_owned(),
     }
-    url.push_str(path);
-    url
 }
 
 #[cfg(test)]

@@ -16,11 +16,9 @@ use tower_service::Service;
 
 use super::body::TracedBody;
 use super::semconv;
-use crate::active_span::ActiveSpan;
+use crate::active_span::{record_request_ids, ActiveSpan};
 use crate::interned;
-use crate::propagation::carrier::InboundHeaders;
 use crate::propagation::{names, RemoteContext, RequestIds};
-use crate::retained;
 use crate::DefaultTracer;
 
 /// Span name used by NVIDIA Dynamo's frontend, kept so its dashboards and queries match.
@@ -64,8 +62,9 @@ type Filter = Arc<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
 ///   attributes, then `x_request_id` and `request_id` if the span is sampled (never arbitrary
 ///   headers; the sampler sees the HTTP attributes, not the per-request ids);
 /// - keeps a valid inbound `x-request-id` or generates one, echoes it on the response, and
-///   stores the `opentelemetry::Context` (span and [`RequestIds`]) in the request extensions:
-///   a handler takes `Extension<Context>` and reads the ids with [`RequestIds::from_context`];
+///   stores two typed extensions: [`RequestIds`] (a handler takes `Extension<RequestIds>`) and
+///   the request's `opentelemetry::Context` (`Extension<tokentrace::opentelemetry::Context>`,
+///   its span and the ids);
 /// - attaches the context while the handler's future and the response body are polled, so log
 ///   lines and outbound calls (through [`ClientLayer`](super::ClientLayer) or
 ///   [`rpc::ClientLayer`](crate::rpc::ClientLayer)) join the trace;
@@ -74,11 +73,7 @@ type Filter = Arc<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
 /// The tracer is taken when the layer is built ([`DefaultTracer`]): build it after installing
 /// your tracer provider (or pass one with [`ServerLayer::with_tracer`]).
 ///
-/// Cost (`cargo bench --bench layers`, 2-core Xeon): about 1.5 µs per sampled request over a
-/// bare axum `Router` (1.5–1.7 µs through the global `BoxedTracer`), over half of it the
-/// OpenTelemetry SDK's own span. Routes, route-shaped paths and host names are recorded from
-/// bounded per-process tables (1024 routes and 64 hosts, 256 bytes each) rather than copied per
-/// request; values beyond those are copied.
+/// Its cost per request, beside the alternatives, is in `BENCHMARKS.md` (`cargo bench --bench layers`).
 ///
 /// ```
 /// use axum::{routing::get, Router};
@@ -172,11 +167,11 @@ where
     ///
     /// ```
     /// use tokentrace::http::ServerLayer;
-    /// let layer = ServerLayer::default().public_endpoint(true);
+    /// let layer = ServerLayer::default().public_endpoint();
     /// # let _ = layer;
     /// ```
-    pub fn public_endpoint(mut self, public: bool) -> Self {
-        self.public_endpoint = public;
+    pub fn public_endpoint(mut self) -> Self {
+        self.public_endpoint = true;
         self
     }
 
@@ -201,7 +196,6 @@ where
     fn start_span<B>(
         &self,
         request: &Request<B>,
-        found: &InboundHeaders<'_>,
         parent: &Context,
         ids: &RequestIds,
         link: Option<Link>,
@@ -209,60 +203,44 @@ where
         let method = semconv::method(request.method());
         let route = matched_path(request);
         let uri = request.uri();
-        let kept_route = route.map(|route| (route, interned::ROUTES.get(route)));
         let mut attributes = Vec::with_capacity(ATTRIBUTES_PER_SPAN);
         attributes.extend([
             KeyValue::new(semconv::HTTP_REQUEST_METHOD, method),
-            KeyValue::new(semconv::URL_PATH, path_value(uri.path(), kept_route)),
+            KeyValue::new(semconv::URL_PATH, path_value(uri.path(), route)),
             KeyValue::new(semconv::URL_SCHEME, uri.scheme_str().map_or("http", scheme_name)),
             KeyValue::new(semconv::NETWORK_PROTOCOL_VERSION, semconv::protocol_version(request.version())),
         ]);
-        if let Some((route, kept)) = kept_route {
-            attributes.push(KeyValue::new(semconv::HTTP_ROUTE, interned::kept_or_copied(kept, route)));
+        if let Some(route) = route {
+            attributes.push(KeyValue::new(semconv::HTTP_ROUTE, interned::ROUTES.value(route)));
         }
-        if let Some((host, port)) = semconv::server_address(uri, found.host.single()) {
-            attributes.push(KeyValue::new(semconv::SERVER_ADDRESS, host));
-            if let Some(port) = port {
-                attributes.push(KeyValue::new(semconv::SERVER_PORT, i64::from(port)));
+        semconv::push_server_address(&mut attributes, uri, request.headers().get(http::header::HOST));
+        let name: Cow<'static, str> = match (self.span_name, route) {
+            (SpanNameStyle::Dynamo, _) => Cow::Borrowed(DYNAMO_SPAN_NAME),
+            (SpanNameStyle::MethodAndRoute, Some(route)) => {
+                interned::ROUTES.name(&format!("{method} {route}"))
             }
-        }
-        let mut builder = self
-            .tracer
-            .span_builder(self.name_span(method, route))
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes);
+            (SpanNameStyle::MethodAndRoute, None) => Cow::Borrowed(method),
+        };
+        let mut builder =
+            self.tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes);
         if let Some(link) = link {
             builder = builder.with_links(vec![link]);
         }
         let mut span = builder.start_with_context(&*self.tracer, parent);
-        retained::record_request_ids(&mut span, ids, true);
+        record_request_ids(&mut span, ids);
         span
-    }
-
-    fn name_span(&self, method: &'static str, route: Option<&str>) -> Cow<'static, str> {
-        match (self.span_name, route) {
-            (SpanNameStyle::Dynamo, _) => Cow::Borrowed(DYNAMO_SPAN_NAME),
-            (SpanNameStyle::MethodAndRoute, Some(route)) => {
-                let name = format!("{method} {route}");
-                match interned::ROUTES.get(&name) {
-                    Some(kept) => Cow::Borrowed(kept),
-                    None => Cow::Owned(name),
-                }
-            }
-            (SpanNameStyle::MethodAndRoute, None) => Cow::Borrowed(method),
-        }
     }
 }
 
 /// Attributes a server span starts with, the two request ids recorded just after its start and
-/// the status code set at the response: the vector is allocated once at its final size.
+/// the status code set at the response: the vector is allocated once, at its final size.
 const ATTRIBUTES_PER_SPAN: usize = 10;
 
-/// `url.path`: the kept route when the path is the route itself (no path parameters), else a
-/// copy (paths with parameters are unbounded, so they are never kept).
-fn path_value(path: &str, route: Option<(&str, Option<&'static str>)>) -> Value {
+/// `url.path`: the route's kept string when the path is the route itself (no path parameters),
+/// else a copy (paths with parameters are unbounded, so they are never kept).
+fn path_value(path: &str, route: Option<&str>) -> Value {
     match route {
-        Some((route, kept)) if route == path => interned::kept_or_copied(kept, path),
+        Some(route) if route == path => interned::ROUTES.value(path),
         _ => Value::from(path.to_owned()),
     }
 }
@@ -322,6 +300,13 @@ impl<S: fmt::Debug, T> fmt::Debug for ServerService<S, T> {
     }
 }
 
+crate::inner_accessors!(
+    ServerService,
+    "tokentrace::http::ServerLayer::default().layer(tower::service_fn(|_: http::Request<String>| async {
+    Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+}))"
+);
+
 impl<S, T, ReqBody, ResBody> Service<Request<ReqBody>> for ServerService<S, T>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -339,9 +324,8 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let found = InboundHeaders::scan(request.headers());
-        let ids = RequestIds::from_headers(&found);
-        let remote = RemoteContext::from_fields(found.trace_fields(), request.headers());
+        let ids = RequestIds::extract(request.headers());
+        let remote = RemoteContext::extract(request.headers());
         let traced = self.layer.filter.as_ref().is_none_or(|filter| filter(request.method(), request.uri()));
 
         let (parent, link) = match (&remote, self.layer.public_endpoint) {
@@ -352,16 +336,14 @@ where
             (Some(remote), false) => (remote.to_context(), None),
             (None, _) => (Context::new(), None),
         };
-        let span = traced.then(|| self.layer.start_span(&request, &found, &parent, &ids, link));
+        let span = traced.then(|| self.layer.start_span(&request, &parent, &ids, link));
         let x_request_id = ids.x_request_id.header_value().clone();
+        request.extensions_mut().insert(ids.clone());
         let cx = parent.with_value(ids);
         let scope = match span {
             Some(span) => ActiveSpan::new(cx.with_span(span)),
             None => ActiveSpan::untraced(cx),
         };
-
-        // One extension: the context carries the ids too (`RequestIds::from_context`), and each
-        // extension insert costs an allocation.
         request.extensions_mut().insert(scope.context().clone());
         let inner = {
             let _attached = scope.attach();

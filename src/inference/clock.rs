@@ -85,8 +85,9 @@ pub struct Anchor {
     pub instant: Instant,
 }
 
-/// The default clock: the time-stamp counter on x86-64 (7 ns a read on the 2-core CI machine,
-/// against 16 ns for `Instant::now`), `Instant` elsewhere.
+/// The default clock: the time-stamp counter on x86-64, `Instant` elsewhere. The counter is
+/// read because the per-token budget (`BENCHMARKS.md`, `per_token`) needs a read cheaper than
+/// `Instant::now`.
 ///
 /// The tick rate is measured per stream, from its start and end, so no start-up calibration
 /// is needed. It assumes an invariant TSC (every x86-64 CPU of the last fifteen years; Linux
@@ -113,8 +114,7 @@ impl Clock for CpuClock {
     fn ticks(&self) -> u64 {
         // SAFETY: `_rdtsc` reads the time-stamp counter; it has no preconditions (every x86-64
         // CPU has the instruction) and touches no memory. It is `unsafe` only because arch
-        // intrinsics are. Measured: 7.3 ns against 16.4 ns for `Instant::now` here, which
-        // is the difference between meeting and missing the per-token budget.
+        // intrinsics are.
         unsafe { std::arch::x86_64::_rdtsc() }
     }
 

@@ -1,6 +1,6 @@
 //! The inference hot path: phase spans and token-stream statistics at near-zero cost per token.
 //!
-//! - [`InferenceTracer`]: `queue`, `prefill`, `kv_transfer`, `decode` spans (the decode span
+//! - [`Phases`]: `queue`, `prefill`, `kv_transfer`, `decode` spans (the decode span
 //!   links to the prefill span in disaggregated serving).
 //! - [`TokenStream`]: wraps any stream of [`TokenChunk`]s; per chunk one clock read and a few
 //!   integer updates, no allocation, no span; the GenAI attributes and TTFT/ITL statistics are
@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use futures_util::StreamExt;
-//! use tokentrace::inference::{InferenceTracer, StatsTarget, StreamOptions, TokenChunk, TokenStream};
+//! use tokentrace::inference::{Phases, StatsTarget, StreamOptions, TokenChunk, TokenStream};
 //!
 //! struct Chunk(u32);
 //! impl TokenChunk for Chunk {
@@ -16,7 +16,7 @@
 //! }
 //!
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let phases = InferenceTracer::default();
+//! let phases = Phases::default();
 //! let prefill = phases.prefill(12);
 //! prefill.end();
 //! let decode = phases.decode(None);
@@ -33,6 +33,6 @@ mod stats;
 mod stream;
 
 pub use clock::{Anchor, Clock, CpuClock, ManualClock};
-pub use phases::{InferenceTracer, Phase};
+pub use phases::{Phase, Phases};
 pub use stats::{FinishReason, TokenChunk, TokenSummary};
 pub use stream::{StatsTarget, StreamOptions, TokenStream};

@@ -7,7 +7,6 @@ use opentelemetry::trace::{Link, SpanContext, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 
 use crate::active_span::ActiveSpan;
-use crate::interned;
 use crate::DefaultTracer;
 
 pub(crate) const INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
@@ -20,9 +19,9 @@ const KV_DESTINATION: &str = "kv.destination";
 /// [`rpc::ServerLayer`](crate::rpc::ServerLayer)).
 ///
 /// ```
-/// use tokentrace::inference::InferenceTracer;
+/// use tokentrace::inference::Phases;
 ///
-/// let phases = InferenceTracer::default();
+/// let phases = Phases::default();
 /// let queue = phases.queue();
 /// queue.end();
 /// let prefill = phases.prefill(128);
@@ -32,29 +31,29 @@ const KV_DESTINATION: &str = "kv.destination";
 /// let decode = phases.decode(Some(prefill_span)); // disaggregated: links to the prefill span
 /// decode.end();
 /// ```
-pub struct InferenceTracer<T = DefaultTracer> {
+pub struct Phases<T = DefaultTracer> {
     tracer: Arc<T>,
 }
 
-impl Default for InferenceTracer<DefaultTracer> {
+impl Default for Phases<DefaultTracer> {
     fn default() -> Self {
         Self::with_tracer(DefaultTracer::new())
     }
 }
 
-impl<T> Clone for InferenceTracer<T> {
+impl<T> Clone for Phases<T> {
     fn clone(&self) -> Self {
         Self { tracer: Arc::clone(&self.tracer) }
     }
 }
 
-impl<T> fmt::Debug for InferenceTracer<T> {
+impl<T> fmt::Debug for Phases<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InferenceTracer").finish_non_exhaustive()
+        f.debug_struct("Phases").finish_non_exhaustive()
     }
 }
 
-impl<T> InferenceTracer<T>
+impl<T> Phases<T>
 where
     T: Tracer + Send + Sync + 'static,
     T::Span: Send + Sync + 'static,
@@ -64,11 +63,11 @@ where
     /// ```
     /// use opentelemetry::trace::TracerProvider;
     /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-    /// use tokentrace::inference::InferenceTracer;
+    /// use tokentrace::inference::Phases;
     ///
     /// let exporter = InMemorySpanExporter::default();
     /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// let phases = Phases::with_tracer(provider.tracer("worker"));
     /// phases.queue().end();
     /// assert_eq!(exporter.get_finished_spans().unwrap()[0].name, "queue");
     /// ```
@@ -90,9 +89,9 @@ where
     /// Waiting for a slot in the engine.
     ///
     /// ```
-    /// use tokentrace::inference::InferenceTracer;
+    /// use tokentrace::inference::Phases;
     ///
-    /// let phases = InferenceTracer::default();
+    /// let phases = Phases::default();
     /// let queued = phases.queue();
     /// // ... wait for a batch slot ...
     /// queued.end();
@@ -106,11 +105,11 @@ where
     /// ```
     /// use opentelemetry::trace::TracerProvider;
     /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-    /// use tokentrace::inference::InferenceTracer;
+    /// use tokentrace::inference::Phases;
     ///
     /// let exporter = InMemorySpanExporter::default();
     /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// let phases = Phases::with_tracer(provider.tracer("worker"));
     /// phases.prefill(512).end();
     /// let span = &exporter.get_finished_spans().unwrap()[0];
     /// assert_eq!(span.name, "prefill");
@@ -126,11 +125,11 @@ where
     /// ```
     /// use opentelemetry::trace::TracerProvider;
     /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-    /// use tokentrace::inference::InferenceTracer;
+    /// use tokentrace::inference::Phases;
     ///
     /// let exporter = InMemorySpanExporter::default();
     /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// let phases = Phases::with_tracer(provider.tracer("worker"));
     /// let transfer = phases.kv_transfer(64 << 20, "prefill-0", "decode-3");
     /// // ... move the KV blocks ...
     /// transfer.end();
@@ -146,9 +145,8 @@ where
             "kv_transfer",
             vec![
                 KeyValue::new(KV_BYTES, bytes as i64),
-                // Worker names recur: kept once, not copied per request (see `interned`).
-                KeyValue::new(KV_SOURCE, interned::NAMES.value(source)),
-                KeyValue::new(KV_DESTINATION, interned::NAMES.value(destination)),
+                KeyValue::new(KV_SOURCE, source.to_owned()),
+                KeyValue::new(KV_DESTINATION, destination.to_owned()),
             ],
             Vec::new(),
         )
@@ -161,11 +159,11 @@ where
     /// ```
     /// use opentelemetry::trace::TracerProvider;
     /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-    /// use tokentrace::inference::InferenceTracer;
+    /// use tokentrace::inference::Phases;
     ///
     /// let exporter = InMemorySpanExporter::default();
     /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// let phases = Phases::with_tracer(provider.tracer("worker"));
     /// // The prefill ran on another worker; its span context came with the request.
     /// let prefill = phases.prefill(16);
     /// let prefill_span = prefill.span_context();
@@ -185,9 +183,9 @@ where
 ///
 /// ```
 /// use opentelemetry::KeyValue;
-/// use tokentrace::inference::InferenceTracer;
+/// use tokentrace::inference::Phases;
 ///
-/// let phases = InferenceTracer::default();
+/// let phases = Phases::default();
 /// let prefill = phases.prefill(64);
 /// let _attached = prefill.context().clone().attach(); // work inside is parented to it
 /// prefill.set_attribute(KeyValue::new("queue_ms", 1.5));
@@ -206,9 +204,9 @@ impl Phase {
     /// ```
     /// use opentelemetry::trace::TraceContextExt;
     /// use opentelemetry::Context;
-    /// use tokentrace::inference::InferenceTracer;
+    /// use tokentrace::inference::Phases;
     ///
-    /// let phases = InferenceTracer::default();
+    /// let phases = Phases::default();
     /// let prefill = phases.prefill(16);
     /// {
     ///     let _attached = prefill.context().clone().attach();
@@ -226,10 +224,10 @@ impl Phase {
     /// ```
     /// use opentelemetry::trace::TracerProvider;
     /// use opentelemetry_sdk::trace::SdkTracerProvider;
-    /// use tokentrace::inference::InferenceTracer;
+    /// use tokentrace::inference::Phases;
     ///
     /// let provider = SdkTracerProvider::builder().build();
-    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// let phases = Phases::with_tracer(provider.tracer("worker"));
     /// let prefill = phases.prefill(16);
     /// let id = prefill.span_context();
     /// assert!(id.is_valid() && id.is_sampled());
@@ -245,11 +243,11 @@ impl Phase {
     /// use opentelemetry::trace::TracerProvider;
     /// use opentelemetry::KeyValue;
     /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-    /// use tokentrace::inference::InferenceTracer;
+    /// use tokentrace::inference::Phases;
     ///
     /// let exporter = InMemorySpanExporter::default();
     /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// let phases = Phases::with_tracer(provider.tracer("worker"));
     ///
     /// let prefill = phases.prefill(16);
     /// prefill.set_attribute(KeyValue::new("prefix_cache_hit_tokens", 12));
@@ -270,11 +268,11 @@ impl Phase {
     /// ```
     /// use opentelemetry::trace::TracerProvider;
     /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-    /// use tokentrace::inference::InferenceTracer;
+    /// use tokentrace::inference::Phases;
     ///
     /// let exporter = InMemorySpanExporter::default();
     /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// let phases = Phases::with_tracer(provider.tracer("worker"));
     /// phases.queue().end();
     /// drop(phases.prefill(16)); // not ended: recorded as cancelled
     /// let spans = exporter.get_finished_spans().unwrap();
@@ -290,11 +288,11 @@ impl Phase {
     /// ```
     /// use opentelemetry::trace::{Status, TracerProvider};
     /// use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-    /// use tokentrace::inference::InferenceTracer;
+    /// use tokentrace::inference::Phases;
     ///
     /// let exporter = InMemorySpanExporter::default();
     /// let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    /// let phases = InferenceTracer::with_tracer(provider.tracer("worker"));
+    /// let phases = Phases::with_tracer(provider.tracer("worker"));
     ///
     /// phases.prefill(16).fail("out_of_memory", "KV cache exhausted");
     /// let span = &exporter.get_finished_spans().unwrap()[0];

@@ -3,54 +3,12 @@
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use opentelemetry::Context;
 
-use super::carrier::{Carrier, InboundHeaders, Seen, TraceFields, TraceStateField};
-use super::request_id::{RequestId, RequestUuid, RequestUuidError};
+use super::carrier::Carrier;
+use super::names::{REQUEST_ID, TRACEPARENT, TRACESTATE, X_REQUEST_ID};
+use super::request_id::{RequestId, RequestUuid};
 use super::trace_state::TraceState;
 use super::traceparent::TraceParent;
 use crate::rate_limit::RateLimitedWarning;
-
-/// Header and metadata names, lowercase.
-///
-/// ```
-/// use tokentrace::propagation::names;
-/// use tokentrace::rpc::Metadata;
-///
-/// let metadata: Metadata = [(names::X_REQUEST_ID, "req-42")].into_iter().collect();
-/// assert_eq!(metadata.get(names::X_REQUEST_ID), Some("req-42"));
-/// ```
-pub mod names {
-    /// W3C `traceparent`.
-    ///
-    /// ```
-    /// assert_eq!(tokentrace::propagation::names::TRACEPARENT, http::HeaderName::from_static("traceparent"));
-    /// ```
-    pub const TRACEPARENT: &str = "traceparent";
-    /// W3C `tracestate`.
-    ///
-    /// ```
-    /// assert_eq!(tokentrace::propagation::names::TRACESTATE, "tracestate");
-    /// ```
-    pub const TRACESTATE: &str = "tracestate";
-    /// The request id operators search by.
-    ///
-    /// ```
-    /// use tokentrace::propagation::names::X_REQUEST_ID;
-    /// let mut headers = http::HeaderMap::new();
-    /// headers.insert(X_REQUEST_ID, "req-42".parse().unwrap());
-    /// assert_eq!(headers["X-Request-Id"], "req-42");
-    /// ```
-    pub const X_REQUEST_ID: &str = "x-request-id";
-    /// A UUID request id.
-    ///
-    /// ```
-    /// use tokentrace::propagation::{names::REQUEST_ID, RequestIds};
-    /// let mut headers = http::HeaderMap::new();
-    /// RequestIds::generate().inject(&mut headers);
-    /// assert_eq!(headers[REQUEST_ID].len(), 36);
-    /// ```
-    pub const REQUEST_ID: &str = "request-id";
-}
-use names::*;
 
 /// The caller's trace context, as received.
 ///
@@ -87,28 +45,15 @@ impl RemoteContext {
     /// // Any carrier: here the worker RPC metadata.
     /// let mut metadata = Metadata::new();
     /// assert!(RemoteContext::extract(&metadata).is_none()); // nothing received: a new trace
-    /// metadata.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-    /// metadata.insert("tracestate", "not a valid list ,,=");
+    /// metadata.append("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// metadata.append("tracestate", "not a valid list ,,=");
     /// let remote = RemoteContext::extract(&metadata).expect("valid traceparent");
     /// assert!(remote.traceparent.is_sampled());
     /// assert!(remote.tracestate.is_empty()); // the invalid tracestate alone is dropped
     /// ```
     pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Option<Self> {
-        Self::from_fields(carrier.trace_fields(), carrier)
-    }
-
-    /// [`RemoteContext::extract`] once [`Carrier::trace_fields`] is known.
-    #[inline]
-    pub(crate) fn from_fields<C: Carrier + ?Sized>(fields: TraceFields<'_>, carrier: &C) -> Option<Self> {
-        let traceparent = TraceParent::parse(fields.traceparent?).ok()?;
-        let tracestate = match fields.tracestate {
-            TraceStateField::Absent => Ok(TraceState::EMPTY),
-            TraceStateField::One(value) => TraceState::from_headers([value]),
-            TraceStateField::Unknown | TraceStateField::Several => {
-                TraceState::from_headers(carrier.get_all(TRACESTATE))
-            }
-        }
-        .unwrap_or_default();
+        let traceparent = TraceParent::parse(carrier.get_single(TRACEPARENT)?).ok()?;
+        let tracestate = TraceState::from_headers(carrier.get_all(TRACESTATE)).unwrap_or_default();
         Some(Self { traceparent, tracestate })
     }
 
@@ -192,7 +137,10 @@ pub fn inject_trace<C: Carrier + ?Sized>(
     tracestate: &TraceState,
 ) {
     carrier.remove_all(TRACESTATE);
-    carrier.set_traceparent(traceparent);
+    // Only lowercase hex digits and '-' are written: always ASCII.
+    if let Ok(text) = std::str::from_utf8(&traceparent.to_bytes()) {
+        carrier.set(TRACEPARENT, text);
+    }
     let tracestate = tracestate.within_limits();
     if !tracestate.is_empty() {
         carrier.set(TRACESTATE, tracestate.header());
@@ -264,18 +212,20 @@ static INVALID_REQUEST_ID: RateLimitedWarning = RateLimitedWarning::new();
 
 /// The inbound `request-id` when it is a single valid UUID, else a new one (with a
 /// rate-limited warning that never includes the refused value, when one was sent).
-fn request_uuid(inbound: Seen<&[u8]>) -> RequestUuid {
-    let parsed = match inbound {
-        Seen::Absent => return RequestUuid::new_v4(),
-        Seen::One(value) => RequestUuid::parse(value),
-        Seen::Several => Err(RequestUuidError),
+fn request_uuid<'a>(mut inbound: impl Iterator<Item = &'a [u8]>) -> RequestUuid {
+    let Some(first) = inbound.next() else {
+        return RequestUuid::new_v4();
     };
-    parsed.unwrap_or_else(|_| {
-        if INVALID_REQUEST_ID.should_emit() {
-            tracing::warn!(target: "tokentrace", "inbound request-id is not a single UUID; generated a new one");
+    let single = inbound.next().is_none();
+    match RequestUuid::parse(first) {
+        Ok(uuid) if single => uuid,
+        _ => {
+            if INVALID_REQUEST_ID.should_emit() {
+                tracing::warn!(target: "tokentrace", "inbound request-id is not a single UUID; generated a new one");
+            }
+            RequestUuid::new_v4()
         }
-        RequestUuid::new_v4()
-    })
+    }
 }
 
 impl RequestIds {
@@ -296,18 +246,8 @@ impl RequestIds {
     pub fn extract<C: Carrier + ?Sized>(carrier: &C) -> Self {
         Self {
             x_request_id: RequestId::from_inbound(carrier.get_single(X_REQUEST_ID)),
-            request_id: request_uuid(Seen::of(carrier.get_all(REQUEST_ID))),
+            request_id: request_uuid(carrier.get_all(REQUEST_ID)),
         }
-    }
-
-    /// [`RequestIds::extract`] from headers already found; a valid `x-request-id` is kept
-    /// without copying it.
-    pub(crate) fn from_headers(found: &InboundHeaders<'_>) -> Self {
-        let x_request_id = match found.x_request_id.single().map(RequestId::from_header) {
-            Some(Ok(id)) => id,
-            _ => RequestId::generate(),
-        };
-        Self { x_request_id, request_id: request_uuid(found.request_id.map(http::HeaderValue::as_bytes)) }
     }
 
     /// Fresh ids, for a request that starts here.
@@ -330,7 +270,7 @@ impl RequestIds {
     /// use tokentrace::rpc::Metadata;
     ///
     /// let mut metadata = Metadata::new();
-    /// metadata.insert("x-request-id", "stale");
+    /// metadata.append("x-request-id", "stale");
     /// let ids = RequestIds::generate();
     /// ids.inject(&mut metadata);
     /// assert_eq!(metadata.get("x-request-id"), Some(ids.x_request_id.as_str()));
@@ -338,7 +278,10 @@ impl RequestIds {
     /// ```
     pub fn inject<C: Carrier + ?Sized>(&self, carrier: &mut C) {
         carrier.set(X_REQUEST_ID, self.x_request_id.as_str());
-        carrier.set_ascii(REQUEST_ID, &self.request_id.to_bytes());
+        // Hex digits and dashes: always ASCII.
+        if let Ok(text) = std::str::from_utf8(&self.request_id.to_bytes()) {
+            carrier.set(REQUEST_ID, text);
+        }
     }
 
     /// The ids an outbound call carries: those of `cx` (stored by a server layer), else the ones
@@ -408,10 +351,10 @@ mod tests {
         map
     }
 
-    /// The server's one-pass reading and the generic carrier reading agree, on small and large
-    /// maps: `(kept x-request-id, kept request-id)`, `None` where one is generated.
+    /// Each id is kept when it arrives once and valid, else generated; the same on small and
+    /// large header maps.
     #[test]
-    fn server_and_carrier_extraction_agree() {
+    fn extraction_keeps_single_valid_ids_only() {
         /// Headers, then the `x-request-id` and `request-id` expected to be kept.
         type Case = (&'static [(&'static str, &'static str)], Option<&'static str>, Option<&'static str>);
         let cases: [Case; 7] = [
@@ -425,24 +368,13 @@ mod tests {
         ];
         for (pairs, x_request_id, request_id) in cases {
             for large in [false, true] {
-                let map = headers(pairs, large);
-                let generic = RequestIds::extract(&map);
-                let server = RequestIds::from_headers(&InboundHeaders::scan(&map));
-                for ids in [&generic, &server] {
-                    let kept = (!ids.x_request_id.is_generated()).then(|| ids.x_request_id.as_str());
-                    assert_eq!(kept, x_request_id, "{pairs:?} large={large}");
-                    let parsed = request_id.map(|id| id.parse::<RequestUuid>().unwrap());
-                    match parsed {
-                        Some(parsed) => assert_eq!(ids.request_id, parsed, "{pairs:?} large={large}"),
-                        None => {
-                            assert_eq!(ids.request_id.as_u128() >> 76 & 0xf, 4, "generated v4: {pairs:?}")
-                        }
-                    }
+                let ids = RequestIds::extract(&headers(pairs, large));
+                let kept = (!ids.x_request_id.is_generated()).then(|| ids.x_request_id.as_str());
+                assert_eq!(kept, x_request_id, "{pairs:?} large={large}");
+                match request_id.map(|id| id.parse::<RequestUuid>().unwrap()) {
+                    Some(parsed) => assert_eq!(ids.request_id, parsed, "{pairs:?} large={large}"),
+                    None => assert_eq!(ids.request_id.as_u128() >> 76 & 0xf, 4, "generated v4: {pairs:?}"),
                 }
-                assert_eq!(
-                    RemoteContext::extract(&map),
-                    RemoteContext::from_fields(InboundHeaders::scan(&map).trace_fields(), &map)
-                );
             }
         }
     }

@@ -24,16 +24,17 @@
 //! assert_eq!(outbound["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000001234-01");
 //! ```
 
-pub(crate) mod carrier;
+mod carrier;
 mod context;
 mod hex;
+pub mod names;
 mod propagator;
 mod request_id;
 mod trace_state;
 mod traceparent;
 
-pub use carrier::{Carrier, TraceFields, TraceStateField};
-pub use context::{inject_context, inject_trace, names, RemoteContext, RequestIds};
+pub use carrier::Carrier;
+pub use context::{inject_context, inject_trace, RemoteContext, RequestIds};
 pub use propagator::StrictPropagator;
 pub use request_id::{RequestId, RequestIdError, RequestUuid, RequestUuidError, MAX_REQUEST_ID_LEN};
 pub use trace_state::{TraceState, TraceStateError, MAX_HEADER_LEN, MAX_MEMBERS};

@@ -7,7 +7,8 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::Context;
 
 use super::carrier::Carrier;
-use super::context::{inject_context, names, RemoteContext};
+use super::context::{inject_context, RemoteContext};
+use super::names;
 
 /// W3C Trace Context, strictly (see [`TraceParent`](super::TraceParent) and
 /// [`TraceState`](super::TraceState)), as an OpenTelemetry propagator.

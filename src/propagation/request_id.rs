@@ -111,12 +111,6 @@ impl RequestId {
         Ok(Self { value, generated: false })
     }
 
-    /// [`RequestId::parse`] for a received header value, kept as it is (no copy).
-    pub(crate) fn from_header(value: &HeaderValue) -> Result<Self, RequestIdError> {
-        validate(value.as_bytes())?;
-        Ok(Self { value: value.clone(), generated: false })
-    }
-
     /// The inbound value when valid, else a generated one (absent, or refused).
     ///
     /// ```

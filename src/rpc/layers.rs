@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
@@ -17,9 +16,9 @@ use tower_service::Service;
 
 use super::request::Request;
 use super::stream::{TracedStream, OUTCOME};
-use crate::active_span::ActiveSpan;
+use crate::active_span::{record_request_ids, ActiveSpan};
 use crate::propagation::{inject_context, Carrier, RemoteContext, RequestIds};
-use crate::{interned, retained, DefaultTracer};
+use crate::DefaultTracer;
 
 /// Metadata entry carrying the client's send time (nanoseconds since the Unix epoch), from
 /// which the server derives the network transit time.
@@ -75,131 +74,107 @@ fn unix_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Marks a layer that traces outbound calls (the frontend's side).
-///
-/// ```
-/// use tokentrace::rpc::{ClientLayer, Outbound, RpcLayer};
-/// let layer: RpcLayer<_, Outbound> = ClientLayer::default();
-/// # let _ = layer;
-/// ```
-#[derive(Clone, Copy, Debug)]
-pub enum Outbound {}
-
-/// Marks a layer that traces inbound calls (the worker's side).
-///
-/// ```
-/// use tokentrace::rpc::{Inbound, RpcLayer, ServerLayer};
-/// let layer: RpcLayer<_, Inbound> = ServerLayer::default();
-/// # let _ = layer;
-/// ```
-#[derive(Clone, Copy, Debug)]
-pub enum Inbound {}
-
-/// The RPC tracing layer, for either side: see [`ClientLayer`] and [`ServerLayer`].
-///
-/// ```
-/// use tokentrace::rpc::{ClientLayer, RpcLayer, Outbound};
-/// let layer: RpcLayer<_, Outbound> = ClientLayer::default();
-/// # let _ = layer;
-/// ```
-pub struct RpcLayer<T, Side> {
-    tracer: Arc<T>,
-    /// `server.address` on the client side, `component` on the server side: a kept or shared
-    /// string, so each span clones it without copying.
-    name: Option<Value>,
-    instance_id: Option<i64>,
-    side: PhantomData<fn() -> Side>,
-}
-
 /// Traces calls from the frontend to a worker: a CLIENT span per call (child of the current
-/// context; `rpc.method`, `server.address`, `instance_id`, `attempt`, `outcome`), with
-/// `traceparent`/`tracestate`/`x-request-id`/`request-id` and [`SEND_TIMESTAMP`] injected into
-/// the request metadata. The span ends when the response stream ends, fails or is dropped.
+/// context; `rpc.method`, `server.address`, `instance_id`, `attempt`, `x_request_id`,
+/// `request_id`, `outcome`), with `traceparent`/`tracestate`/`x-request-id`/`request-id` and
+/// [`SEND_TIMESTAMP`] injected into the request metadata. The span ends when the response
+/// stream ends, fails or is dropped.
 ///
 /// ```
 /// use tokentrace::rpc::ClientLayer;
 /// let layer = ClientLayer::default().server_address("10.0.0.7:9000").instance_id(7);
 /// # let _ = layer;
 /// ```
-pub type ClientLayer<T = DefaultTracer> = RpcLayer<T, Outbound>;
+pub struct ClientLayer<T = DefaultTracer> {
+    tracer: Arc<T>,
+    server_address: Option<Arc<str>>,
+    instance_id: Option<i64>,
+}
 
 /// Traces a worker's handler: extracts the caller's context from the metadata and opens the
 /// `handle_payload` SERVER span (`component`, `endpoint`, `instance_id`, `x_request_id`,
-/// `network.transit_ms` from the client's send time), attaches the context while the handler
-/// and its stream are polled, and ends the span with the stream.
+/// `request_id`, `network.transit_ms` from the client's send time), attaches the context while
+/// the handler and its stream are polled, and ends the span with the stream.
 ///
 /// ```
 /// use tokentrace::rpc::ServerLayer;
 /// let layer = ServerLayer::default().component("backend").instance_id(1);
 /// # let _ = layer;
 /// ```
-pub type ServerLayer<T = DefaultTracer> = RpcLayer<T, Inbound>;
+pub struct ServerLayer<T = DefaultTracer> {
+    tracer: Arc<T>,
+    component: Option<Arc<str>>,
+    instance_id: Option<i64>,
+}
 
-impl<Side> Default for RpcLayer<DefaultTracer, Side> {
+impl Default for ClientLayer<DefaultTracer> {
     fn default() -> Self {
         Self::with_tracer(DefaultTracer::new())
     }
 }
 
-impl<T, Side> Clone for RpcLayer<T, Side> {
+impl Default for ServerLayer<DefaultTracer> {
+    fn default() -> Self {
+        Self::with_tracer(DefaultTracer::new())
+    }
+}
+
+impl<T> Clone for ClientLayer<T> {
     fn clone(&self) -> Self {
         Self {
             tracer: Arc::clone(&self.tracer),
-            name: self.name.clone(),
+            server_address: self.server_address.clone(),
             instance_id: self.instance_id,
-            side: PhantomData,
         }
     }
 }
 
-impl<T, Side> fmt::Debug for RpcLayer<T, Side> {
+impl<T> Clone for ServerLayer<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tracer: Arc::clone(&self.tracer),
+            component: self.component.clone(),
+            instance_id: self.instance_id,
+        }
+    }
+}
+
+impl<T> fmt::Debug for ClientLayer<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RpcLayer")
-            .field("side", &std::any::type_name::<Side>())
-            .field("name", &self.name)
+        f.debug_struct("ClientLayer")
+            .field("server_address", &self.server_address)
             .field("instance_id", &self.instance_id)
             .finish_non_exhaustive()
     }
 }
 
-impl<T, Side> RpcLayer<T, Side> {
+impl<T> fmt::Debug for ServerLayer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerLayer")
+            .field("component", &self.component)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> ClientLayer<T> {
     /// A layer that starts spans with `tracer`.
     ///
     /// ```
     /// use opentelemetry::trace::TracerProvider;
     /// use opentelemetry_sdk::trace::SdkTracerProvider;
-    /// use tokentrace::rpc::{ClientLayer, ServerLayer};
+    /// use tokentrace::rpc::ClientLayer;
     ///
     /// let provider = SdkTracerProvider::builder().build();
     /// let client = ClientLayer::with_tracer(provider.tracer("frontend"));
-    /// let server = ServerLayer::with_tracer(provider.tracer("worker")).component("prefill");
-    /// # let _ = (client, server);
+    /// # let _ = client;
     /// ```
     pub fn with_tracer(tracer: T) -> Self {
-        Self { tracer: Arc::new(tracer), name: None, instance_id: None, side: PhantomData }
+        Self { tracer: Arc::new(tracer), server_address: None, instance_id: None }
     }
 
-    /// The worker instance (called, or serving), recorded as `instance_id`.
-    ///
-    /// ```
-    /// use tokentrace::rpc::{ClientLayer, ServerLayer};
-    ///
-    /// // The frontend records which worker it called; the worker, which instance it is.
-    /// let client = ClientLayer::default().server_address("10.0.0.7:9000").instance_id(7);
-    /// let server = ServerLayer::default().component("decode").instance_id(7);
-    /// # let _ = (client, server);
-    /// ```
-    pub fn instance_id(mut self, id: i64) -> Self {
-        self.instance_id = Some(id);
-        self
-    }
-}
-
-impl<T> RpcLayer<T, Outbound> {
-    /// The worker's address, recorded as `server.address`.
-    ///
-    /// The value is shared by every span of the layer (and interned per process), not copied
-    /// per call.
+    /// The worker's address, recorded as `server.address` (shared by every span of the
+    /// layer, not copied per call).
     ///
     /// ```
     /// use bytes::Bytes;
@@ -223,12 +198,39 @@ impl<T> RpcLayer<T, Outbound> {
     /// # });
     /// ```
     pub fn server_address(mut self, address: impl Into<Arc<str>>) -> Self {
-        self.name = Some(interned::NAMES.shared_value(&address.into()));
+        self.server_address = Some(address.into());
+        self
+    }
+
+    /// The worker instance called, recorded as `instance_id`.
+    ///
+    /// ```
+    /// use tokentrace::rpc::ClientLayer;
+    /// let client = ClientLayer::default().server_address("10.0.0.7:9000").instance_id(7);
+    /// # let _ = client;
+    /// ```
+    pub fn instance_id(mut self, id: i64) -> Self {
+        self.instance_id = Some(id);
         self
     }
 }
 
-impl<T> RpcLayer<T, Inbound> {
+impl<T> ServerLayer<T> {
+    /// A layer that starts spans with `tracer`.
+    ///
+    /// ```
+    /// use opentelemetry::trace::TracerProvider;
+    /// use opentelemetry_sdk::trace::SdkTracerProvider;
+    /// use tokentrace::rpc::ServerLayer;
+    ///
+    /// let provider = SdkTracerProvider::builder().build();
+    /// let server = ServerLayer::with_tracer(provider.tracer("worker")).component("prefill");
+    /// # let _ = server;
+    /// ```
+    pub fn with_tracer(tracer: T) -> Self {
+        Self { tracer: Arc::new(tracer), component: None, instance_id: None }
+    }
+
     /// The worker component (for example `backend`, `prefill`, `decode`).
     ///
     /// ```
@@ -238,36 +240,37 @@ impl<T> RpcLayer<T, Inbound> {
     /// # let _ = (prefill, decode);
     /// ```
     pub fn component(mut self, component: impl Into<Arc<str>>) -> Self {
-        self.name = Some(interned::NAMES.shared_value(&component.into()));
+        self.component = Some(component.into());
+        self
+    }
+
+    /// The worker instance serving, recorded as `instance_id`.
+    ///
+    /// ```
+    /// use tokentrace::rpc::ServerLayer;
+    /// let server = ServerLayer::default().component("decode").instance_id(7);
+    /// # let _ = server;
+    /// ```
+    pub fn instance_id(mut self, id: i64) -> Self {
+        self.instance_id = Some(id);
         self
     }
 }
 
-impl<S, T, Side> Layer<S> for RpcLayer<T, Side> {
-    type Service = RpcService<S, T, Side>;
+impl<S, T> Layer<S> for ClientLayer<T> {
+    type Service = ClientService<S, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcService { inner, layer: self.clone() }
+        ClientService { inner, layer: self.clone() }
     }
 }
 
-/// The service an [`RpcLayer`] produces: see [`ClientService`] and [`ServerService`].
-///
-/// ```
-/// use bytes::Bytes;
-/// use tokentrace::rpc::{Request, RpcError, ServerLayer, ServerService};
-/// use tower::Layer;
-///
-/// let handler = tower::service_fn(|_: Request<Bytes>| async {
-///     Ok::<_, RpcError>(futures_util::stream::empty::<Result<Bytes, RpcError>>())
-/// });
-/// let service: ServerService<_> = ServerLayer::default().layer(handler);
-/// # let _ = service;
-/// ```
-#[derive(Debug)]
-pub struct RpcService<S, T, Side> {
-    inner: S,
-    layer: RpcLayer<T, Side>,
+impl<S, T> Layer<S> for ServerLayer<T> {
+    type Service = ServerService<S, T>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerService { inner, layer: self.clone() }
+    }
 }
 
 /// The service [`ClientLayer`] produces.
@@ -283,7 +286,11 @@ pub struct RpcService<S, T, Side> {
 /// let client: ClientService<_> = ClientLayer::default().layer(transport);
 /// # let _ = client;
 /// ```
-pub type ClientService<S, T = DefaultTracer> = RpcService<S, T, Outbound>;
+#[derive(Debug)]
+pub struct ClientService<S, T = DefaultTracer> {
+    inner: S,
+    layer: ClientLayer<T>,
+}
 
 /// The service [`ServerLayer`] produces.
 ///
@@ -298,15 +305,38 @@ pub type ClientService<S, T = DefaultTracer> = RpcService<S, T, Outbound>;
 /// let worker: ServerService<_> = ServerLayer::default().component("backend").layer(handler);
 /// # let _ = worker;
 /// ```
-pub type ServerService<S, T = DefaultTracer> = RpcService<S, T, Inbound>;
+#[derive(Debug)]
+pub struct ServerService<S, T = DefaultTracer> {
+    inner: S,
+    layer: ServerLayer<T>,
+}
 
-impl<S: Clone, T, Side> Clone for RpcService<S, T, Side> {
+impl<S: Clone, T> Clone for ClientService<S, T> {
     fn clone(&self) -> Self {
         Self { inner: self.inner.clone(), layer: self.layer.clone() }
     }
 }
 
-impl<S, T, P, St> Service<Request<P>> for RpcService<S, T, Outbound>
+impl<S: Clone, T> Clone for ServerService<S, T> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), layer: self.layer.clone() }
+    }
+}
+
+crate::inner_accessors!(
+    ClientService,
+    "tokentrace::rpc::ClientLayer::default().layer(tower::service_fn(|_: tokentrace::rpc::Request<bytes::Bytes>| async {
+    Ok::<_, tokentrace::rpc::RpcError>(futures_util::stream::empty::<Result<bytes::Bytes, tokentrace::rpc::RpcError>>())
+}))"
+);
+crate::inner_accessors!(
+    ServerService,
+    "tokentrace::rpc::ServerLayer::default().layer(tower::service_fn(|_: tokentrace::rpc::Request<bytes::Bytes>| async {
+    Ok::<_, tokentrace::rpc::RpcError>(futures_util::stream::empty::<Result<bytes::Bytes, tokentrace::rpc::RpcError>>())
+}))"
+);
+
+impl<S, T, P, St> Service<Request<P>> for ClientService<S, T>
 where
     S: Service<Request<P>, Response = St>,
     S::Error: fmt::Display,
@@ -323,12 +353,12 @@ where
 
     fn call(&mut self, mut request: Request<P>) -> Self::Future {
         let parent = Context::current();
-        // Up to four here, `x_request_id` after the start, items and outcome at the end.
-        let mut attributes = Vec::with_capacity(7);
-        attributes.push(KeyValue::new(RPC_METHOD, interned::ENDPOINTS.value(request.endpoint())));
-        attributes.push(KeyValue::new(ATTEMPT, i64::from(request.attempt())));
-        if let Some(address) = &self.layer.name {
-            attributes.push(KeyValue::new(SERVER_ADDRESS, address.clone()));
+        let mut attributes = vec![
+            KeyValue::new(RPC_METHOD, request.endpoint().to_owned()),
+            KeyValue::new(ATTEMPT, i64::from(request.attempt())),
+        ];
+        if let Some(address) = &self.layer.server_address {
+            attributes.push(KeyValue::new(SERVER_ADDRESS, Value::from(Arc::clone(address))));
         }
         if let Some(id) = self.layer.instance_id {
             attributes.push(KeyValue::new(INSTANCE_ID, id));
@@ -336,20 +366,20 @@ where
         let ids = RequestIds::for_outbound(&parent, &request.metadata);
         let tracer = &*self.layer.tracer;
         let mut span = tracer
-            .span_builder(interned::ENDPOINTS.name(request.endpoint()))
+            .span_builder(request.endpoint().to_owned())
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
-        retained::record_request_ids(&mut span, &ids, false);
+        record_request_ids(&mut span, &ids);
         let cx = parent.with_span(span);
         inject_context(&mut request.metadata, &cx);
         ids.inject(&mut request.metadata);
-        request.metadata.set_ascii(SEND_TIMESTAMP, crate::ids::decimal(unix_nanos()).as_bytes());
+        request.metadata.set(SEND_TIMESTAMP, &unix_nanos().to_string());
         CallFuture { inner: self.inner.call(request), span: Some(ActiveSpan::new(cx)), attach: false }
     }
 }
 
-impl<S, T, P, St> Service<Request<P>> for RpcService<S, T, Inbound>
+impl<S, T, P, St> Service<Request<P>> for ServerService<S, T>
 where
     S: Service<Request<P>, Response = St>,
     S::Error: fmt::Display,
@@ -371,11 +401,9 @@ where
             None => Context::new(),
         }
         .with_value(ids.clone());
-        // Up to four here, both request ids after the start, items and outcome at the end.
-        let mut attributes = Vec::with_capacity(8);
-        attributes.push(KeyValue::new(ENDPOINT, interned::ENDPOINTS.value(request.endpoint())));
-        if let Some(component) = &self.layer.name {
-            attributes.push(KeyValue::new(COMPONENT, component.clone()));
+        let mut attributes = vec![KeyValue::new(ENDPOINT, request.endpoint().to_owned())];
+        if let Some(component) = &self.layer.component {
+            attributes.push(KeyValue::new(COMPONENT, Value::from(Arc::clone(component))));
         }
         if let Some(id) = self.layer.instance_id {
             attributes.push(KeyValue::new(INSTANCE_ID, id));
@@ -389,7 +417,7 @@ where
             .with_kind(SpanKind::Server)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
-        retained::record_request_ids(&mut span, &ids, true);
+        record_request_ids(&mut span, &ids);
         let scope = ActiveSpan::new(parent.with_span(span));
         let inner = {
             let _attached = scope.attach();

@@ -26,7 +26,7 @@ pub const MAX_METADATA_ENTRIES: usize = 64;
 /// use tokentrace::rpc::Metadata;
 ///
 /// let mut metadata = Metadata::new();
-/// metadata.insert("X-Request-Id", "abc");
+/// metadata.append("X-Request-Id", "abc");
 /// assert_eq!(metadata.get("x-request-id"), Some("abc"));
 /// metadata.set("x-request-id", "def"); // Carrier::set replaces
 /// assert_eq!(metadata.len(), 1);
@@ -53,11 +53,11 @@ impl Metadata {
     /// use tokentrace::rpc::Metadata;
     ///
     /// let mut metadata = Metadata::new();
-    /// metadata.insert("Tracestate", "a=1");
-    /// metadata.insert("tracestate", "b=2");
+    /// metadata.append("Tracestate", "a=1");
+    /// metadata.append("tracestate", "b=2");
     /// assert_eq!(metadata.iter().collect::<Vec<_>>(), [("tracestate", "a=1"), ("tracestate", "b=2")]);
     /// ```
-    pub fn insert(&mut self, name: &str, value: impl Into<String>) {
+    pub fn append(&mut self, name: &str, value: impl Into<String>) {
         self.entries.push((name.to_ascii_lowercase(), value.into()));
     }
 
@@ -129,7 +129,7 @@ impl Metadata {
     /// use tokentrace::rpc::Metadata;
     /// let mut metadata = Metadata::new();
     /// assert!(metadata.is_empty());
-    /// metadata.insert("x-request-id", "r1");
+    /// metadata.append("x-request-id", "r1");
     /// assert!(!metadata.is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
@@ -167,7 +167,7 @@ impl<N: AsRef<str>, V: Into<String>> FromIterator<(N, V)> for Metadata {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         let mut metadata = Self::new();
         for (name, value) in iter {
-            metadata.insert(name.as_ref(), value);
+            metadata.append(name.as_ref(), value);
         }
         metadata
     }

@@ -23,8 +23,7 @@ mod stream;
 pub mod tcp;
 
 pub use layers::{
-    CallFuture, ClientLayer, ClientService, Inbound, Outbound, RpcLayer, RpcService, ServerLayer,
-    ServerService, HANDLE_PAYLOAD, SEND_TIMESTAMP,
+    CallFuture, ClientLayer, ClientService, ServerLayer, ServerService, HANDLE_PAYLOAD, SEND_TIMESTAMP,
 };
 pub use metadata::{Metadata, MAX_METADATA_ENTRIES};
 pub use request::{Request, RpcError};

@@ -96,12 +96,11 @@ impl From<ConfigError> for TelemetryError {
 /// W3C propagator, and the `tracing` subscriber (human-readable or JSON Lines on stderr, plus
 /// OTLP logs). `default_service_name` names this component unless `OTEL_SERVICE_NAME` is set.
 ///
-/// Layers built with `default()` after this call use the provider it installed (see
-/// [`DefaultTracer`](crate::DefaultTracer)).
+/// Layers built with `default()`, before or after this call, start their spans with the
+/// provider it installed (see [`DefaultTracer`](crate::DefaultTracer)).
 ///
 /// ```no_run
 /// let guard = tokentrace::telemetry::init("dynamo-worker")?;
-/// assert!(tokentrace::DefaultTracer::new().is_direct());
 /// tracing::info!("ready");
 /// drop(guard); // flushes and shuts down, within a bounded time
 /// # Ok::<(), tokentrace::telemetry::TelemetryError>(())
@@ -314,8 +313,6 @@ impl Telemetry {
             .map_err(|_| TelemetryError::AlreadyInitialized)?;
         opentelemetry::global::set_text_map_propagator(crate::propagation::StrictPropagator::new());
         opentelemetry::global::set_tracer_provider(self.tracer_provider.clone());
-        // The same provider, known by its type: default tracers skip the global `BoxedTracer`.
-        crate::tracer::installed::set(Some(self.tracer_provider.clone()));
         Ok(TelemetryGuard { telemetry: Some(self) })
     }
 
@@ -418,7 +415,6 @@ impl TelemetryGuard {
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(mut telemetry) = self.telemetry.take() {
-            crate::tracer::installed::set(None);
             let lost = telemetry.shutdown_inner();
             if lost.spans > 0 || lost.logs > 0 {
                 eprintln!(

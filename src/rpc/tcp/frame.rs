@@ -216,7 +216,7 @@ impl Frame {
                 for _ in 0..count {
                     let name = take_field(&mut body, "metadata name")?;
                     let value = take_field(&mut body, "metadata value")?;
-                    metadata.insert(&name, value);
+                    metadata.append(&name, value);
                 }
                 Self::Request { stream, endpoint, metadata, payload: body }
             }
