@@ -10,6 +10,9 @@ pub fn traceparent(data: &[u8]) {
     if let Ok(parsed) = TraceParent::parse(data) {
         let text = parsed.to_string();
         assert_eq!(text.len(), 55);
+        let mut headers = http::HeaderMap::new();
+        crate::propagation::Carrier::set_traceparent(&mut headers, &parsed);
+        assert_eq!(headers["traceparent"].as_bytes(), text.as_bytes());
         assert_eq!(TraceParent::parse(text.as_bytes()), Ok(parsed));
         assert_eq!(
             TraceParent::from_span_context(&parsed.to_span_context(&TraceState::EMPTY)),

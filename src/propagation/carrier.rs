@@ -3,6 +3,7 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::names;
+use super::traceparent::TraceParent;
 
 /// Something that carries propagation fields: HTTP headers, RPC metadata.
 ///
@@ -78,6 +79,25 @@ pub trait Carrier {
         let first = values.next()?;
         values.next().is_none().then_some(first)
     }
+
+    /// Sets the one `traceparent`, replacing any. A carrier may store the value it knows to be
+    /// valid without checking it again (`HeaderMap` does).
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tokentrace::propagation::{Carrier, TraceParent};
+    ///
+    /// let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap();
+    /// let mut headers = HeaderMap::new();
+    /// headers.set_traceparent(&tp);
+    /// assert_eq!(headers["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// ```
+    fn set_traceparent(&mut self, traceparent: &TraceParent) {
+        // Only lowercase hex digits and '-' are written: always ASCII.
+        if let Ok(text) = std::str::from_utf8(&traceparent.to_bytes()) {
+            self.set(names::TRACEPARENT, text);
+        }
+    }
 }
 
 /// The propagated names as prebuilt `HeaderName`s: a lookup by `&str` would parse and
@@ -106,5 +126,15 @@ impl Carrier for HeaderMap {
     fn remove_all(&mut self, name: &'static str) {
         // `remove` drops every value of the name.
         self.remove(header_name(name));
+    }
+
+    #[allow(unsafe_code)]
+    fn set_traceparent(&mut self, traceparent: &TraceParent) {
+        let bytes = bytes::Bytes::copy_from_slice(&traceparent.to_bytes());
+        // SAFETY: `to_bytes` writes only lowercase hex digits and '-', valid header-value bytes:
+        // the only requirement of `from_maybe_shared_unchecked` (debug builds check it too).
+        // Skipping the second check is what the inject budget in `BENCHMARKS.md` needs.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) };
+        self.insert(const { HeaderName::from_static(names::TRACEPARENT) }, value);
     }
 }

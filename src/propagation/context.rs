@@ -1,6 +1,6 @@
 //! Extraction and injection of the propagated fields, written once against [`Carrier`].
 
-use opentelemetry::trace::{TraceContextExt, TraceId};
+use opentelemetry::trace::{TraceContextExt, TraceId, TraceState as OtelTraceState};
 use opentelemetry::Context;
 
 use super::carrier::Carrier;
@@ -94,23 +94,23 @@ impl RemoteContext {
     /// assert_eq!(RequestIds::from_context(&cx), Some(&ids)); // what `cx` held is kept
     /// ```
     pub fn attach_to(&self, cx: &Context) -> Context {
-        let span_context = self.traceparent.to_span_context(&self.tracestate);
-        let cx = cx.with_remote_span_context(span_context);
-        if self.tracestate.is_empty() {
-            cx
-        } else {
-            cx.with_value(PropagatedTraceState {
-                trace_id: self.traceparent.trace_id(),
-                state: self.tracestate.clone(),
-            })
+        match self.tracestate.to_otel() {
+            Some(state) => cx.with_remote_span_context(self.traceparent.span_context_with(state)),
+            // A Level 2 key OpenTelemetry refuses: the span context carries no state, and the
+            // full state rides beside it for tokentrace's own injection.
+            None => cx
+                .with_remote_span_context(self.traceparent.span_context_with(OtelTraceState::NONE))
+                .with_value(PropagatedTraceState {
+                    trace_id: self.traceparent.trace_id(),
+                    state: self.tracestate.clone(),
+                }),
         }
     }
 }
 
-/// The `tracestate` received for a trace, kept beside the span in the context.
-///
-/// OpenTelemetry's own `TraceState` refuses some Level 2 keys; this keeps what came in so it
-/// is forwarded unchanged. Used only while the current span belongs to the same trace.
+/// The `tracestate` received for a trace, kept beside the span in the context when
+/// OpenTelemetry's own `TraceState` refuses one of its Level 2 keys, so it is forwarded
+/// unchanged. Used only while the current span belongs to the same trace.
 #[derive(Clone, Debug)]
 struct PropagatedTraceState {
     trace_id: TraceId,
@@ -137,10 +137,7 @@ pub fn inject_trace<C: Carrier + ?Sized>(
     tracestate: &TraceState,
 ) {
     carrier.remove_all(TRACESTATE);
-    // Only lowercase hex digits and '-' are written: always ASCII.
-    if let Ok(text) = std::str::from_utf8(&traceparent.to_bytes()) {
-        carrier.set(TRACEPARENT, text);
-    }
+    carrier.set_traceparent(traceparent);
     let tracestate = tracestate.within_limits();
     if !tracestate.is_empty() {
         carrier.set(TRACESTATE, tracestate.header());

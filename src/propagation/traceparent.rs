@@ -280,7 +280,11 @@ impl TraceParent {
     /// assert_eq!(TraceParent::from_span_context(&cx), Some(tp));
     /// ```
     pub fn to_span_context(&self, state: &TraceState) -> SpanContext {
-        let state = state.to_otel().unwrap_or(OtelTraceState::NONE);
+        self.span_context_with(state.to_otel().unwrap_or(OtelTraceState::NONE))
+    }
+
+    /// [`TraceParent::to_span_context`] with a state already converted.
+    pub(crate) fn span_context_with(self, state: OtelTraceState) -> SpanContext {
         SpanContext::new(self.trace_id, self.parent_id, self.flags, true, state)
     }
 

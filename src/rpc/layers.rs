@@ -62,6 +62,10 @@ pub const SEND_TIMESTAMP: &str = "x-frontend-send-ts-ns";
 /// ```
 pub const HANDLE_PAYLOAD: &str = "handle_payload";
 
+/// The most attributes an RPC span gets (four at its start, the two request ids just after, the
+/// items and the outcome at its end): the vector is allocated once, at its final size.
+const ATTRIBUTES_PER_SPAN: usize = 8;
+
 const RPC_METHOD: &str = "rpc.method";
 const SERVER_ADDRESS: &str = "server.address";
 const INSTANCE_ID: &str = "instance_id";
@@ -353,10 +357,9 @@ where
 
     fn call(&mut self, mut request: Request<P>) -> Self::Future {
         let parent = Context::current();
-        let mut attributes = vec![
-            KeyValue::new(RPC_METHOD, request.endpoint().to_owned()),
-            KeyValue::new(ATTEMPT, i64::from(request.attempt())),
-        ];
+        let mut attributes = Vec::with_capacity(ATTRIBUTES_PER_SPAN);
+        attributes.push(KeyValue::new(RPC_METHOD, request.endpoint_name()));
+        attributes.push(KeyValue::new(ATTEMPT, i64::from(request.attempt())));
         if let Some(address) = &self.layer.server_address {
             attributes.push(KeyValue::new(SERVER_ADDRESS, Value::from(Arc::clone(address))));
         }
@@ -366,7 +369,7 @@ where
         let ids = RequestIds::for_outbound(&parent, &request.metadata);
         let tracer = &*self.layer.tracer;
         let mut span = tracer
-            .span_builder(request.endpoint().to_owned())
+            .span_builder(request.endpoint_name())
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
@@ -401,7 +404,8 @@ where
             None => Context::new(),
         }
         .with_value(ids.clone());
-        let mut attributes = vec![KeyValue::new(ENDPOINT, request.endpoint().to_owned())];
+        let mut attributes = Vec::with_capacity(ATTRIBUTES_PER_SPAN);
+        attributes.push(KeyValue::new(ENDPOINT, request.endpoint_name()));
         if let Some(component) = &self.layer.component {
             attributes.push(KeyValue::new(COMPONENT, Value::from(Arc::clone(component))));
         }

@@ -40,6 +40,11 @@ impl<T> Request<T> {
         Self { endpoint: endpoint.into(), attempt: 1, metadata: Metadata::new(), payload }
     }
 
+    /// The endpoint name as span names and attributes take it: no copy when it is static.
+    pub(crate) fn endpoint_name(&self) -> Cow<'static, str> {
+        self.endpoint.clone()
+    }
+
     /// The endpoint name.
     ///
     /// ```
