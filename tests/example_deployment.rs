@@ -257,12 +257,18 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_whole_chain() {
         body.frame().await.unwrap().unwrap();
     }
     drop(body); // the client goes away
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop(vec![frontend, worker]).await;
-    let ids = ["gone-1".to_owned()];
-    demo::wait_for_traces(&receiver.received, &ids, 6).await;
-
+                // Judged while the frontend still runs and holds its connection to the worker: the worker's
+                // spans can only end early if the cancel crossed the RPC hop (uncancelled, its 500 tokens
+                // take 10 s, past the wait's deadline).
+    receiver
+        .received
+        .wait_for("the worker's spans", |r| {
+            let spans = demo::trace_of(r, "gone-1");
+            ["handle_payload", "decode"].iter().all(|name| spans.iter().any(|s| s.span.name == *name))
+        })
+        .await;
     let spans = demo::trace_of(&receiver.received, "gone-1");
+    stop(vec![frontend, worker]).await;
     let http = one(&spans, "http-request", "dynamo-frontend");
     let decode = one(&spans, "decode", "dynamo-worker-vllm");
     let handle = one(&spans, "handle_payload", "dynamo-worker-vllm");
@@ -270,7 +276,8 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_whole_chain() {
     assert_eq!(attr(handle, "outcome").as_deref(), Some("cancelled"), "the cancel crossed the RPC hop");
     assert_eq!(attr(decode, "cancelled").as_deref(), Some("true"));
     let produced: u64 = attr(decode, "gen_ai.usage.output_tokens").unwrap().parse().unwrap();
-    assert!(produced < 500, "the worker stopped early ({produced} tokens)");
+    // Three tokens read, then the cancel: a second's worth of 20 ms steps at the very most.
+    assert!(produced < 60, "the worker stopped soon after the client left ({produced} tokens)");
     receiver.stop().await;
 }
 
@@ -296,8 +303,13 @@ async fn a_worker_killed_mid_stream_gives_an_error_and_the_frontend_survives() {
     assert_eq!(again.status(), 503);
 
     stop(vec![frontend]).await;
-    receiver.received.wait_for("the frontend's spans", |r| !demo::trace_of(r, "killed-1").is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    receiver
+        .received
+        .wait_for("the frontend's spans", |r| {
+            let spans = demo::trace_of(r, "killed-1");
+            ["http-request", "generate"].iter().all(|name| spans.iter().any(|s| s.span.name == *name))
+        })
+        .await;
     let spans = demo::trace_of(&receiver.received, "killed-1");
     let http = one(&spans, "http-request", "dynamo-frontend");
     let client_span = one(&spans, "generate", "dynamo-frontend");
@@ -523,7 +535,9 @@ async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs()
         "the service names the script sets"
     );
     assert_eq!(spans.len(), 10, "{:?}", spans.iter().map(|s| (&s.span.name, &s.service)).collect::<Vec<_>>());
-    // JSON Lines logs (DYN_LOGGING_JSONL=true), from all three processes, carry the trace id.
+    // JSON Lines logs (DYN_LOGGING_JSONL=true), from all three processes, carry the trace id:
+    // the frontend's, the decode worker's (endpoint `generate`) and the prefill worker's
+    // (endpoint `remote_prefill`).
     let trace_id: String = spans[0].span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&logs)
         .unwrap()
@@ -531,7 +545,15 @@ async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs()
         .filter_map(|line| serde_json::from_str(line).ok())
         .filter(|line: &serde_json::Value| line["x_request_id"] == "launch-1")
         .collect();
-    assert!(lines.len() >= 3, "log lines of the request: {lines:?}");
+    let from = |file: &str, endpoint: Option<&str>| {
+        lines.iter().any(|line| {
+            line["file"].as_str().is_some_and(|f| f.ends_with(file))
+                && endpoint.is_none_or(|endpoint| line["endpoint"] == endpoint)
+        })
+    };
+    assert!(from("frontend.rs", None), "a frontend line: {lines:?}");
+    assert!(from("worker.rs", Some("generate")), "a decode worker line: {lines:?}");
+    assert!(from("worker.rs", Some("remote_prefill")), "a prefill worker line: {lines:?}");
     assert!(lines.iter().all(|line| line["trace_id"] == trace_id.as_str()), "{lines:?}");
     let _ = std::fs::remove_file(&logs);
     receiver.stop().await;
@@ -551,7 +573,7 @@ fn a_launch_script_whose_worker_cannot_start_stops_with_its_message() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(r#"--engine must be cpu or cuda, not "abacus""#), "{stderr}");
+    assert!(stderr.contains("invalid value 'abacus' for '--engine <ENGINE>'"), "{stderr}");
     assert!(stderr.contains(&format!("a component exited before listening on port {worker}")), "{stderr}");
     assert!(
         !String::from_utf8_lossy(&output.stdout).contains("curl"),

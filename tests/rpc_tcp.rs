@@ -231,6 +231,13 @@ async fn the_trace_is_continuous_across_a_real_tcp_hop() {
                 .server_address(addr.to_string())
                 .instance_id(3),
         )
+        // A hop that took two seconds: the send time the client layer wrote, moved back.
+        .map_request(|mut request: Request<Bytes>| {
+            let sent: u64 = request.metadata.get(rpc::SEND_TIMESTAMP).unwrap().parse().unwrap();
+            let earlier = (sent - 2_000_000_000).to_string();
+            tokentrace::propagation::Carrier::set(&mut request.metadata, rpc::SEND_TIMESTAMP, &earlier);
+            request
+        })
         .service(tcp::Client::connect(addr).await.unwrap());
 
     let root = Context::current_with_span(spans.tracer("test").start("http-request"));
@@ -260,7 +267,9 @@ async fn the_trace_is_continuous_across_a_real_tcp_hop() {
     assert_eq!(attr(server, "instance_id").as_deref(), Some("3"));
     assert_eq!(attr(server, "endpoint").as_deref(), Some("generate"));
     assert_eq!(attr(server, "x_request_id"), attr(client, "x_request_id"));
-    assert!(attr(server, "network.transit_ms").unwrap().parse::<f64>().unwrap() >= 0.0);
+    // Two seconds plus the loopback hop, in milliseconds.
+    let transit_ms: f64 = attr(server, "network.transit_ms").unwrap().parse().unwrap();
+    assert!((2_000.0..3_000.0).contains(&transit_ms), "transit {transit_ms} ms");
     assert_eq!(attr(client, "outcome").as_deref(), Some("ok"));
     assert_eq!(attr(client, "rpc.response.items").as_deref(), Some("5"));
     assert_eq!(attr(client, "server.address"), Some(addr.to_string()));

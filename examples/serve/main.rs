@@ -21,92 +21,130 @@ mod worker;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use launcher::Component;
 use worker::{Role, WorkerConfig};
 
-const USAGE: &str = "\
-usage: serve <command> [options]
-
-commands:
-  agg       start a frontend and an aggregated worker (child processes)
-  disagg    start a frontend, a prefill worker and a decode worker (child processes)
-  frontend  run the HTTP frontend            --worker ADDR [--listen ADDR] [--model NAME]
-  worker    run a worker                     --role agg|prefill|decode [--listen ADDR]
-                                             [--prefill ADDR] (decode role) [--engine cpu|cuda]
-                                             [--device N] [--step-ms N] [--slots N] [--instance-id N]
-
-agg/disagg options:
-  --demo             send streamed requests, print each trace as a waterfall, and exit
-  --requests N       demo requests (default 3)      --max-tokens N   tokens per request (default 24)
-  --listen ADDR      frontend address (default 127.0.0.1:8000; the demo picks a free port)
-  --engine cpu|cuda  worker engine (default cpu)    --step-ms N      per-token step time (default 8)
-  --verbose          show the components' logs in demo mode
-
-Environment: OTEL_EXPORT_ENABLED, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, DYN_LOGGING_JSONL, DYN_LOG, ...
-(see the tokentrace::telemetry docs).";
-
-/// `--key value` options, `--switch` flags and positional words.
-struct Args {
-    words: Vec<String>,
-    options: HashMap<String, String>,
-    switches: Vec<String>,
+/// The tokentrace demo deployment: every hop traced through tokentrace's layers.
+#[derive(Parser, Debug)]
+#[command(
+    name = "serve",
+    after_help = "Environment: OTEL_EXPORT_ENABLED, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, DYN_LOGGING_JSONL, \
+                  DYN_LOG, ... (see the tokentrace::telemetry docs)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-const SWITCHES: [&str; 4] = ["demo", "verbose", "exit-on-stdin-close", "help"];
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a frontend and an aggregated worker (child processes).
+    Agg(DeploymentArgs),
+    /// Start a frontend, a prefill worker and a decode worker (child processes).
+    Disagg(DeploymentArgs),
+    /// Run the HTTP frontend.
+    Frontend(FrontendArgs),
+    /// Run a worker.
+    Worker(WorkerArgs),
+}
 
-impl Args {
-    fn parse(raw: impl Iterator<Item = String>) -> Result<Self, String> {
-        let mut args = Args { words: Vec::new(), options: HashMap::new(), switches: Vec::new() };
-        let mut raw = raw.peekable();
-        while let Some(arg) = raw.next() {
-            match arg.strip_prefix("--") {
-                Some(name) if SWITCHES.contains(&name) => args.switches.push(name.to_owned()),
-                Some(name) => {
-                    let value = raw.next().ok_or_else(|| format!("--{name} needs a value"))?;
-                    args.options.insert(name.to_owned(), value);
-                }
-                None => args.words.push(arg),
-            }
+#[derive(Args, Debug)]
+struct DeploymentArgs {
+    /// Send streamed requests, print each trace as a waterfall, and exit.
+    #[arg(long)]
+    demo: bool,
+    /// Demo requests.
+    #[arg(long, default_value_t = 3)]
+    requests: usize,
+    /// Tokens per demo request.
+    #[arg(long, default_value_t = 24)]
+    max_tokens: u32,
+    /// Frontend address (the demo picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: String,
+    /// Worker engine.
+    #[arg(long, value_enum, default_value_t = EngineKind::Cpu)]
+    engine: EngineKind,
+    /// Per-token step time of the workers, in milliseconds.
+    #[arg(long, default_value_t = 8)]
+    step_ms: u64,
+    /// Show the components' logs in demo mode.
+    #[arg(long)]
+    verbose: bool,
+}
+
+#[derive(Args, Debug)]
+struct FrontendArgs {
+    /// The worker's address.
+    #[arg(long)]
+    worker: String,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: String,
+    /// The model name served.
+    #[arg(long, default_value = "tokentrace-demo")]
+    model: String,
+    /// Stop when stdin closes (set by `agg`/`disagg` for their children).
+    #[arg(long, hide = true)]
+    exit_on_stdin_close: bool,
+}
+
+#[derive(Args, Debug)]
+struct WorkerArgs {
+    /// The worker's role: agg, prefill or decode.
+    #[arg(long, value_parser = parse_role)]
+    role: Role,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Where a decode worker finds its prefill worker (required for `--role decode`).
+    #[arg(long)]
+    prefill: Option<String>,
+    /// The engine.
+    #[arg(long, value_enum, default_value_t = EngineKind::Cpu)]
+    engine: EngineKind,
+    /// The CUDA device, with `--engine cuda`.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
+    /// Per-token step time, in milliseconds.
+    #[arg(long, default_value_t = 8)]
+    step_ms: u64,
+    /// Requests served at once.
+    #[arg(long, default_value_t = 64)]
+    slots: usize,
+    /// The instance id recorded on spans (default: the process id).
+    #[arg(long)]
+    instance_id: Option<i64>,
+    /// Stop when stdin closes (set by `agg`/`disagg` for their children).
+    #[arg(long, hide = true)]
+    exit_on_stdin_close: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EngineKind {
+    Cpu,
+    Cuda,
+}
+
+impl EngineKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
         }
-        Ok(args)
     }
+}
 
-    fn get(&self, name: &str) -> Option<&str> {
-        self.options.get(name).map(String::as_str)
-    }
-
-    fn required(&self, name: &str) -> Result<&str, String> {
-        self.get(name).ok_or_else(|| format!("--{name} is required"))
-    }
-
-    fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(text) => text.parse().map_err(|_| format!("--{name}: {text:?} is not a number")),
-        }
-    }
-
-    fn switch(&self, name: &str) -> bool {
-        self.switches.iter().any(|s| s == name)
-    }
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text).ok_or_else(|| format!("{text:?} is not agg, prefill or decode"))
 }
 
 fn main() -> ExitCode {
-    let args = match Args::parse(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(error) => {
-            eprintln!("{error}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.switch("help") || args.words.is_empty() {
-        println!("{USAGE}");
-        return if args.switch("help") { ExitCode::SUCCESS } else { ExitCode::from(2) };
-    }
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -115,12 +153,11 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match args.words[0].as_str() {
-            "agg" => deployment(false, &args).await,
-            "disagg" => deployment(true, &args).await,
-            "frontend" => run_frontend(&args).await,
-            "worker" => run_worker(&args).await,
-            other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+        match &cli.command {
+            Command::Agg(args) => deployment(false, args).await,
+            Command::Disagg(args) => deployment(true, args).await,
+            Command::Frontend(args) => run_frontend(args).await,
+            Command::Worker(args) => run_worker(args).await,
         }
     });
     match result {
@@ -160,8 +197,7 @@ async fn shutdown_signal(watch_stdin: bool) {
     }
 }
 
-async fn bind(args: &Args, default: &str) -> Result<tokio::net::TcpListener, String> {
-    let address = args.get("listen").unwrap_or(default);
+async fn bind(address: &str) -> Result<tokio::net::TcpListener, String> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| format!("cannot listen on {address}: {e}"))?;
@@ -171,18 +207,17 @@ async fn bind(args: &Args, default: &str) -> Result<tokio::net::TcpListener, Str
     Ok(listener)
 }
 
-async fn run_frontend(args: &Args) -> Result<(), String> {
+async fn run_frontend(args: &FrontendArgs) -> Result<(), String> {
     let _telemetry = tokentrace::telemetry::init("dynamo-frontend").map_err(|e| e.to_string())?;
-    let worker = args.required("worker")?.to_owned();
-    let model = args.get("model").unwrap_or("tokentrace-demo").to_owned();
-    let listener = bind(args, "127.0.0.1:8000").await?;
+    let (worker, model) = (args.worker.clone(), args.model.clone());
+    let listener = bind(&args.listen).await?;
     tracing::info!(worker, "frontend serving");
     // Tokens are small writes: send each at once rather than wait for the peer's ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
         let _ = socket.set_nodelay(true);
     });
     axum::serve(listener, frontend::app(worker, model))
-        .with_graceful_shutdown(shutdown_signal(args.switch("exit-on-stdin-close")))
+        .with_graceful_shutdown(shutdown_signal(args.exit_on_stdin_close))
         .await
         .map_err(|e| e.to_string())
 }
@@ -195,52 +230,50 @@ fn service_name(role: Role) -> &'static str {
     }
 }
 
-async fn run_worker(args: &Args) -> Result<(), String> {
-    let role = Role::parse(args.required("role")?).ok_or("--role must be agg, prefill or decode")?;
+async fn run_worker(args: &WorkerArgs) -> Result<(), String> {
+    let role = args.role;
     let _telemetry = tokentrace::telemetry::init(service_name(role)).map_err(|e| e.to_string())?;
     let config = WorkerConfig {
         role,
-        step: Duration::from_millis(args.number("step-ms", 8)?),
-        slots: args.number("slots", 64)?,
-        instance_id: args.number("instance-id", i64::from(std::process::id()))?,
-        prefill: args.get("prefill").map(str::to_owned),
+        step: Duration::from_millis(args.step_ms),
+        slots: args.slots,
+        instance_id: args.instance_id.unwrap_or_else(|| i64::from(std::process::id())),
+        prefill: args.prefill.clone(),
         name: format!("{}-{}", role.component(), std::process::id()),
     };
     if role == Role::Decode && config.prefill.is_none() {
         return Err("a decode worker needs --prefill ADDR".into());
     }
-    let engine_name = args.get("engine").unwrap_or("cpu");
-    let shutdown = shutdown_signal(args.switch("exit-on-stdin-close"));
-    match engine_name {
-        "cpu" => {
-            let listener = bind(args, "127.0.0.1:0").await?;
+    let shutdown = shutdown_signal(args.exit_on_stdin_close);
+    match args.engine {
+        EngineKind::Cpu => {
+            let listener = bind(&args.listen).await?;
             tracing::info!(role = role.component(), engine = "cpu", "worker serving");
             worker::serve(engine::CpuEngine::new(), config, listener, shutdown)
                 .await
                 .map_err(|e| e.to_string())
         }
-        "cuda" => run_cuda_worker(args, config, shutdown).await,
-        other => Err(format!("--engine must be cpu or cuda, not {other:?}")),
+        EngineKind::Cuda => run_cuda_worker(args, config, shutdown).await,
     }
 }
 
 #[cfg(feature = "cuda")]
 async fn run_cuda_worker(
-    args: &Args,
+    args: &WorkerArgs,
     config: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let device = args.number("device", 0usize)?;
+    let device = args.device;
     // Fails with a clear message when there is no driver or device; checked before binding.
     let engine = cuda::CudaEngine::new(device).map_err(|e| e.to_string())?;
-    let listener = bind(args, "127.0.0.1:0").await?;
+    let listener = bind(&args.listen).await?;
     tracing::info!(role = config.role.component(), engine = "cuda", device, "worker serving");
     worker::serve(engine, config, listener, shutdown).await.map_err(|e| e.to_string())
 }
 
 #[cfg(not(feature = "cuda"))]
 async fn run_cuda_worker(
-    _: &Args,
+    _: &WorkerArgs,
     _: WorkerConfig,
     _: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
@@ -248,9 +281,9 @@ async fn run_cuda_worker(
 }
 
 /// Starts the components as child processes; with `--demo`, drives requests and prints traces.
-async fn deployment(disaggregated: bool, args: &Args) -> Result<(), String> {
-    let demo = args.switch("demo");
-    let quiet = demo && !args.switch("verbose");
+async fn deployment(disaggregated: bool, args: &DeploymentArgs) -> Result<(), String> {
+    let demo = args.demo;
+    let quiet = demo && !args.verbose;
     let receiver = if demo { Some(receiver::grpc().await) } else { None };
     let mut env: Vec<(String, String)> = Vec::new();
     if let Some(receiver) = &receiver {
@@ -264,10 +297,10 @@ async fn deployment(disaggregated: bool, args: &Args) -> Result<(), String> {
         env.push(("OTEL_SERVICE_NAME".into(), name.into()));
         env
     };
-    let step = args.get("step-ms").unwrap_or("8").to_owned();
-    let engine = args.get("engine").unwrap_or("cpu").to_owned();
+    let step = args.step_ms.to_string();
+    let engine = args.engine.name();
     let worker_args = |role: &str| -> Vec<String> {
-        ["worker", "--role", role, "--listen", "127.0.0.1:0", "--step-ms", &step, "--engine", &engine]
+        ["worker", "--role", role, "--listen", "127.0.0.1:0", "--step-ms", &step, "--engine", engine]
             .map(str::to_owned)
             .to_vec()
     };
@@ -295,7 +328,7 @@ async fn deployment(disaggregated: bool, args: &Args) -> Result<(), String> {
         workers.push(worker);
         addr
     };
-    let listen = if demo { "127.0.0.1:0" } else { args.get("listen").unwrap_or("127.0.0.1:8000") };
+    let listen = if demo { "127.0.0.1:0" } else { args.listen.as_str() };
     let frontend_args = ["frontend", "--listen", listen, "--worker", &worker_addr].map(str::to_owned);
     let frontend = Component::spawn("frontend", &frontend_args, &with_name("dynamo-frontend"), quiet)?;
 
@@ -313,8 +346,7 @@ async fn deployment(disaggregated: bool, args: &Args) -> Result<(), String> {
     };
 
     let frontend_addr = frontend.addr.parse().map_err(|e| format!("bad frontend address: {e}"))?;
-    let requests: usize = args.number("requests", 3)?;
-    let max_tokens: u32 = args.number("max-tokens", 24)?;
+    let (requests, max_tokens) = (args.requests, args.max_tokens);
     let mut ids = Vec::new();
     let mut failures = 0;
     println!(
