@@ -32,7 +32,7 @@ impl fmt::Display for EngineError {
 impl std::error::Error for EngineError {}
 
 /// The per-request state an engine keeps between steps (its KV cache).
-pub trait KvState: Send + 'static {
+pub trait KvState: Send {
     /// Tokens cached so far.
     fn len(&self) -> usize;
     /// The cache as bytes, for the prefill → decode transfer.

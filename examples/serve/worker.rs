@@ -14,7 +14,7 @@ use tokentrace::rpc::{self, tcp, Request, RpcError};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tower::{ServiceBuilder, ServiceExt};
 
-use crate::engine::{detokenize, tokenize, Engine, EngineError, KvState};
+use crate::engine::{detokenize, tokenize, Engine, KvState};
 use crate::protocol::{GenerateRequest, PrefillHeader, TokenItem, GENERATE, KV_CHUNK, PREFILL};
 
 pub type Items = BoxStream<'static, Result<Bytes, RpcError>>;
@@ -94,14 +94,11 @@ fn failed(message: impl Into<String>) -> RpcError {
     RpcError::Remote(message.into())
 }
 
-/// Runs engine work on the blocking pool: a real GPU call blocks its thread, and on one of the
-/// runtime's worker threads it would stall every other request's stream.
-async fn off_runtime<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
-) -> Result<T, EngineError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|error| Err(EngineError(format!("engine task failed: {error}"))))
+/// Runs engine work that may block its thread (a real GPU call does): the runtime first hands
+/// this worker thread's other tasks to another thread, so one slow request never stalls
+/// another's stream. The worker runs on a multi-threaded runtime, which this needs.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
 }
 
 impl<E: Engine> Worker<E> {
@@ -134,9 +131,8 @@ impl<E: Engine> Worker<E> {
         let permit = self.admit().await?;
         let prompt = tokenize(&request.prompt);
         let prefill = self.phases.prefill(prompt.len() as u64);
-        let engine = Arc::clone(&self.engine);
-        let (kv, first, prompt) = match off_runtime(move || Ok((engine.prefill(&prompt)?, prompt))).await {
-            Ok(((kv, first), prompt)) => (kv, first, prompt),
+        let (kv, first) = match blocking(|| self.engine.prefill(&prompt)) {
+            Ok(done) => done,
             Err(error) => {
                 prefill.fail("engine", error.to_string());
                 return Err(failed(error.to_string()));
@@ -176,12 +172,8 @@ impl<E: Engine> Worker<E> {
                 let next = if finish.is_some() {
                     None
                 } else {
-                    let step = off_runtime(move || {
-                        let next = engine.decode_step(&mut kv, token)?;
-                        Ok((kv, next))
-                    });
-                    match step.await {
-                        Ok((kv, next)) => Some((kv, next, produced)),
+                    match blocking(|| engine.decode_step(&mut kv, token)) {
+                        Ok(next) => Some((kv, next, produced)),
                         Err(error) => return Some((Err(failed(error.to_string())), None)),
                     }
                 };
@@ -198,13 +190,8 @@ impl<E: Engine> Worker<E> {
         let _slot = self.admit().await?;
         let prompt = tokenize(&request.prompt);
         let prefill = self.phases.prefill(prompt.len() as u64);
-        let engine = Arc::clone(&self.engine);
-        let prompt_tokens = prompt.len() as u64;
-        let result = off_runtime(move || {
-            let (kv, first) = engine.prefill(&prompt)?;
-            Ok((kv.to_bytes()?, first))
-        })
-        .await;
+        let result =
+            blocking(|| self.engine.prefill(&prompt).and_then(|(kv, first)| Ok((kv.to_bytes()?, first))));
         let (kv, first) = match result {
             Ok(done) => done,
             Err(error) => {
@@ -215,7 +202,7 @@ impl<E: Engine> Worker<E> {
         let header = PrefillHeader {
             first_token: first,
             kv_bytes: kv.len() as u64,
-            prompt_tokens,
+            prompt_tokens: prompt.len() as u64,
             traceparent: TraceParent::from_span_context(&prefill.span_context()).map(|tp| tp.to_string()),
         };
         prefill.end();
@@ -261,8 +248,7 @@ impl<E: Engine> Worker<E> {
             return Err(failed(message));
         }
         transfer.end();
-        let engine = Arc::clone(&self.engine);
-        let kv = off_runtime(move || engine.kv_from_bytes(&kv)).await.map_err(|e| failed(e.to_string()))?;
+        let kv = blocking(|| self.engine.kv_from_bytes(&kv)).map_err(|e| failed(e.to_string()))?;
         let prefill_span = header
             .traceparent
             .as_deref()

@@ -1,23 +1,23 @@
-//! OTLP exporters on a runtime of their own, behind bounded queues.
+//! OTLP export through the SDK's batch processors, with what they lack here: exports run on a
+//! runtime of their own (tonic and hyper need Tokio, whatever runtime the application has, or
+//! none), and every span or log record that never reached the collector is counted.
 
 use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use opentelemetry::InstrumentationScope;
 use opentelemetry_otlp::{LogExporter, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, LogProcessor, SdkLogRecord};
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter as _, SpanProcessor};
+use opentelemetry_sdk::logs::{BatchLogProcessor, LogBatch, LogProcessor, SdkLogRecord};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use tokio::runtime::{Handle, Runtime};
 
 use super::config::{OtlpTarget, Protocol};
-use super::queue::{ExportQueue, Losses};
+use crate::rate_limit::RateLimitedWarning;
 
 /// A Tokio runtime for the exporters alone, so export works with or without the application's
 /// runtime, and goes on after a test's runtime ends.
@@ -29,9 +29,31 @@ pub(crate) fn export_runtime() -> std::io::Result<Runtime> {
         .build()
 }
 
-/// Errors while building an exporter, with the target they were for.
-pub(crate) fn build_error(signal: &str, target: &OtlpTarget, error: impl fmt::Display) -> String {
-    format!("cannot build the OTLP {signal} exporter for {}: {error}", target.endpoint)
+/// How long a queued item waits at most when no full batch sends it sooner, unless
+/// `OTEL_BSP_SCHEDULE_DELAY` / `OTEL_BLRP_SCHEDULE_DELAY` say otherwise: the SDK's 5 s default for
+/// spans would keep a quiet service's traces from the collector that long.
+const SCHEDULE_DELAY: Duration = Duration::from_secs(1);
+
+/// What happened to the items handed to one signal's processor.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    handed: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    shut_down: AtomicBool,
+}
+
+impl Counts {
+    /// Items that never reached the collector: those in failed exports while running; after
+    /// shutdown, every item handed over and not delivered (dropped from a full queue too).
+    pub(crate) fn lost(&self) -> u64 {
+        if self.shut_down.load(Ordering::Acquire) {
+            let handed = self.handed.load(Ordering::Relaxed);
+            handed.saturating_sub(self.delivered.load(Ordering::Relaxed))
+        } else {
+            self.failed.load(Ordering::Relaxed)
+        }
+    }
 }
 
 fn tonic_metadata(target: &OtlpTarget) -> tonic::metadata::MetadataMap {
@@ -45,10 +67,6 @@ fn tonic_metadata(target: &OtlpTarget) -> tonic::metadata::MetadataMap {
         }
     }
     metadata
-}
-
-fn headers(target: &OtlpTarget) -> std::collections::HashMap<String, String> {
-    target.headers.iter().cloned().collect()
 }
 
 /// Builds an OTLP exporter of type `$exporter` for `$target`, inside `$runtime` (which tonic
@@ -68,168 +86,183 @@ macro_rules! build_exporter {
                 .with_http()
                 .with_endpoint(&target.endpoint)
                 .with_timeout(target.timeout)
-                .with_headers(headers(target))
-                .with_http_client(HttpClient::new(runtime.handle().clone(), target.timeout))
+                .with_headers(target.headers.iter().cloned().collect())
                 .build(),
         };
-        built.map_err(|error| build_error($signal, target, error))
+        built.map_err(|error| {
+            format!("cannot build the OTLP {} exporter for {}: {error}", $signal, target.endpoint)
+        })
     }};
 }
 
-/// Builds the span exporter for `target`.
-pub(crate) fn span_exporter(runtime: &Runtime, target: &OtlpTarget) -> Result<SpanExporter, String> {
-    build_exporter!(SpanExporter, "trace", runtime, target)
-}
-
-/// Builds the log exporter for `target`.
-pub(crate) fn log_exporter(runtime: &Runtime, target: &OtlpTarget) -> Result<LogExporter, String> {
-    build_exporter!(LogExporter, "log", runtime, target)
-}
-
-/// The OTLP/HTTP client: hyper on the export runtime, callable from any thread.
-#[derive(Clone)]
-struct HttpClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+/// An exporter whose exports run on the export runtime, counted.
+struct OnRuntime<E> {
+    inner: E,
+    signal: &'static str,
     runtime: Handle,
     timeout: Duration,
+    counts: Arc<Counts>,
+    // Per signal, so a failing log export does not silence the trace export's warning.
+    failed: RateLimitedWarning,
 }
 
-impl fmt::Debug for HttpClient {
+impl<E> fmt::Debug for OnRuntime<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpClient").field("timeout", &self.timeout).finish_non_exhaustive()
+        f.debug_struct("OnRuntime").field("signal", &self.signal).finish_non_exhaustive()
     }
 }
 
-impl HttpClient {
-    fn new(runtime: Handle, timeout: Duration) -> Self {
-        let _entered = runtime.enter();
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Self { client: Client::builder(TokioExecutor::new()).build(connector), runtime, timeout }
-    }
-}
-
-/// Largest collector response we read.
-const MAX_RESPONSE: usize = 4 * 1024 * 1024;
-
-#[async_trait::async_trait]
-impl opentelemetry_http::HttpClient for HttpClient {
-    async fn send_bytes(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
-        let client = self.client.clone();
+impl<E> OnRuntime<E> {
+    /// Runs `export` of `items` items to its end on the export runtime. The SDK's batch
+    /// processor calls this from its own thread, never from inside a Tokio runtime.
+    fn run(&self, items: usize, export: impl Future<Output = OTelSdkResult>) -> OTelSdkResult {
         let timeout = self.timeout;
-        let exchange = async move {
-            let response = client.request(request.map(Full::new)).await?;
-            let (parts, body) = response.into_parts();
-            let body = http_body_util::Limited::new(body, MAX_RESPONSE).collect().await?.to_bytes();
-            Ok::<_, opentelemetry_http::HttpError>(http::Response::from_parts(parts, body))
-        };
-        // Spawned on the export runtime, so the caller may be any executor (or none).
-        self.runtime
-            .spawn(async move {
-                tokio::time::timeout(timeout, exchange)
-                    .await
-                    .map_err(|_| format!("no answer within {timeout:?}"))?
-            })
-            .await?
-    }
-}
-
-/// Runs an export future on the export runtime from the queue's thread.
-fn export_on<F>(runtime: &Handle, timeout: Duration, export: F) -> Result<(), String>
-where
-    F: std::future::Future<Output = OTelSdkResult>,
-{
-    runtime.block_on(async {
-        match tokio::time::timeout(timeout, export).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+        let result = self.runtime.block_on(async {
+            tokio::time::timeout(timeout, export).await.unwrap_or(Err(OTelSdkError::Timeout(timeout)))
+        });
+        let count = if result.is_ok() { &self.counts.delivered } else { &self.counts.failed };
+        count.fetch_add(items as u64, Ordering::Relaxed);
+        if let Err(error) = &result {
+            // Straight to stderr: a log event here would feed a failing log pipeline.
+            if self.failed.should_emit() {
+                eprintln!(
+                    "tokentrace: OTLP {} export failed ({error}); dropping data until the collector is back",
+                    self.signal
+                );
+            }
         }
-    })
+        result
+    }
 }
 
-/// Spans to OTLP through a bounded queue.
+impl opentelemetry_sdk::trace::SpanExporter for OnRuntime<SpanExporter> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.run(batch.len(), self.inner.export(batch))
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl opentelemetry_sdk::logs::LogExporter for OnRuntime<LogExporter> {
+    async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
+        self.run(batch.iter().count(), self.inner.export(batch))
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The span processor for OTLP export: the SDK's batch processor (its `OTEL_BSP_*` settings
+/// apply), with sampled spans counted on the way in.
 #[derive(Debug)]
-pub(crate) struct QueueSpanProcessor {
-    queue: ExportQueue<SpanData>,
+pub(crate) struct CountedSpans {
+    inner: BatchSpanProcessor,
+    counts: Arc<Counts>,
 }
 
-impl QueueSpanProcessor {
-    pub(crate) fn new(
-        mut exporter: SpanExporter,
-        resource: &Resource,
-        runtime: Handle,
-        timeout: Duration,
-    ) -> Self {
-        exporter.set_resource(resource);
-        let queue =
-            ExportQueue::start("traces", move |batch| export_on(&runtime, timeout, exporter.export(batch)));
-        Self { queue }
+impl CountedSpans {
+    pub(crate) fn new(runtime: &Runtime, target: &OtlpTarget) -> Result<Self, String> {
+        let counts = Arc::new(Counts::default());
+        let exporter = OnRuntime {
+            inner: build_exporter!(SpanExporter, "trace", runtime, target)?,
+            signal: "traces",
+            runtime: runtime.handle().clone(),
+            timeout: target.timeout,
+            counts: Arc::clone(&counts),
+            failed: RateLimitedWarning::new(),
+        };
+        let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+        if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
+            config = config.with_scheduled_delay(SCHEDULE_DELAY);
+        }
+        let inner = BatchSpanProcessor::builder(exporter).with_batch_config(config.build()).build();
+        Ok(Self { inner, counts })
     }
 
-    pub(crate) fn losses(&self) -> Arc<Losses> {
-        Arc::clone(self.queue.losses())
+    pub(crate) fn counts(&self) -> Arc<Counts> {
+        Arc::clone(&self.counts)
     }
 }
 
-impl SpanProcessor for QueueSpanProcessor {
-    fn on_start(&self, _span: &mut Span, _cx: &opentelemetry::Context) {}
+impl SpanProcessor for CountedSpans {
+    fn on_start(&self, span: &mut Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
 
     fn on_end(&self, span: SpanData) {
         if span.span_context.is_sampled() {
-            self.queue.push(span);
+            self.counts.handed.fetch_add(1, Ordering::Relaxed);
+            self.inner.on_end(span);
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.queue.flush(Duration::from_secs(5)).map_err(OTelSdkError::InternalFailure)
+        self.inner.force_flush()
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.queue.shutdown(timeout).map_err(OTelSdkError::InternalFailure)
+        let result = self.inner.shutdown_with_timeout(timeout);
+        self.counts.shut_down.store(true, Ordering::Release);
+        result
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
-/// Log records to OTLP through a bounded queue.
+/// The log processor for OTLP export: the SDK's batch processor (its `OTEL_BLRP_*` settings
+/// apply), with records counted on the way in.
 #[derive(Debug)]
-pub(crate) struct QueueLogProcessor {
-    queue: ExportQueue<(SdkLogRecord, InstrumentationScope)>,
+pub(crate) struct CountedLogs {
+    inner: BatchLogProcessor,
+    counts: Arc<Counts>,
 }
 
-impl QueueLogProcessor {
-    pub(crate) fn new(
-        mut exporter: LogExporter,
-        resource: &Resource,
-        runtime: Handle,
-        timeout: Duration,
-    ) -> Self {
-        exporter.set_resource(resource);
-        let queue = ExportQueue::start("logs", move |batch: Vec<(SdkLogRecord, InstrumentationScope)>| {
-            let records: Vec<(&SdkLogRecord, &InstrumentationScope)> =
-                batch.iter().map(|(r, s)| (r, s)).collect();
-            export_on(&runtime, timeout, exporter.export(LogBatch::new(&records)))
-        });
-        Self { queue }
+impl CountedLogs {
+    pub(crate) fn new(runtime: &Runtime, target: &OtlpTarget) -> Result<Self, String> {
+        let counts = Arc::new(Counts::default());
+        let exporter = OnRuntime {
+            inner: build_exporter!(LogExporter, "log", runtime, target)?,
+            signal: "logs",
+            runtime: runtime.handle().clone(),
+            timeout: target.timeout,
+            counts: Arc::clone(&counts),
+            failed: RateLimitedWarning::new(),
+        };
+        let mut config = opentelemetry_sdk::logs::BatchConfigBuilder::default();
+        if std::env::var_os("OTEL_BLRP_SCHEDULE_DELAY").is_none() {
+            config = config.with_scheduled_delay(SCHEDULE_DELAY);
+        }
+        let inner = BatchLogProcessor::builder(exporter).with_batch_config(config.build()).build();
+        Ok(Self { inner, counts })
     }
 
-    pub(crate) fn losses(&self) -> Arc<Losses> {
-        Arc::clone(self.queue.losses())
+    pub(crate) fn counts(&self) -> Arc<Counts> {
+        Arc::clone(&self.counts)
     }
 }
 
-impl LogProcessor for QueueLogProcessor {
+impl LogProcessor for CountedLogs {
     fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
-        self.queue.push((record.clone(), scope.clone()));
+        self.counts.handed.fetch_add(1, Ordering::Relaxed);
+        self.inner.emit(record, scope);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.queue.flush(Duration::from_secs(5)).map_err(OTelSdkError::InternalFailure)
+        self.inner.force_flush()
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.queue.shutdown(timeout).map_err(OTelSdkError::InternalFailure)
+        let result = self.inner.shutdown_with_timeout(timeout);
+        self.counts.shut_down.store(true, Ordering::Release);
+        result
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }

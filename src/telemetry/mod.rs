@@ -24,13 +24,14 @@
 //! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | the resource |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `parentbased_always_on` by default |
 //!
-//! Export runs on its own thread and runtime behind bounded queues: a collector that is down
-//! or slow never blocks or fails a request; what is lost is counted and reported at shutdown.
+//! Export goes through the OpenTelemetry SDK's batch processors (bounded queues, their own
+//! threads; the `OTEL_BSP_*` and `OTEL_BLRP_*` variables apply) onto a runtime of its own: a
+//! collector that is down or slow never blocks or fails a request, and what is lost is counted
+//! and reported at shutdown.
 
 mod config;
 mod export;
 mod jsonl;
-mod queue;
 
 use std::fmt;
 use std::str::FromStr;
@@ -51,8 +52,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer;
 
 pub use config::{ConfigError, OtlpTarget, Protocol, SamplerConfig, TelemetryConfig};
+use export::Counts;
 pub use jsonl::JsonLines;
-use queue::Losses;
 
 /// Why telemetry could not be set up.
 ///
@@ -124,8 +125,8 @@ pub struct Telemetry {
     config: TelemetryConfig,
     tracer_provider: SdkTracerProvider,
     logger_provider: Option<SdkLoggerProvider>,
-    span_losses: Option<Arc<Losses>>,
-    log_losses: Option<Arc<Losses>>,
+    span_losses: Option<Arc<Counts>>,
+    log_losses: Option<Arc<Counts>>,
     runtime: Option<Runtime>,
 }
 
@@ -177,28 +178,18 @@ impl Telemetry {
             .with_sampler(sampler(&config.sampler));
         let mut span_losses = None;
         if let (true, Some(runtime)) = (config.export_traces, &runtime) {
-            let exporter = export::span_exporter(runtime, &config.traces).map_err(TelemetryError::Export)?;
-            let processor = export::QueueSpanProcessor::new(
-                exporter,
-                &resource,
-                runtime.handle().clone(),
-                config.traces.timeout,
-            );
-            span_losses = Some(processor.losses());
+            let processor =
+                export::CountedSpans::new(runtime, &config.traces).map_err(TelemetryError::Export)?;
+            span_losses = Some(processor.counts());
             traces = traces.with_span_processor(processor);
         }
 
         let mut log_losses = None;
         let logger_provider = match (config.export_logs, &runtime) {
             (true, Some(runtime)) => {
-                let exporter = export::log_exporter(runtime, &config.logs).map_err(TelemetryError::Export)?;
-                let processor = export::QueueLogProcessor::new(
-                    exporter,
-                    &resource,
-                    runtime.handle().clone(),
-                    config.logs.timeout,
-                );
-                log_losses = Some(processor.losses());
+                let processor =
+                    export::CountedLogs::new(runtime, &config.logs).map_err(TelemetryError::Export)?;
+                log_losses = Some(processor.counts());
                 Some(
                     SdkLoggerProvider::builder()
                         .with_resource(resource)
@@ -352,13 +343,15 @@ impl Telemetry {
     /// ```
     pub fn losses(&self) -> Lost {
         Lost {
-            spans: self.span_losses.as_ref().map_or(0, |l| l.total()),
-            logs: self.log_losses.as_ref().map_or(0, |l| l.total()),
+            spans: self.span_losses.as_ref().map_or(0, |counts| counts.lost()),
+            logs: self.log_losses.as_ref().map_or(0, |counts| counts.lost()),
         }
     }
 }
 
-/// Spans and log records that never reached the collector (queue full, or the export failed).
+/// Spans and log records that never reached the collector. While telemetry runs: those in
+/// exports the collector did not take (down, slow, refusing). After shutdown: every one handed
+/// to the exporter and not delivered, those dropped from a full queue included.
 ///
 /// ```
 /// use tokentrace::telemetry::{Telemetry, TelemetryConfig};
