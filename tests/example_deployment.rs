@@ -80,6 +80,12 @@ fn named<'a>(spans: &'a [ReceivedSpan], name: &str) -> Vec<&'a ReceivedSpan> {
     spans.iter().filter(|s| s.span.name == name).collect()
 }
 
+/// Whether the trace of `request_id` has a span of each of `names` yet.
+fn has_spans(received: &receiver::Received, request_id: &str, names: &[&str]) -> bool {
+    let spans = demo::trace_of(received, request_id);
+    names.iter().all(|name| spans.iter().any(|s| s.span.name == *name))
+}
+
 fn one<'a>(spans: &'a [ReceivedSpan], name: &str, service: &str) -> &'a ReceivedSpan {
     let found: Vec<_> = named(spans, name).into_iter().filter(|s| s.service == service).collect();
     assert_eq!(
@@ -262,10 +268,7 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_whole_chain() {
                 // take 10 s, past the wait's deadline).
     receiver
         .received
-        .wait_for("the worker's spans", |r| {
-            let spans = demo::trace_of(r, "gone-1");
-            ["handle_payload", "decode"].iter().all(|name| spans.iter().any(|s| s.span.name == *name))
-        })
+        .wait_for("the worker's spans", |r| has_spans(r, "gone-1", &["handle_payload", "decode"]))
         .await;
     let spans = demo::trace_of(&receiver.received, "gone-1");
     stop(vec![frontend, worker]).await;
@@ -305,10 +308,7 @@ async fn a_worker_killed_mid_stream_gives_an_error_and_the_frontend_survives() {
     stop(vec![frontend]).await;
     receiver
         .received
-        .wait_for("the frontend's spans", |r| {
-            let spans = demo::trace_of(r, "killed-1");
-            ["http-request", "generate"].iter().all(|name| spans.iter().any(|s| s.span.name == *name))
-        })
+        .wait_for("the frontend's spans", |r| has_spans(r, "killed-1", &["http-request", "generate"]))
         .await;
     let spans = demo::trace_of(&receiver.received, "killed-1");
     let http = one(&spans, "http-request", "dynamo-frontend");

@@ -113,6 +113,20 @@ impl<E> fmt::Debug for OnRuntime<E> {
 }
 
 impl<E> OnRuntime<E> {
+    /// `inner`, exporting to `target` on `runtime`, and the counts it shares with its processor.
+    fn new(inner: E, signal: &'static str, runtime: &Runtime, target: &OtlpTarget) -> (Self, Arc<Counts>) {
+        let counts = Arc::new(Counts::default());
+        let exporter = Self {
+            inner,
+            signal,
+            runtime: runtime.handle().clone(),
+            timeout: target.timeout,
+            counts: Arc::clone(&counts),
+            failed: RateLimitedWarning::new(),
+        };
+        (exporter, counts)
+    }
+
     /// Runs `export` of `items` items to its end on the export runtime. The SDK's batch
     /// processor calls this from its own thread, never from inside a Tokio runtime.
     fn run(&self, items: usize, export: impl Future<Output = OTelSdkResult>) -> OTelSdkResult {
@@ -165,15 +179,8 @@ pub(crate) struct CountedSpans {
 
 impl CountedSpans {
     pub(crate) fn new(runtime: &Runtime, target: &OtlpTarget) -> Result<Self, String> {
-        let counts = Arc::new(Counts::default());
-        let exporter = OnRuntime {
-            inner: build_exporter!(SpanExporter, "trace", runtime, target)?,
-            signal: "traces",
-            runtime: runtime.handle().clone(),
-            timeout: target.timeout,
-            counts: Arc::clone(&counts),
-            failed: RateLimitedWarning::new(),
-        };
+        let inner = build_exporter!(SpanExporter, "trace", runtime, target)?;
+        let (exporter, counts) = OnRuntime::new(inner, "traces", runtime, target);
         let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
         if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
             config = config.with_scheduled_delay(SCHEDULE_DELAY);
@@ -224,15 +231,8 @@ pub(crate) struct CountedLogs {
 
 impl CountedLogs {
     pub(crate) fn new(runtime: &Runtime, target: &OtlpTarget) -> Result<Self, String> {
-        let counts = Arc::new(Counts::default());
-        let exporter = OnRuntime {
-            inner: build_exporter!(LogExporter, "log", runtime, target)?,
-            signal: "logs",
-            runtime: runtime.handle().clone(),
-            timeout: target.timeout,
-            counts: Arc::clone(&counts),
-            failed: RateLimitedWarning::new(),
-        };
+        let inner = build_exporter!(LogExporter, "log", runtime, target)?;
+        let (exporter, counts) = OnRuntime::new(inner, "logs", runtime, target);
         let mut config = opentelemetry_sdk::logs::BatchConfigBuilder::default();
         if std::env::var_os("OTEL_BLRP_SCHEDULE_DELAY").is_none() {
             config = config.with_scheduled_delay(SCHEDULE_DELAY);
