@@ -31,8 +31,9 @@ mod histogram;
 mod phases;
 mod stats;
 mod stream;
+#[cfg(test)]
+mod tests;
 
-pub use clock::{Anchor, Clock, CpuClock, ManualClock};
 pub use phases::{Phase, Phases};
 pub use stats::{FinishReason, TokenChunk, TokenSummary};
 pub use stream::{StatsTarget, StreamOptions, TokenStream};

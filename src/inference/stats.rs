@@ -190,21 +190,20 @@ impl TokenStats {
 /// The statistics of a finished (or abandoned) token stream.
 ///
 /// ```
-/// use tokentrace::inference::{ManualClock, StatsTarget, StreamOptions, TokenChunk, TokenStream};
+/// use tokentrace::inference::{StatsTarget, StreamOptions, TokenChunk, TokenStream};
 /// use futures_util::StreamExt;
 ///
 /// struct Token;
 /// impl TokenChunk for Token { fn token_count(&self) -> u32 { 1 } }
 ///
-/// let clock = ManualClock::new();
-/// let tick = clock.clone();
-/// let tokens = futures_util::stream::iter([Token, Token]).map(move |t| { tick.advance_ns(2_000_000); t });
-/// let mut stream = TokenStream::with_clock(tokens, StatsTarget::Detached, StreamOptions::new(), clock);
+/// let tokens = futures_util::stream::iter([Token, Token]);
+/// let mut stream = TokenStream::new(tokens, StatsTarget::Detached, StreamOptions::new());
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// while stream.next().await.is_some() {}
 /// # });
 /// let summary = stream.summary();
-/// assert_eq!((summary.output_tokens, summary.ttft_ms, summary.avg_itl_ms), (2, Some(2.0), Some(2.0)));
+/// assert_eq!(summary.output_tokens, 2);
+/// assert!(summary.ttft_ms.is_some() && summary.avg_itl_ms.is_some());
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenSummary {

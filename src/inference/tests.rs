@@ -1,17 +1,52 @@
-//! Token-stream statistics on scripted timings, cancellation, and the exported attributes.
-
-mod support;
+//! Token-stream statistics on scripted timings (a hand-moved clock), cancellation, and the
+//! exported attributes.
 
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use futures_util::{stream, Stream, StreamExt};
 use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::trace::{TraceContextExt, Tracer};
 use opentelemetry::Context;
-use support::{attr, Spans};
-use tokentrace::inference::{
-    FinishReason, ManualClock, Phases, StatsTarget, StreamOptions, TokenChunk, TokenStream,
-};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracer, SdkTracerProvider, SpanData};
+
+use super::clock::{ManualClock, StreamClock};
+use super::{FinishReason, Phases, StatsTarget, StreamOptions, TokenChunk, TokenStream};
+
+/// A provider whose finished spans land in memory, synchronously at span end.
+struct Spans {
+    provider: SdkTracerProvider,
+    exporter: InMemorySpanExporter,
+}
+
+impl Spans {
+    fn new() -> Self {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+        Self { provider, exporter }
+    }
+
+    fn tracer(&self, name: &'static str) -> SdkTracer {
+        self.provider.tracer(name)
+    }
+
+    fn finished(&self) -> Vec<SpanData> {
+        self.exporter.get_finished_spans().unwrap_or_default()
+    }
+
+    /// The finished spans, which must satisfy `done` (they are exported as they end).
+    fn wait_for(&self, what: &str, done: impl Fn(&[SpanData]) -> bool) -> Vec<SpanData> {
+        let spans = self.finished();
+        let names: Vec<_> = spans.iter().map(|s| s.name.clone()).collect();
+        assert!(done(&spans), "expected {what}; have {names:?}");
+        spans
+    }
+}
+
+/// The value of attribute `key` on `span`, as a string.
+fn attr(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
+}
 
 #[derive(Debug)]
 struct Chunk {
@@ -66,7 +101,7 @@ fn statistics_match_hand_computed_values() {
         scripted(&clock, script),
         StatsTarget::Detached,
         StreamOptions::new(),
-        clock.clone(),
+        StreamClock::Manual(clock.clone()),
     );
     assert_eq!(drain(&mut tokens), 5);
     let summary = tokens.summary();
@@ -89,7 +124,7 @@ fn multi_token_chunks_share_their_gap_and_the_first_chunk_arrives_at_once() {
         scripted(&clock, script),
         StatsTarget::Detached,
         StreamOptions::new(),
-        clock.clone(),
+        StreamClock::Manual(clock.clone()),
     );
     drain(&mut tokens);
     let summary = tokens.summary();
@@ -109,7 +144,7 @@ fn no_tokens_means_no_timings() {
         scripted(&clock, vec![]),
         StatsTarget::Detached,
         StreamOptions::new(),
-        clock.clone(),
+        StreamClock::Manual(clock.clone()),
     );
     drain(&mut tokens);
     let summary = tokens.summary();
@@ -135,8 +170,12 @@ fn attributes_land_on_the_exported_decode_span_with_a_link_to_prefill() {
     let decode = phases.decode(Some(prefill_span.clone()));
     let script = vec![(8 * MS, 1, None), (2 * MS, 1, None), (4 * MS, 1, Some(FinishReason::Stop))];
     let options = StreamOptions::new().model("tiny-llm").input_tokens(17);
-    let mut tokens =
-        TokenStream::with_clock(scripted(&clock, script), StatsTarget::Phase(decode), options, clock.clone());
+    let mut tokens = TokenStream::with_clock(
+        scripted(&clock, script),
+        StatsTarget::Phase(decode),
+        options,
+        StreamClock::Manual(clock.clone()),
+    );
     drain(&mut tokens);
     drop(tokens);
     root.span().end();
@@ -179,7 +218,7 @@ fn a_stream_dropped_before_its_end_records_cancelled() {
         scripted(&clock, script),
         StatsTarget::Phase(phases.decode(None)),
         StreamOptions::new(),
-        clock.clone(),
+        StreamClock::Manual(clock.clone()),
     );
     let mut cx = TaskContext::from_waker(Waker::noop());
     for _ in 0..2 {
