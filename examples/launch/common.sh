@@ -16,8 +16,8 @@ if [ -n "${SERVE:-}" ]; then
 else
   features=()
   if [ "$ENGINE" = cuda ]; then features=(--features cuda); fi
-  cargo build --release --example serve "${features[@]}"
-  serve=target/release/examples/serve
+  cargo build --release -p serve "${features[@]}"
+  serve=target/release/serve
 fi
 
 pids=()

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The CUDA engine's check on a machine with a GPU, in one short run (no toolchain needed there).
 #
-# Build where Rust is:   cargo build --release --example serve --features cuda
-#                        cargo test --release --example serve --features cuda --no-run  (optional:
+# Build where Rust is:   cargo build --release -p serve --features cuda
+#                        cargo test --release -p serve --features cuda --bin serve --no-run  (optional:
 #                        it prints the path of the engine's test binary)
-# Run where the GPU is:  bash examples/launch/gpu_check.sh target/release/examples/serve [TESTS]
+# Run where the GPU is:  bash examples/launch/gpu_check.sh target/release/serve [TESTS]
 #
 # With TESTS, the engine's own tests run first, the device ones included: the kernels compile,
 # and the KV rows and logits match the CPU engine's within 1e-4, and 64 decode steps agree.
@@ -17,7 +17,7 @@
 # CPU engine, to check the script itself where there is no GPU.
 set -euo pipefail
 
-SERVE="${1:-target/release/examples/serve}"
+SERVE="${1:-target/release/serve}"
 TESTS="${2:-}"
 ENGINE="${ENGINE:-cuda}"
 OUT="${OUT:-$(mktemp -d)}"

@@ -246,7 +246,7 @@ impl Engine for CudaEngine {
 
 #[cfg(test)]
 mod tests {
-    //! `cargo test --features cuda --example serve`: the kernels must compile with NVRTC (the
+    //! `cargo test -p serve --features cuda --bin serve`: the kernels must compile with NVRTC (the
     //! CUDA toolkit's, or NVIDIA's `nvidia-cuda-nvrtc` wheel on `LD_LIBRARY_PATH`; `.ci/run`
     //! fetches it), and, with `-- --ignored` on a machine with a GPU, the engine must compute
     //! what the CPU engine computes.

@@ -3,11 +3,11 @@
 //! layers, each component its own process.
 //!
 //! ```text
-//! cargo run --release --example serve -- agg --demo        # run, trace, print waterfalls, exit
-//! cargo run --release --example serve -- disagg --demo
-//! cargo run --release --example serve -- agg               # serve on 127.0.0.1:8000, print a curl
-//! cargo run --release --example serve -- frontend --listen 0.0.0.0:8000 --worker 127.0.0.1:9000
-//! cargo run --release --example serve -- worker --role agg --listen 127.0.0.1:9000 [--engine cuda --device 0]
+//! cargo run --release -p serve -- agg --demo        # run, trace, print waterfalls, exit
+//! cargo run --release -p serve -- disagg --demo
+//! cargo run --release -p serve -- agg               # serve on 127.0.0.1:8000, print a curl
+//! cargo run --release -p serve -- frontend --listen 0.0.0.0:8000 --worker 127.0.0.1:9000
+//! cargo run --release -p serve -- worker --role agg --listen 127.0.0.1:9000 [--engine cuda --device 0]
 //! ```
 
 mod demo;

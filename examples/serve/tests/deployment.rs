@@ -1,15 +1,15 @@
-//! The bundled example as a user runs it: real `serve` processes (built by `cargo test` with
-//! the examples), exporting over OTLP/gRPC to a real receiver; one trace per request across
+//! The bundled example as a user runs it: real `serve` processes (the binary `cargo test`
+//! builds for this package), exporting over OTLP/gRPC to a real receiver; one trace per request across
 //! every service, logs correlated, a client that goes away, a worker that dies.
 
 // The example's own modules: the tests drive the deployment with the same code as the demo.
 #[allow(dead_code)]
-#[path = "../examples/serve/demo.rs"]
+#[path = "../demo.rs"]
 mod demo;
 #[allow(dead_code)]
-#[path = "../examples/serve/launcher.rs"]
+#[path = "../launcher.rs"]
 mod launcher;
-#[path = "../examples/serve/receiver.rs"]
+#[path = "../receiver.rs"]
 mod receiver;
 
 use std::net::SocketAddr;
@@ -23,19 +23,9 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use receiver::{string_value, ReceivedSpan};
 
-/// `target/<profile>/examples/serve`, next to this test's `deps/` folder.
+/// The `serve` binary cargo built for these tests.
 fn serve_exe() -> PathBuf {
-    let mut path = std::env::current_exe().unwrap();
-    path.pop();
-    path.pop();
-    path.push("examples");
-    path.push("serve");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples before running tests",
-        path.display()
-    );
-    path
+    PathBuf::from(env!("CARGO_BIN_EXE_serve"))
 }
 
 fn export_env(receiver: &receiver::Receiver, service: &str) -> Vec<(String, String)> {
@@ -324,7 +314,7 @@ async fn a_worker_killed_mid_stream_gives_an_error_and_the_frontend_survives() {
 }
 
 fn yaml_documents(path: &str) -> Vec<serde_yaml::Value> {
-    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let text = std::fs::read_to_string(format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
         .collect()
@@ -407,7 +397,7 @@ fn the_compose_stack_and_its_configs_parse_and_connect() {
 #[test]
 fn the_launch_scripts_are_valid_bash_and_name_the_components() {
     let read = |script: &str| {
-        let path = format!("{}/{script}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/../../{script}", env!("CARGO_MANIFEST_DIR"));
         let status = std::process::Command::new("bash").args(["-n", &path]).status().unwrap();
         assert!(status.success(), "{script} has a syntax error");
         std::fs::read_to_string(&path).unwrap()
@@ -442,7 +432,7 @@ fn the_launch_scripts_are_valid_bash_and_name_the_components() {
 /// that cannot start (here: the CUDA engine without a driver, or without `--features cuda`).
 #[test]
 fn the_gpu_check_script_runs_on_the_cpu_engine_and_failures_explain_themselves() {
-    let script = format!("{}/examples/launch/gpu_check.sh", env!("CARGO_MANIFEST_DIR"));
+    let script = format!("{}/../launch/gpu_check.sh", env!("CARGO_MANIFEST_DIR"));
     let output = std::process::Command::new("bash")
         .arg(&script)
         .arg(serve_exe())
@@ -498,7 +488,7 @@ async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs()
     // SERVE: the binary `cargo test` built, so the script does not build one itself.
     let mut script = LaunchScript(Some(
         std::process::Command::new("bash")
-            .arg(format!("{}/examples/launch/disagg_tracing.sh", env!("CARGO_MANIFEST_DIR")))
+            .arg(format!("{}/../launch/disagg_tracing.sh", env!("CARGO_MANIFEST_DIR")))
             .env("SERVE", serve_exe())
             .env("FRONTEND_PORT", frontend.to_string())
             .env("DECODE_PORT", decode.to_string())
@@ -563,7 +553,7 @@ async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs()
 fn a_launch_script_whose_worker_cannot_start_stops_with_its_message() {
     let [frontend, worker] = [free_port(), free_port()];
     let output = std::process::Command::new("bash")
-        .arg(format!("{}/examples/launch/agg_tracing.sh", env!("CARGO_MANIFEST_DIR")))
+        .arg(format!("{}/../launch/agg_tracing.sh", env!("CARGO_MANIFEST_DIR")))
         .env("SERVE", serve_exe())
         .env("ENGINE", "abacus")
         .env("FRONTEND_PORT", frontend.to_string())
