@@ -470,3 +470,39 @@ async fn paths_routes_and_many_hosts_are_recorded_exactly() {
         }
     }
 }
+
+/// Trace Context Level 2: the `random` flag received stays on every outbound `traceparent` of
+/// the trace (also under an unsampled parent, where the SDK drops it), a trace started here
+/// sets it, and a caller's trace without it never gains it.
+#[tokio::test]
+async fn the_random_flag_is_kept_and_set_on_new_traces() {
+    use tokentrace::propagation::inject_context;
+
+    let spans = Spans::new();
+    let app = Router::new()
+        .route(
+            "/outbound",
+            get(|| async {
+                let mut headers = http::HeaderMap::new();
+                inject_context(&mut headers, &Context::current());
+                headers["traceparent"].to_str().unwrap().to_owned()
+            }),
+        )
+        .layer(ServerLayer::with_tracer(spans.tracer("server")));
+    let addr = serve(app).await;
+    let client = plain_client();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for (inbound_flags, outbound_flags) in
+        [(None, "03"), (Some("02"), "02"), (Some("03"), "03"), (Some("01"), "01"), (Some("00"), "00")]
+    {
+        let inbound = inbound_flags.map(|flags| format!("00-{trace}-00f067aa0ba902b7-{flags}"));
+        let headers: Vec<(&str, &str)> = inbound.iter().map(|tp| ("traceparent", tp.as_str())).collect();
+        let response = client.request(get_request(addr, "/outbound", &headers)).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let outbound = std::str::from_utf8(&body).unwrap();
+        assert!(outbound.ends_with(&format!("-{outbound_flags}")), "{inbound:?} -> {outbound}");
+        if inbound.is_some() {
+            assert!(outbound.contains(trace), "the caller's trace continues: {outbound}");
+        }
+    }
+}

@@ -220,8 +220,21 @@ fn tracestate() {
         &["foo=1", "", "bar=2,baz=3"],
         Continue { flags: 1, state: "foo=1,bar=2,baz=3" },
     );
-    case("duplicated key, one header", &["foo=1,foo=2"], Continue { flags: 1, state: "" });
-    case("duplicated key, two headers", &["foo=1", "foo=1"], Continue { flags: 1, state: "" });
+    // Level 2: a vendor may discard duplicated keys it did not generate, not the whole list.
+    case("duplicated key and value", &["foo=1,foo=1"], Continue { flags: 1, state: "foo=1" });
+    case("duplicated key, one header", &["foo=1,foo=2"], Continue { flags: 1, state: "foo=1" });
+    case("duplicated key, two headers", &["foo=1", "foo=1"], Continue { flags: 1, state: "foo=1" });
+    case(
+        "duplicated key among others",
+        &["foo=1,bar=2", "baz=3,foo=4,bar=5"],
+        Continue { flags: 1, state: "foo=1,bar=2,baz=3" },
+    );
+    case("duplicated key, then a bad member", &["foo=1,foo=2,@bad=3"], Continue { flags: 1, state: "" });
+    let thirty_two: Vec<String> = (0..32).map(|i| format!("k{i}=v")).collect();
+    // `Expect` holds a `&'static str`: this test's one computed state lives for the process.
+    let kept: &'static str = Box::leak(thirty_two.join(",").into_boxed_str());
+    let with_repeat = format!("{kept},k0=again");
+    case("32 members and a repeated key", &[with_repeat.as_str()], Continue { flags: 1, state: kept });
     case(
         "all allowed key characters",
         &["abcdefghijklmnopqrstuvwxyz0123456789_-*/=1"],

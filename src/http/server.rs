@@ -18,7 +18,7 @@ use super::body::TracedBody;
 use super::semconv;
 use crate::active_span::{record_request_ids, ActiveSpan};
 use crate::interned;
-use crate::propagation::{names, RemoteContext, RequestIds};
+use crate::propagation::{mark_random_trace, names, RemoteContext, RequestIds};
 use crate::DefaultTracer;
 
 /// Span name used by NVIDIA Dynamo's frontend, kept so its dashboards and queries match.
@@ -328,19 +328,21 @@ where
         let remote = RemoteContext::extract(request.headers());
         let traced = self.layer.filter.as_ref().is_none_or(|filter| filter(request.method(), request.uri()));
 
-        let (parent, link) = match (&remote, self.layer.public_endpoint) {
+        let (parent, link, root) = match (&remote, self.layer.public_endpoint) {
             (Some(remote), true) => {
                 let span_context = remote.traceparent.to_span_context(&remote.tracestate);
-                (Context::new(), Some(Link::with_context(span_context)))
+                (Context::new(), Some(Link::with_context(span_context)), true)
             }
-            (Some(remote), false) => (remote.to_context(), None),
-            (None, _) => (Context::new(), None),
+            (Some(remote), false) => (remote.to_context(), None, false),
+            (None, _) => (Context::new(), None, true),
         };
         let span = traced.then(|| self.layer.start_span(&request, &parent, &ids, link));
         let x_request_id = ids.x_request_id.header_value().clone();
         request.extensions_mut().insert(ids.clone());
         let cx = parent.with_value(ids);
         let scope = match span {
+            // A trace started here has a random id (the SDK's generator): Level 2 says so.
+            Some(span) if root => ActiveSpan::new(mark_random_trace(cx.with_span(span))),
             Some(span) => ActiveSpan::new(cx.with_span(span)),
             None => ActiveSpan::untraced(cx),
         };

@@ -57,8 +57,8 @@ impl RemoteContext {
         Some(Self { traceparent, tracestate })
     }
 
-    /// The OpenTelemetry context with this remote span as parent (the full [`TraceState`] is
-    /// kept in the context for tokentrace's own injection).
+    /// The OpenTelemetry context with this remote span as parent (the full [`TraceState`] and
+    /// the Level 2 `random` flag are kept in the context for tokentrace's own injection).
     ///
     /// ```
     /// use opentelemetry::trace::TraceContextExt;
@@ -94,7 +94,7 @@ impl RemoteContext {
     /// assert_eq!(RequestIds::from_context(&cx), Some(&ids)); // what `cx` held is kept
     /// ```
     pub fn attach_to(&self, cx: &Context) -> Context {
-        match self.tracestate.to_otel() {
+        let cx = match self.tracestate.to_otel() {
             Some(state) => cx.with_remote_span_context(self.traceparent.span_context_with(state)),
             // A Level 2 key OpenTelemetry refuses: the span context carries no state, and the
             // full state rides beside it for tokentrace's own injection.
@@ -104,7 +104,29 @@ impl RemoteContext {
                     trace_id: self.traceparent.trace_id(),
                     state: self.tracestate.clone(),
                 }),
+        };
+        if self.traceparent.is_random() {
+            cx.with_value(RandomTraceId(self.traceparent.trace_id()))
+        } else {
+            cx
         }
+    }
+}
+
+/// A trace whose id is random (the Level 2 `random` flag): received with the flag, or started
+/// by one of tokentrace's server layers. Every outbound `traceparent` of the trace carries the
+/// flag, also where OpenTelemetry's SDK drops it (the children of an unsampled span).
+#[derive(Clone, Copy, Debug)]
+struct RandomTraceId(TraceId);
+
+/// `cx`, marked as holding a trace whose id is random: for a root span that a server layer
+/// started, whose id came from the SDK's random id generator.
+pub(crate) fn mark_random_trace(cx: Context) -> Context {
+    let trace_id = cx.span().span_context().trace_id();
+    if trace_id == TraceId::INVALID {
+        cx
+    } else {
+        cx.with_value(RandomTraceId(trace_id))
     }
 }
 
@@ -161,11 +183,14 @@ pub fn inject_trace<C: Carrier + ?Sized>(
 pub fn inject_context<C: Carrier + ?Sized>(carrier: &mut C, cx: &Context) {
     let span = cx.span();
     let span_context = span.span_context();
-    let Some(traceparent) = TraceParent::from_span_context(span_context) else {
+    let Some(mut traceparent) = TraceParent::from_span_context(span_context) else {
         carrier.remove_all(TRACEPARENT);
         carrier.remove_all(TRACESTATE);
         return;
     };
+    if cx.get::<RandomTraceId>().is_some_and(|random| random.0 == span_context.trace_id()) {
+        traceparent = traceparent.with_random_flag();
+    }
     match cx.get::<PropagatedTraceState>() {
         Some(kept) if kept.trace_id == span_context.trace_id() => {
             inject_trace(carrier, &traceparent, &kept.state)

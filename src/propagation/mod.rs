@@ -34,6 +34,7 @@ mod trace_state;
 mod traceparent;
 
 pub use carrier::Carrier;
+pub(crate) use context::mark_random_trace;
 pub use context::{inject_context, inject_trace, RemoteContext, RequestIds};
 pub use propagator::StrictPropagator;
 pub use request_id::{RequestId, RequestIdError, RequestUuid, RequestUuidError, MAX_REQUEST_ID_LEN};

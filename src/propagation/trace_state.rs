@@ -63,7 +63,7 @@ pub struct TraceState {
 /// ```
 /// use tokentrace::propagation::{TraceState, TraceStateError};
 ///
-/// assert_eq!(TraceState::from_headers([&b"a=1,a=2"[..]]), Err(TraceStateError::DuplicateKey));
+/// assert_eq!(TraceState::from_headers([&b"a=1,@b=2"[..]]), Err(TraceStateError::Key));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -73,8 +73,6 @@ pub enum TraceStateError {
     /// A value is empty, over 256 characters, ends in a space or holds `,`, `=` or a
     /// non-printable character.
     Value,
-    /// The same key appears twice.
-    DuplicateKey,
     /// More than 32 list members.
     TooManyMembers,
 }
@@ -84,7 +82,6 @@ impl fmt::Display for TraceStateError {
         f.write_str(match self {
             Self::Key => "tracestate has a member with an invalid key",
             Self::Value => "tracestate has a member with an invalid value",
-            Self::DuplicateKey => "tracestate has a duplicated key",
             Self::TooManyMembers => "tracestate has more than 32 members",
         })
     }
@@ -104,15 +101,16 @@ impl TraceState {
 
     /// Combines the `tracestate` header values of one request, in order.
     ///
-    /// Whitespace around members is trimmed; empty members and headers are ignored. Any
-    /// invalid member, a duplicated key or more than 32 members is an error: the caller then
-    /// drops the whole state.
+    /// Whitespace around members is trimmed; empty members and headers are ignored; a key that
+    /// appears again (in the same header or a later one) is dropped there, the first member with
+    /// it kept. Any invalid member or more than 32 members is an error: the caller then drops the
+    /// whole state.
     ///
     /// ```
     /// use tokentrace::propagation::TraceState;
     ///
-    /// let state = TraceState::from_headers([&b"a=1,,"[..], b" b=2 "])?;
-    /// assert_eq!(state.header(), "a=1,b=2");
+    /// let state = TraceState::from_headers([&b"a=1,,"[..], b" b=2 ,a=3"])?;
+    /// assert_eq!(state.header(), "a=1,b=2"); // the later `a` is dropped
     /// assert!(TraceState::from_headers([&b"@foo=1"[..]]).is_err());
     /// # Ok::<(), tokentrace::propagation::TraceStateError>(())
     /// ```
@@ -138,9 +136,6 @@ impl TraceState {
             let mut rest = value;
             while let Some((key_len, member, after)) = next_member(rest)? {
                 rest = after;
-                if members == MAX_MEMBERS {
-                    return Err(TraceStateError::TooManyMembers);
-                }
                 let key = &member[..key_len];
                 let fingerprint = fingerprint(key);
                 let duplicate = fingerprints[..members].contains(&fingerprint)
@@ -149,7 +144,11 @@ impl TraceState {
                             && &header[usize::from(start)..usize::from(start) + usize::from(len)] == key
                     });
                 if duplicate {
-                    return Err(TraceStateError::DuplicateKey);
+                    // Level 2: a repeated key is discarded, the list kept (the first one wins).
+                    continue;
+                }
+                if members == MAX_MEMBERS {
+                    return Err(TraceStateError::TooManyMembers);
                 }
                 if header.is_empty() {
                     // One allocation in the usual case of a single tracestate header.

@@ -243,6 +243,18 @@ impl TraceParent {
         Self::new(self.trace_id, parent_id, self.flags)
     }
 
+    /// The same trace context with the Level 2 `random` flag set.
+    ///
+    /// ```
+    /// use tokentrace::propagation::TraceParent;
+    ///
+    /// let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap();
+    /// assert_eq!(tp.with_random_flag().to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03");
+    /// ```
+    pub fn with_random_flag(&self) -> Self {
+        Self::new(self.trace_id, self.parent_id, TraceFlags::new(self.flags.to_u8() | RANDOM_FLAG))
+    }
+
     /// The 55 ASCII bytes of the header value, built on the stack.
     ///
     /// ```

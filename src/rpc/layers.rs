@@ -17,7 +17,7 @@ use tower_service::Service;
 use super::request::Request;
 use super::stream::{TracedStream, OUTCOME};
 use crate::active_span::{record_request_ids, ActiveSpan};
-use crate::propagation::{inject_context, Carrier, RemoteContext, RequestIds};
+use crate::propagation::{inject_context, mark_random_trace, Carrier, RemoteContext, RequestIds};
 use crate::DefaultTracer;
 
 /// Metadata entry carrying the client's send time (nanoseconds since the Unix epoch), from
@@ -399,11 +399,9 @@ where
 
     fn call(&mut self, request: Request<P>) -> Self::Future {
         let ids = RequestIds::extract(&request.metadata);
-        let parent = match RemoteContext::extract(&request.metadata) {
-            Some(remote) => remote.to_context(),
-            None => Context::new(),
-        }
-        .with_value(ids.clone());
+        let remote = RemoteContext::extract(&request.metadata);
+        let root = remote.is_none();
+        let parent = remote.map(|remote| remote.to_context()).unwrap_or_default().with_value(ids.clone());
         let mut attributes = Vec::with_capacity(ATTRIBUTES_PER_SPAN);
         attributes.push(KeyValue::new(ENDPOINT, request.endpoint_name()));
         if let Some(component) = &self.layer.component {
@@ -422,7 +420,9 @@ where
             .with_attributes(attributes)
             .start_with_context(tracer, &parent);
         record_request_ids(&mut span, &ids);
-        let scope = ActiveSpan::new(parent.with_span(span));
+        let cx = parent.with_span(span);
+        // A trace started here has a random id (the SDK's generator): Level 2 says so.
+        let scope = ActiveSpan::new(if root { mark_random_trace(cx) } else { cx });
         let inner = {
             let _attached = scope.attach();
             self.inner.call(request)
