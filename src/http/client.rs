@@ -25,9 +25,18 @@ use crate::DefaultTracer;
 /// For each call it opens a CLIENT span as a child of the current context (one new span id per
 /// call), removes any trace headers already on the request, injects exactly one `traceparent`,
 /// `tracestate` when non-empty, and the request's `x-request-id` and `request-id` (those of
-/// the current context, else valid ones already on the request, else new ones). The span
-/// records the status code (`error.type` and an error status from 400 up) and ends when the
-/// response body ends.
+/// the current context, else valid ones already on the request, else new ones).
+///
+/// The span, per the HTTP semantic conventions:
+/// - name: the method (`GET`, `POST`, …; `_OTHER` for methods the conventions do not list);
+/// - when it starts: `http.request.method`, `server.address` and `server.port` (from the URI,
+///   else the `Host` header), `url.full` without query or user info (they may hold secrets);
+///   then, if sampled, `x_request_id` and `request_id`;
+/// - at the response head: `http.response.status_code`; from 400 up also `error.type` (the
+///   code) and an error status;
+/// - it ends when the response body ends; a transport error ends it failed (`error.type` names
+///   the error's type), a body that fails ends it failed (`error.type` = `body`), and a body
+///   dropped before its end ends it with `cancelled = true`.
 ///
 /// ```
 /// use http_body_util::Empty;
