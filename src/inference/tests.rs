@@ -5,48 +5,15 @@ use std::task::{Context as TaskContext, Poll, Waker};
 
 use futures_util::{stream, Stream, StreamExt};
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::trace::{TraceContextExt, Tracer};
 use opentelemetry::Context;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracer, SdkTracerProvider, SpanData};
 
 use super::clock::{ManualClock, StreamClock};
 use super::{FinishReason, Phases, StatsTarget, StreamOptions, TokenChunk, TokenStream};
 
-/// A provider whose finished spans land in memory, synchronously at span end.
-struct Spans {
-    provider: SdkTracerProvider,
-    exporter: InMemorySpanExporter,
-}
-
-impl Spans {
-    fn new() -> Self {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-        Self { provider, exporter }
-    }
-
-    fn tracer(&self, name: &'static str) -> SdkTracer {
-        self.provider.tracer(name)
-    }
-
-    fn finished(&self) -> Vec<SpanData> {
-        self.exporter.get_finished_spans().unwrap_or_default()
-    }
-
-    /// The finished spans, which must satisfy `done` (they are exported as they end).
-    fn wait_for(&self, what: &str, done: impl Fn(&[SpanData]) -> bool) -> Vec<SpanData> {
-        let spans = self.finished();
-        let names: Vec<_> = spans.iter().map(|s| s.name.clone()).collect();
-        assert!(done(&spans), "expected {what}; have {names:?}");
-        spans
-    }
-}
-
-/// The value of attribute `key` on `span`, as a string.
-fn attr(span: &SpanData, key: &str) -> Option<String> {
-    span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string())
-}
+#[path = "../../tests/support/spans.rs"]
+mod spans;
+use spans::{attr, Spans};
 
 #[derive(Debug)]
 struct Chunk {
