@@ -49,8 +49,9 @@
 //! assert_eq!(remote.traceparent.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 //! assert_eq!(ids.x_request_id.as_str(), "my-request");
 //! ```
+// Two audited exceptions, each for a budget: the TSC read (`inference::clock`) and the
+// traceparent header value (`propagation::carrier`).
 #![deny(unsafe_code)]
-// audited exceptions, each for a budget: the TSC read (`inference::clock`), the traceparent header value (`propagation::carrier`)
 #![warn(missing_docs, missing_debug_implementations)]
 
 /// `get_ref`, `get_mut` and `into_inner` for a service wrapper `$service<S, T>` whose wrapped

@@ -169,16 +169,30 @@ impl opentelemetry_sdk::logs::LogExporter for OnRuntime<LogExporter> {
     }
 }
 
-/// The span processor for OTLP export: the SDK's batch processor (its `OTEL_BSP_*` settings
-/// apply), with sampled spans counted on the way in.
+/// An SDK batch processor for OTLP export (its `OTEL_BSP_*` or `OTEL_BLRP_*` settings apply),
+/// with what it is handed counted on the way in.
 #[derive(Debug)]
-pub(crate) struct CountedSpans {
-    inner: BatchSpanProcessor,
+pub(crate) struct Counted<P> {
+    inner: P,
     counts: Arc<Counts>,
 }
 
-impl CountedSpans {
-    pub(crate) fn new(runtime: &Runtime, target: &OtlpTarget) -> Result<Self, String> {
+impl<P> Counted<P> {
+    pub(crate) fn counts(&self) -> Arc<Counts> {
+        Arc::clone(&self.counts)
+    }
+
+    /// Shuts the processor down with `shutdown`; from then on every undelivered item is lost.
+    fn shut_down(&self, shutdown: impl FnOnce(&P) -> OTelSdkResult) -> OTelSdkResult {
+        let result = shutdown(&self.inner);
+        self.counts.shut_down.store(true, Ordering::Release);
+        result
+    }
+}
+
+impl Counted<BatchSpanProcessor> {
+    /// The span processor, exporting sampled spans to `target`.
+    pub(crate) fn spans(runtime: &Runtime, target: &OtlpTarget) -> Result<Self, String> {
         let inner = build_exporter!(SpanExporter, "trace", runtime, target)?;
         let (exporter, counts) = OnRuntime::new(inner, "traces", runtime, target);
         let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
@@ -188,13 +202,23 @@ impl CountedSpans {
         let inner = BatchSpanProcessor::builder(exporter).with_batch_config(config.build()).build();
         Ok(Self { inner, counts })
     }
+}
 
-    pub(crate) fn counts(&self) -> Arc<Counts> {
-        Arc::clone(&self.counts)
+impl Counted<BatchLogProcessor> {
+    /// The log processor, exporting log records to `target`.
+    pub(crate) fn logs(runtime: &Runtime, target: &OtlpTarget) -> Result<Self, String> {
+        let inner = build_exporter!(LogExporter, "log", runtime, target)?;
+        let (exporter, counts) = OnRuntime::new(inner, "logs", runtime, target);
+        let mut config = opentelemetry_sdk::logs::BatchConfigBuilder::default();
+        if std::env::var_os("OTEL_BLRP_SCHEDULE_DELAY").is_none() {
+            config = config.with_scheduled_delay(SCHEDULE_DELAY);
+        }
+        let inner = BatchLogProcessor::builder(exporter).with_batch_config(config.build()).build();
+        Ok(Self { inner, counts })
     }
 }
 
-impl SpanProcessor for CountedSpans {
+impl SpanProcessor for Counted<BatchSpanProcessor> {
     fn on_start(&self, span: &mut Span, cx: &opentelemetry::Context) {
         self.inner.on_start(span, cx);
     }
@@ -211,9 +235,7 @@ impl SpanProcessor for CountedSpans {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let result = self.inner.shutdown_with_timeout(timeout);
-        self.counts.shut_down.store(true, Ordering::Release);
-        result
+        self.shut_down(|inner| inner.shutdown_with_timeout(timeout))
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -221,32 +243,7 @@ impl SpanProcessor for CountedSpans {
     }
 }
 
-/// The log processor for OTLP export: the SDK's batch processor (its `OTEL_BLRP_*` settings
-/// apply), with records counted on the way in.
-#[derive(Debug)]
-pub(crate) struct CountedLogs {
-    inner: BatchLogProcessor,
-    counts: Arc<Counts>,
-}
-
-impl CountedLogs {
-    pub(crate) fn new(runtime: &Runtime, target: &OtlpTarget) -> Result<Self, String> {
-        let inner = build_exporter!(LogExporter, "log", runtime, target)?;
-        let (exporter, counts) = OnRuntime::new(inner, "logs", runtime, target);
-        let mut config = opentelemetry_sdk::logs::BatchConfigBuilder::default();
-        if std::env::var_os("OTEL_BLRP_SCHEDULE_DELAY").is_none() {
-            config = config.with_scheduled_delay(SCHEDULE_DELAY);
-        }
-        let inner = BatchLogProcessor::builder(exporter).with_batch_config(config.build()).build();
-        Ok(Self { inner, counts })
-    }
-
-    pub(crate) fn counts(&self) -> Arc<Counts> {
-        Arc::clone(&self.counts)
-    }
-}
-
-impl LogProcessor for CountedLogs {
+impl LogProcessor for Counted<BatchLogProcessor> {
     fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
         self.counts.handed.fetch_add(1, Ordering::Relaxed);
         self.inner.emit(record, scope);
@@ -257,9 +254,7 @@ impl LogProcessor for CountedLogs {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let result = self.inner.shutdown_with_timeout(timeout);
-        self.counts.shut_down.store(true, Ordering::Release);
-        result
+        self.shut_down(|inner| inner.shutdown_with_timeout(timeout))
     }
 
     fn set_resource(&mut self, resource: &Resource) {

@@ -179,7 +179,7 @@ impl Telemetry {
         let mut span_losses = None;
         if let (true, Some(runtime)) = (config.export_traces, &runtime) {
             let processor =
-                export::CountedSpans::new(runtime, &config.traces).map_err(TelemetryError::Export)?;
+                export::Counted::spans(runtime, &config.traces).map_err(TelemetryError::Export)?;
             span_losses = Some(processor.counts());
             traces = traces.with_span_processor(processor);
         }
@@ -188,7 +188,7 @@ impl Telemetry {
         let logger_provider = match (config.export_logs, &runtime) {
             (true, Some(runtime)) => {
                 let processor =
-                    export::CountedLogs::new(runtime, &config.logs).map_err(TelemetryError::Export)?;
+                    export::Counted::logs(runtime, &config.logs).map_err(TelemetryError::Export)?;
                 log_losses = Some(processor.counts());
                 Some(
                     SdkLoggerProvider::builder()
