@@ -1,10 +1,13 @@
-//! Extract and inject of W3C trace context: tokentrace's strict propagator against the
-//! OpenTelemetry SDK's `TraceContextPropagator` (through `opentelemetry-http`'s
-//! `HeaderExtractor`/`HeaderInjector`), in the same group, with the ratio printed at the end.
+//! Extract and inject of W3C trace context and W3C Baggage: tokentrace's strict propagators
+//! against the OpenTelemetry SDK's `TraceContextPropagator` and `BaggagePropagator` (through
+//! `opentelemetry-http`'s `HeaderExtractor`/`HeaderInjector`), in the same group, with the ratio
+//! printed at the end.
 //!
 //! Like for like: `tokentrace` extracts into an `opentelemetry::Context`, as the SDK does;
 //! `tokentrace_parse_only` stops at the parsed `RemoteContext` (less work than the SDK's, shown
-//! for reference, never the headline).
+//! for reference, never the headline). Baggage: both sides extract into a `Context` holding
+//! OpenTelemetry `Baggage`, and inject one `baggage` header from such a context, as received
+//! (`inject/baggage-*`) or after user code replaced it (`inject/baggage-*-replaced`).
 //!
 //! Run: `cargo bench --bench propagation`; the latest figures are in `BENCHMARKS.md`.
 
@@ -12,12 +15,13 @@ use std::hint::black_box;
 
 use criterion::Criterion;
 use http::HeaderMap;
+use opentelemetry::baggage::{Baggage, BaggageExt};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tokentrace::propagation::{inject_context, RemoteContext};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use tokentrace::propagation::{extract_baggage, inject_baggage, Propagators, RemoteContext};
 
 mod support;
 
@@ -69,13 +73,70 @@ fn inject(c: &mut Criterion) {
     let cx = Context::new().with_remote_span_context(span_context);
     let mut group = c.benchmark_group("inject");
     let mut headers = inbound(0);
-    group
-        .bench_function("tokentrace", |b| b.iter(|| inject_context(black_box(&mut headers), black_box(&cx))));
+    group.bench_function("tokentrace", |b| {
+        b.iter(|| Propagators::TRACE_CONTEXT.inject_into(black_box(&mut headers), black_box(&cx)))
+    });
     let mut headers = inbound(0);
     group.bench_function("otel_sdk", |b| {
         b.iter(|| sdk.inject_context(black_box(&cx), &mut HeaderInjector(black_box(&mut headers))))
     });
     group.finish();
+}
+
+/// A `baggage` header of `members` members: routing and accounting facts, one escaped value.
+fn baggage_header(members: usize) -> String {
+    let facts = ["tenant=acme", "lora=sql%20v2;ttl=60", "priority=high"];
+    let mut list: Vec<String> = facts.iter().take(members).map(|m| m.to_string()).collect();
+    list.extend((facts.len()..members).map(|i| format!("key{i:02}=value-{i:02}-{}", "x".repeat(100))));
+    list.join(",")
+}
+
+const BAGGAGE_CASES: [(&str, usize); 2] = [("baggage-3", 3), ("baggage-64", 64)];
+
+fn baggage(c: &mut Criterion) {
+    let sdk = BaggagePropagator::new();
+    for (case, members) in BAGGAGE_CASES {
+        let mut headers = inbound(0);
+        headers.insert("baggage", baggage_header(members).parse().unwrap());
+        assert!(headers["baggage"].len() <= 8192);
+
+        let mut group = c.benchmark_group(format!("extract/{case}"));
+        group.bench_function("tokentrace", |b| {
+            b.iter(|| extract_baggage(black_box(&headers), &Context::new()))
+        });
+        group.bench_function("otel_sdk", |b| b.iter(|| sdk.extract(&HeaderExtractor(black_box(&headers)))));
+        group.finish();
+
+        let received = extract_baggage(&headers, &Context::new());
+        assert_eq!(received.baggage().len(), members);
+        let mut out = inbound(0);
+        let mut group = c.benchmark_group(format!("inject/{case}"));
+        group.bench_function("tokentrace", |b| {
+            b.iter(|| inject_baggage(black_box(&mut out), black_box(&received)))
+        });
+        group.bench_function("otel_sdk", |b| {
+            b.iter(|| sdk.inject_context(black_box(&received), &mut HeaderInjector(black_box(&mut out))))
+        });
+        group.finish();
+
+        let replaced = received.with_baggage(
+            received
+                .baggage()
+                .iter()
+                .map(|(k, (v, m))| {
+                    opentelemetry::baggage::KeyValueMetadata::new(k.clone(), v.clone(), m.clone())
+                })
+                .collect::<Baggage>(),
+        );
+        let mut group = c.benchmark_group(format!("inject/{case}-replaced"));
+        group.bench_function("tokentrace", |b| {
+            b.iter(|| inject_baggage(black_box(&mut out), black_box(&replaced)))
+        });
+        group.bench_function("otel_sdk", |b| {
+            b.iter(|| sdk.inject_context(black_box(&replaced), &mut HeaderInjector(black_box(&mut out))))
+        });
+        group.finish();
+    }
 }
 
 fn main() {
@@ -85,10 +146,17 @@ fn main() {
         .configure_from_args();
     extract(&mut c);
     inject(&mut c);
+    baggage(&mut c);
     c.final_summary();
     for (group, _) in EXTRACT_CASES {
         support::print_speedup(group, "tokentrace", "otel_sdk");
         support::print_speedup(group, "tokentrace_parse_only", "otel_sdk");
     }
     support::print_speedup("inject", "tokentrace", "otel_sdk");
+    for (case, _) in BAGGAGE_CASES {
+        for group in [format!("extract/{case}"), format!("inject/{case}"), format!("inject/{case}-replaced")]
+        {
+            support::print_speedup(&group, "tokentrace", "otel_sdk");
+        }
+    }
 }

@@ -33,6 +33,29 @@ pub fn tracestate(data: &[u8]) {
     }
 }
 
+/// Splits `data` into `baggage` header values at `\n`; never panics; the kept list stays within
+/// the limits, re-parses to itself with nothing dropped, and the `Baggage` it gives writes out
+/// and parses back to the same keys and values.
+pub fn baggage(data: &[u8]) {
+    use crate::propagation::{format_baggage, BaggageList, MAX_BAGGAGE_BYTES, MAX_BAGGAGE_MEMBERS};
+
+    let list = BaggageList::from_headers(data.split(|&b| b == b'\n'));
+    assert!(list.len() <= MAX_BAGGAGE_MEMBERS);
+    assert!(list.header().len() <= MAX_BAGGAGE_BYTES);
+    assert_eq!(list.members().count(), list.len());
+    let again = BaggageList::from_headers([list.header().as_bytes()]);
+    assert_eq!((again.header(), again.len(), again.dropped()), (list.header(), list.len(), 0));
+
+    let baggage = list.to_baggage();
+    let written = format_baggage(&baggage);
+    assert!(written.len() <= MAX_BAGGAGE_BYTES);
+    let reread = BaggageList::from_headers([written.as_bytes()]);
+    assert_eq!(reread.dropped(), 0, "{written}");
+    for (key, (value, metadata)) in &reread.to_baggage() {
+        assert_eq!(baggage.get_with_metadata(key.as_str()), Some(&(value.clone(), metadata.clone())));
+    }
+}
+
 /// Never panics; accepted ids re-parse to themselves; inbound values always yield a safe id.
 pub fn request_id(data: &[u8]) {
     if let Ok(id) = RequestId::parse(data) {

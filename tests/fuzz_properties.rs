@@ -45,6 +45,20 @@ proptest! {
     }
 
     #[test]
+    fn baggage_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        fuzzing::baggage(&data);
+    }
+
+    #[test]
+    fn baggage_plausible(members in proptest::collection::vec(
+        "[ \t]{0,2}[a-z%!=]{0,6}[ \t]{0,2}=[ \t]{0,2}([A-Za-z0-9%=/]|%[0-9A-Fa-f]{2}){0,12}(;[ \t]?[a-z]{1,4}(=[a-z0-9%]{0,4})?){0,2}[ \t]{0,2}",
+        0..40,
+    )) {
+        let header = members.join(",");
+        fuzzing::baggage(header.as_bytes());
+    }
+
+    #[test]
     fn request_id_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..200)) {
         fuzzing::request_id(&data);
     }

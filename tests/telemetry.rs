@@ -241,6 +241,7 @@ fn environment_values_are_validated_and_errors_name_the_variable() {
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment=%zz"),
         ("OTEL_TRACES_SAMPLER", "sometimes"),
         ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+        ("OTEL_PROPAGATORS", "tracecontext,b3"),
     ];
     for (variable, value) in bad {
         let error = TelemetryConfig::from_vars("svc", [(variable, value)]).unwrap_err();

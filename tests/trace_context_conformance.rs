@@ -370,7 +370,7 @@ fn level2_keys_survive_through_the_context() {
 fn propagator_via_opentelemetry_traits() {
     use opentelemetry::propagation::TextMapPropagator;
     use std::collections::HashMap;
-    let propagator = tokentrace::propagation::StrictPropagator::new();
+    let propagator = tokentrace::propagation::Propagators::TRACE_CONTEXT;
     let mut carrier = HashMap::new();
     carrier.insert("traceparent".to_owned(), tp("00", "4BF92F3577B34DA6A3CE929D0E0E4736", PARENT, "01"));
     assert!(!propagator.extract(&carrier).span().span_context().is_valid(), "uppercase refused");

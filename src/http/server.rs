@@ -18,7 +18,7 @@ use super::body::TracedBody;
 use super::semconv;
 use crate::active_span::{record_request_ids, ActiveSpan};
 use crate::interned;
-use crate::propagation::{mark_random_trace, names, RemoteContext, RequestIds};
+use crate::propagation::{mark_random_trace, names, Inbound, RecordedBaggage, RequestIds};
 use crate::DefaultTracer;
 
 /// Span name used by NVIDIA Dynamo's frontend, kept so its dashboards and queries match.
@@ -57,7 +57,10 @@ type Filter = Arc<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
 /// `tower::Service<http::Request<B>>`).
 ///
 /// For each request it:
-/// - extracts the caller's W3C trace context with the strict propagator, or starts a new trace;
+/// - extracts the caller's W3C trace context and baggage with the installed
+///   [`Propagators`](crate::propagation::Propagators), or starts a new trace; baggage goes into the
+///   context as OpenTelemetry `Baggage` and into no span or log unless [`ServerLayer::record_baggage`]
+///   names its key;
 /// - opens the SERVER span (`http-request` by default) with the stable HTTP semantic-convention
 ///   attributes, then `x_request_id` and `request_id` if the span is sampled (never arbitrary
 ///   headers; the sampler sees the HTTP attributes, not the per-request ids);
@@ -90,6 +93,7 @@ pub struct ServerLayer<T = DefaultTracer> {
     filter: Option<Filter>,
     public_endpoint: bool,
     span_name: SpanNameStyle,
+    recorded_baggage: RecordedBaggage,
 }
 
 impl Default for ServerLayer<DefaultTracer> {
@@ -105,6 +109,7 @@ impl<T> Clone for ServerLayer<T> {
             filter: self.filter.clone(),
             public_endpoint: self.public_endpoint,
             span_name: self.span_name,
+            recorded_baggage: self.recorded_baggage.clone(),
         }
     }
 }
@@ -115,6 +120,7 @@ impl<T> fmt::Debug for ServerLayer<T> {
             .field("filter", &self.filter.is_some())
             .field("public_endpoint", &self.public_endpoint)
             .field("span_name", &self.span_name)
+            .field("recorded_baggage", &self.recorded_baggage)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +147,7 @@ where
             filter: None,
             public_endpoint: false,
             span_name: SpanNameStyle::Dynamo,
+            recorded_baggage: RecordedBaggage::default(),
         }
     }
 
@@ -162,8 +169,8 @@ where
     }
 
     /// For a service exposed to the public: an inbound trace context is not trusted. Each
-    /// request starts a new trace whose root span links to the caller's context, and the
-    /// caller's sampled flag is not obeyed.
+    /// request starts a new trace whose root span links to the caller's context, the caller's
+    /// sampled flag is not obeyed, and inbound baggage is dropped.
     ///
     /// ```
     /// use tokentrace::http::ServerLayer;
@@ -172,6 +179,23 @@ where
     /// ```
     pub fn public_endpoint(mut self) -> Self {
         self.public_endpoint = true;
+        self
+    }
+
+    /// Copies the values of these baggage keys into the server span as `baggage.<key>`
+    /// attributes (bounded: see [`RecordedBaggage`]). No other baggage value is recorded.
+    ///
+    /// ```
+    /// use tokentrace::http::ServerLayer;
+    /// let layer = ServerLayer::default().record_baggage(["tenant"]);
+    /// # let _ = layer;
+    /// ```
+    pub fn record_baggage<I>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.recorded_baggage = RecordedBaggage::new(keys);
         self
     }
 
@@ -214,6 +238,7 @@ where
             attributes.push(KeyValue::new(semconv::HTTP_ROUTE, interned::ROUTES.value(route)));
         }
         semconv::push_server_address(&mut attributes, uri, request.headers().get(http::header::HOST));
+        attributes.extend(self.recorded_baggage.attributes(parent));
         let name: Cow<'static, str> = match (self.span_name, route) {
             (SpanNameStyle::Dynamo, _) => Cow::Borrowed(DYNAMO_SPAN_NAME),
             (SpanNameStyle::MethodAndRoute, Some(route)) => {
@@ -325,17 +350,8 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let ids = RequestIds::extract(request.headers());
-        let remote = RemoteContext::extract(request.headers());
         let traced = self.layer.filter.as_ref().is_none_or(|filter| filter(request.method(), request.uri()));
-
-        let (parent, link, root) = match (&remote, self.layer.public_endpoint) {
-            (Some(remote), true) => {
-                let span_context = remote.traceparent.to_span_context(&remote.tracestate);
-                (Context::new(), Some(Link::with_context(span_context)), true)
-            }
-            (Some(remote), false) => (remote.to_context(), None, false),
-            (None, _) => (Context::new(), None, true),
-        };
+        let Inbound { parent, link, root } = Inbound::extract(request.headers(), self.layer.public_endpoint);
         let span = traced.then(|| self.layer.start_span(&request, &parent, &ids, link));
         let x_request_id = ids.x_request_id.header_value().clone();
         request.extensions_mut().insert(ids.clone());

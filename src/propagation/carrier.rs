@@ -108,6 +108,7 @@ fn header_name(name: &'static str) -> HeaderName {
         names::TRACESTATE => const { HeaderName::from_static(names::TRACESTATE) },
         names::X_REQUEST_ID => const { HeaderName::from_static(names::X_REQUEST_ID) },
         names::REQUEST_ID => const { HeaderName::from_static(names::REQUEST_ID) },
+        names::BAGGAGE => const { HeaderName::from_static(names::BAGGAGE) },
         other => HeaderName::from_static(other),
     }
 }

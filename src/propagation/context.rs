@@ -1,10 +1,12 @@
 //! Extraction and injection of the propagated fields, written once against [`Carrier`].
 
-use opentelemetry::trace::{TraceContextExt, TraceId, TraceState as OtelTraceState};
+use opentelemetry::trace::{Link, TraceContextExt, TraceId, TraceState as OtelTraceState};
 use opentelemetry::Context;
 
+use super::baggage::extract_baggage;
 use super::carrier::Carrier;
 use super::names::{REQUEST_ID, TRACEPARENT, TRACESTATE, X_REQUEST_ID};
+use super::propagator::Propagators;
 use super::request_id::{RequestId, RequestUuid};
 use super::trace_state::TraceState;
 use super::traceparent::TraceParent;
@@ -166,8 +168,10 @@ pub fn inject_trace<C: Carrier + ?Sized>(
     }
 }
 
-/// Injects the span of `cx` (with its trace state); when `cx` has no valid span, removes any
-/// trace headers so nothing stale travels on.
+/// Injects what the [installed](Propagators::installed) propagators carry for `cx`: its span
+/// (with its trace state) as exactly one `traceparent`, and its baggage as exactly one
+/// `baggage`. When `cx` has no valid span, any trace headers are removed so nothing stale
+/// travels on. This is what the client layers call.
 ///
 /// ```
 /// use http::HeaderMap;
@@ -181,6 +185,40 @@ pub fn inject_trace<C: Carrier + ?Sized>(
 /// assert_eq!(headers["traceparent"], "00-00000000000000000000000000000001-0000000000000002-01");
 /// ```
 pub fn inject_context<C: Carrier + ?Sized>(carrier: &mut C, cx: &Context) {
+    Propagators::installed().inject_into(carrier, cx);
+}
+
+/// What a server layer continues from: the caller's context as parent (trace and baggage, as
+/// the installed propagators say), or a new root.
+pub(crate) struct Inbound {
+    pub(crate) parent: Context,
+    /// The caller's span, for a public endpoint that starts its own trace.
+    pub(crate) link: Option<Link>,
+    /// Whether the server span starts a new trace.
+    pub(crate) root: bool,
+}
+
+impl Inbound {
+    /// Reads `carrier`. A `public_endpoint` trusts nothing it received: the caller's span
+    /// becomes a link of a new trace, and its baggage is dropped.
+    pub(crate) fn extract<C: Carrier + ?Sized>(carrier: &C, public_endpoint: bool) -> Self {
+        let propagators = Propagators::installed();
+        let remote = propagators.trace_context().then(|| RemoteContext::extract(carrier)).flatten();
+        if public_endpoint {
+            let link = remote
+                .map(|remote| Link::with_context(remote.traceparent.to_span_context(&remote.tracestate)));
+            return Self { parent: Context::new(), link, root: true };
+        }
+        let root = remote.is_none();
+        let parent = remote.map(|remote| remote.to_context()).unwrap_or_default();
+        let parent = if propagators.baggage() { extract_baggage(carrier, &parent) } else { parent };
+        Self { parent, link: None, root }
+    }
+}
+
+/// Injects the span of `cx` (with its trace state); when `cx` has no valid span, removes any
+/// trace headers so nothing stale travels on.
+pub(crate) fn inject_span_context<C: Carrier + ?Sized>(carrier: &mut C, cx: &Context) {
     let span = cx.span();
     let span_context = span.span_context();
     let Some(mut traceparent) = TraceParent::from_span_context(span_context) else {

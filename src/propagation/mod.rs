@@ -6,7 +6,10 @@
 //!   client layers call, over any [`Carrier`] (HTTP headers, RPC metadata).
 //! - [`RequestId`] (`x-request-id`) and [`RequestUuid`] (`request-id`): untrusted input is
 //!   replaced, never logged.
-//! - [`StrictPropagator`]: the same rules as an OpenTelemetry `TextMapPropagator`.
+//! - [`BaggageList`], [`extract_baggage`] / [`inject_baggage`]: W3C Baggage, into and out of
+//!   the `Context` as OpenTelemetry `Baggage`, forwarded byte for byte while unchanged.
+//! - [`Propagators`]: which of the two run (`OTEL_PROPAGATORS`), also as an OpenTelemetry
+//!   `TextMapPropagator`.
 //!
 //! ```
 //! use http::HeaderMap;
@@ -24,6 +27,7 @@
 //! assert_eq!(outbound["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000001234-01");
 //! ```
 
+mod baggage;
 mod carrier;
 mod context;
 mod hex;
@@ -33,10 +37,14 @@ mod request_id;
 mod trace_state;
 mod traceparent;
 
+pub use baggage::{
+    extract_baggage, format_baggage, inject_baggage, BaggageList, Member, RecordedBaggage, MAX_BAGGAGE_BYTES,
+    MAX_BAGGAGE_MEMBERS, MAX_RECORDED_BAGGAGE_KEYS, MAX_RECORDED_BAGGAGE_VALUE_BYTES,
+};
 pub use carrier::Carrier;
-pub(crate) use context::mark_random_trace;
 pub use context::{inject_context, inject_trace, RemoteContext, RequestIds};
-pub use propagator::StrictPropagator;
+pub(crate) use context::{mark_random_trace, Inbound};
+pub use propagator::{Propagators, UnknownPropagator};
 pub use request_id::{RequestId, RequestIdError, RequestUuid, RequestUuidError, MAX_REQUEST_ID_LEN};
 pub use trace_state::{TraceState, TraceStateError, MAX_HEADER_LEN, MAX_MEMBERS};
 pub use traceparent::{TraceParent, TraceParentError, RANDOM_FLAG};

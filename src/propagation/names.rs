@@ -41,3 +41,10 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 /// assert_eq!(headers[REQUEST_ID].len(), 36);
 /// ```
 pub const REQUEST_ID: &str = "request-id";
+
+/// W3C `baggage`.
+///
+/// ```
+/// assert_eq!(tokentrace::propagation::names::BAGGAGE, "baggage");
+/// ```
+pub const BAGGAGE: &str = "baggage";

@@ -17,7 +17,7 @@ use tower_service::Service;
 use super::request::Request;
 use super::stream::{TracedStream, OUTCOME};
 use crate::active_span::{record_request_ids, ActiveSpan};
-use crate::propagation::{inject_context, mark_random_trace, Carrier, RemoteContext, RequestIds};
+use crate::propagation::{inject_context, mark_random_trace, Carrier, Inbound, RecordedBaggage, RequestIds};
 use crate::DefaultTracer;
 
 /// Metadata entry carrying the client's send time (nanoseconds since the Unix epoch), from
@@ -109,6 +109,7 @@ pub struct ServerLayer<T = DefaultTracer> {
     tracer: Arc<T>,
     component: Option<Arc<str>>,
     instance_id: Option<i64>,
+    recorded_baggage: RecordedBaggage,
 }
 
 impl Default for ClientLayer<DefaultTracer> {
@@ -139,6 +140,7 @@ impl<T> Clone for ServerLayer<T> {
             tracer: Arc::clone(&self.tracer),
             component: self.component.clone(),
             instance_id: self.instance_id,
+            recorded_baggage: self.recorded_baggage.clone(),
         }
     }
 }
@@ -157,6 +159,7 @@ impl<T> fmt::Debug for ServerLayer<T> {
         f.debug_struct("ServerLayer")
             .field("component", &self.component)
             .field("instance_id", &self.instance_id)
+            .field("recorded_baggage", &self.recorded_baggage)
             .finish_non_exhaustive()
     }
 }
@@ -232,7 +235,12 @@ impl<T> ServerLayer<T> {
     /// # let _ = server;
     /// ```
     pub fn with_tracer(tracer: T) -> Self {
-        Self { tracer: Arc::new(tracer), component: None, instance_id: None }
+        Self {
+            tracer: Arc::new(tracer),
+            component: None,
+            instance_id: None,
+            recorded_baggage: RecordedBaggage::default(),
+        }
     }
 
     /// The worker component (for example `backend`, `prefill`, `decode`).
@@ -257,6 +265,23 @@ impl<T> ServerLayer<T> {
     /// ```
     pub fn instance_id(mut self, id: i64) -> Self {
         self.instance_id = Some(id);
+        self
+    }
+
+    /// Copies the values of these baggage keys into `handle_payload` as `baggage.<key>`
+    /// attributes (bounded: see [`RecordedBaggage`]). No other baggage value is recorded.
+    ///
+    /// ```
+    /// use tokentrace::rpc::ServerLayer;
+    /// let server = ServerLayer::default().record_baggage(["tenant", "lora_adapter"]);
+    /// # let _ = server;
+    /// ```
+    pub fn record_baggage<I>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.recorded_baggage = RecordedBaggage::new(keys);
         self
     }
 }
@@ -399,9 +424,8 @@ where
 
     fn call(&mut self, request: Request<P>) -> Self::Future {
         let ids = RequestIds::extract(&request.metadata);
-        let remote = RemoteContext::extract(&request.metadata);
-        let root = remote.is_none();
-        let parent = remote.map(|remote| remote.to_context()).unwrap_or_default().with_value(ids.clone());
+        let Inbound { parent, root, .. } = Inbound::extract(&request.metadata, false);
+        let parent = parent.with_value(ids.clone());
         let mut attributes = Vec::with_capacity(ATTRIBUTES_PER_SPAN);
         attributes.push(KeyValue::new(ENDPOINT, request.endpoint_name()));
         if let Some(component) = &self.layer.component {
@@ -413,6 +437,7 @@ where
         if let Some(transit_ms) = transit_ms(&request) {
             attributes.push(KeyValue::new(TRANSIT_MS, transit_ms));
         }
+        attributes.extend(self.layer.recorded_baggage.attributes(&parent));
         let tracer = &*self.layer.tracer;
         let mut span = tracer
             .span_builder(HANDLE_PAYLOAD)

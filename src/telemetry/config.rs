@@ -105,6 +105,8 @@ pub struct TelemetryConfig {
     pub logs: OtlpTarget,
     /// The sampler.
     pub sampler: SamplerConfig,
+    /// `OTEL_PROPAGATORS` (`tracecontext,baggage` by default).
+    pub propagators: crate::propagation::Propagators,
 }
 
 /// A bad environment value; names the variable.
@@ -241,6 +243,8 @@ impl TelemetryConfig {
             traces,
             logs,
             sampler: sampler(&vars)?,
+            propagators: crate::propagation::Propagators::parse(vars.get("OTEL_PROPAGATORS").unwrap_or(""))
+                .map_err(|error| ConfigError::new("OTEL_PROPAGATORS", error.to_string()))?,
         })
     }
 }

@@ -288,7 +288,8 @@ impl Telemetry {
             .with(readable.with_filter(filter))
     }
 
-    /// Installs the tracer provider, the strict propagator and the subscriber globally, once
+    /// Installs the tracer provider, the configured [`Propagators`](crate::propagation::Propagators)
+    /// and the subscriber globally, once
     /// per process ([`TelemetryError::AlreadyInitialized`] after that).
     ///
     /// ```
@@ -302,7 +303,7 @@ impl Telemetry {
     pub fn install(self) -> Result<TelemetryGuard, TelemetryError> {
         tracing::subscriber::set_global_default(self.subscriber())
             .map_err(|_| TelemetryError::AlreadyInitialized)?;
-        opentelemetry::global::set_text_map_propagator(crate::propagation::StrictPropagator::new());
+        self.config.propagators.install();
         opentelemetry::global::set_tracer_provider(self.tracer_provider.clone());
         Ok(TelemetryGuard { telemetry: Some(self) })
     }

@@ -230,6 +230,62 @@ async fn disaggregated_requests_trace_prefill_kv_transfer_and_decode() {
     receiver.stop().await;
 }
 
+/// 64 list-members in 8 KB: the spec's minimum, with whitespace, properties and escapes.
+fn full_baggage() -> String {
+    let mut members: Vec<String> = (0..61).map(|i| format!("key{i:02}={}", "v".repeat(120))).collect();
+    members.push("tenant = acme".to_owned());
+    members.push("lora=sql%20v2;ttl=60;sensitive".to_owned());
+    members.push("priority=high".to_owned());
+    let header = members.join(",");
+    assert!(header.len() <= 8192, "{}", header.len());
+    header
+}
+
+/// Client → frontend → decode worker → its outbound call to prefill: the decode worker's call
+/// passes through a proxy of the test's (real `rpc::tcp` both ways) that records the metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baggage_of_64_members_in_8_kb_reaches_a_workers_outbound_call_unchanged() {
+    use tokentrace::rpc::{tcp, Request};
+    use tower::ServiceExt;
+
+    let prefill = spawn("prefill", &["worker", "--role", "prefill", "--step-ms", "1"], Vec::new());
+    let upstream = tcp::Client::connect(prefill.addr.parse::<SocketAddr>().unwrap()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap().to_string();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(tcp::serve(
+        listener,
+        tower::service_fn(move |request: Request<Bytes>| {
+            let baggage: Vec<String> = request.metadata.values("baggage").map(str::to_owned).collect();
+            let _ = seen_tx.send(baggage);
+            upstream.clone().oneshot(request)
+        }),
+    ));
+    let decode =
+        spawn("decode", &["worker", "--role", "decode", "--step-ms", "1", "--prefill", &proxy], Vec::new());
+    let frontend =
+        spawn("frontend", &["frontend", "--listen", "127.0.0.1:0", "--worker", &decode.addr], Vec::new());
+
+    let sent = full_baggage();
+    let body = serde_json::json!({
+        "model": "tokentrace-demo",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 3,
+    });
+    let request = http::Request::post(format!("http://{}/v1/chat/completions", frontend.addr))
+        .header("content-type", "application/json")
+        .header("baggage", &sent)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = demo::http_client().request(request).await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response.into_body().collect().await.unwrap();
+
+    let received = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.unwrap().unwrap();
+    assert_eq!(received, [sent], "exactly one baggage header, byte for byte");
+    stop(vec![frontend, decode, prefill]).await;
+}
+
 /// Starts a streamed request and returns its response body, headers read.
 async fn open_stream(addr: SocketAddr, id: &str, max_tokens: u32) -> hyper::body::Incoming {
     let client = demo::http_client();
