@@ -506,3 +506,41 @@ async fn the_random_flag_is_kept_and_set_on_new_traces() {
         }
     }
 }
+
+/// A handler that calls a "worker" (50 ms) before its token stream starts, and streams three
+/// tokens wrapped in `TokenStream` with no explicit start.
+fn slow_first_token_app() -> Router {
+    use tokentrace::inference::{StatsTarget, StreamOptions, TokenChunk, TokenStream};
+    struct Token;
+    impl TokenChunk for Token {
+        fn token_count(&self) -> u32 {
+            1
+        }
+    }
+    Router::new().route(
+        "/stream",
+        get(|axum::Extension(cx): axum::Extension<Context>| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await; // the worker call
+            let tokens = TokenStream::new(
+                futures_util::stream::iter([Token, Token, Token]),
+                StatsTarget::Span(cx),
+                StreamOptions::new(),
+            );
+            Sse::new(futures_util::StreamExt::map(tokens, |_| {
+                Ok::<_, Infallible>(Event::default().data("t"))
+            }))
+        }),
+    )
+}
+
+#[tokio::test]
+async fn ttft_counts_from_the_requests_arrival_at_the_server_layer() {
+    let spans = Spans::new();
+    let addr = serve(slow_first_token_app().layer(ServerLayer::with_tracer(spans.tracer("server")))).await;
+    let response = plain_client().request(get_request(addr, "/stream", &[])).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    let spans = spans.wait_for_async("server span", |s| s.len() == 1).await;
+    let ttft: f64 = attr(&spans[0], "ttft_ms").expect("ttft recorded").parse().unwrap();
+    assert!(ttft >= 50.0, "TTFT {ttft} ms leaves out the 50 ms before the stream");
+    assert!(ttft < 5_000.0, "{ttft}");
+}

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
@@ -113,7 +113,6 @@ async fn complete(
     Json(body): Json<Value>,
     api: Api,
 ) -> Response {
-    let start = Instant::now();
     let Some(prompt) = prompt_of(&body, api).filter(|p| !p.is_empty()) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -149,7 +148,8 @@ async fn complete(
     };
     let tokens =
         items.map(|item| item.and_then(|bytes| TokenItem::parse(&bytes).map_err(RpcError::Malformed)));
-    let options = StreamOptions::new().model(request.model.clone()).request_start(start);
+    // TTFT counts from the request's arrival at the server layer.
+    let options = StreamOptions::new().model(request.model.clone());
     let tokens = TokenStream::new(tokens, StatsTarget::Span(cx.clone()), options);
     let kind = if matches!(api, Api::Chat) { "chatcmpl" } else { "cmpl" };
     let id = format!("{kind}-{}", ids.x_request_id);

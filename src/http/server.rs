@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
+use std::time::Instant;
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
@@ -18,7 +19,9 @@ use super::body::TracedBody;
 use super::semconv;
 use crate::active_span::{record_request_ids, ActiveSpan};
 use crate::interned;
-use crate::propagation::{mark_random_trace, names, Inbound, RecordedBaggage, RequestIds};
+use crate::propagation::{
+    mark_random_trace, names, with_received_request, Inbound, RecordedBaggage, RequestIds,
+};
 use crate::DefaultTracer;
 
 /// Span name used by NVIDIA Dynamo's frontend, kept so its dashboards and queries match.
@@ -349,13 +352,14 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let arrival = Instant::now();
         let ids = RequestIds::extract(request.headers());
         let traced = self.layer.filter.as_ref().is_none_or(|filter| filter(request.method(), request.uri()));
         let Inbound { parent, link, root } = Inbound::extract(request.headers(), self.layer.public_endpoint);
         let span = traced.then(|| self.layer.start_span(&request, &parent, &ids, link));
         let x_request_id = ids.x_request_id.header_value().clone();
         request.extensions_mut().insert(ids.clone());
-        let cx = parent.with_value(ids);
+        let cx = with_received_request(&parent, ids, arrival);
         let scope = match span {
             // A trace started here has a random id (the SDK's generator): Level 2 says so.
             Some(span) if root => ActiveSpan::new(mark_random_trace(cx.with_span(span))),

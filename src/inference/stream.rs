@@ -13,6 +13,7 @@ use pin_project_lite::pin_project;
 use super::clock::{Clock, CpuClock, StreamClock};
 use super::phases::{Phase, INPUT_TOKENS};
 use super::stats::{FinishReason, TokenChunk, TokenStats, TokenSummary};
+use crate::propagation::request_arrival;
 
 /// Where a [`TokenStream`] writes its statistics when it ends.
 ///
@@ -78,7 +79,8 @@ pub struct StreamOptions {
 }
 
 impl StreamOptions {
-    /// No model, no input count, TTFT from the stream's start, no token events.
+    /// No model, no input count, TTFT from the request's arrival (see
+    /// [`StreamOptions::request_start`]), no token events.
     ///
     /// ```
     /// use tokentrace::inference::StreamOptions;
@@ -119,7 +121,11 @@ impl StreamOptions {
         self
     }
 
-    /// Measure TTFT from here (the request's arrival) rather than from the stream's start.
+    /// Measure TTFT from `start`. By default TTFT counts from when this service's server layer
+    /// ([`http::ServerLayer`](crate::http::ServerLayer) or
+    /// [`rpc::ServerLayer`](crate::rpc::ServerLayer)) received the request, when the stream's
+    /// target belongs to it (the request's span, or a phase opened under it), else from
+    /// [`TokenStream::new`]; an explicit start wins over both.
     ///
     /// ```
     /// use std::time::{Duration, Instant};
@@ -231,10 +237,17 @@ impl<S> TokenStream<S> {
     pub(crate) fn with_clock(
         stream: S,
         target: StatsTarget,
-        options: StreamOptions,
+        mut options: StreamOptions,
         clock: StreamClock,
     ) -> Self {
         let anchor = clock.anchor();
+        if options.request_start.is_none() {
+            options.request_start = match &target {
+                StatsTarget::Span(cx) => request_arrival(cx),
+                StatsTarget::Phase(phase) => request_arrival(phase.context()),
+                StatsTarget::Detached => None,
+            };
+        }
         let events_left = match &target {
             StatsTarget::Span(cx) if cx.span().span_context().is_sampled() => options.token_events,
             StatsTarget::Phase(phase) if phase.span_context().is_sampled() => options.token_events,

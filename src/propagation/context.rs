@@ -2,6 +2,7 @@
 
 use opentelemetry::trace::{Link, TraceContextExt, TraceId, TraceState as OtelTraceState};
 use opentelemetry::Context;
+use std::time::Instant;
 
 use super::baggage::extract_baggage;
 use super::carrier::Carrier;
@@ -373,7 +374,10 @@ impl RequestIds {
     /// assert_eq!(RequestIds::from_context(&Context::new()), None);
     /// ```
     pub fn from_context(cx: &Context) -> Option<&Self> {
-        cx.get::<Self>()
+        match cx.get::<ReceivedRequest>() {
+            Some(received) => Some(&received.ids),
+            None => cx.get::<Self>(),
+        }
     }
 
     /// The ids of the current context, if a server layer stored some.
@@ -387,8 +391,27 @@ impl RequestIds {
     /// assert_eq!(RequestIds::current(), Some(ids));
     /// ```
     pub fn current() -> Option<Self> {
-        Context::map_current(|cx| cx.get::<Self>().cloned())
+        Context::map_current(|cx| Self::from_context(cx).cloned())
     }
+}
+
+/// What a server layer stores in the request's context: the request ids and when the request
+/// arrived (where TTFT is measured from). One context value for both, as each value costs a
+/// copy of the context's map.
+#[derive(Debug)]
+struct ReceivedRequest {
+    ids: RequestIds,
+    arrival: Instant,
+}
+
+/// `cx` holding the ids of a request that arrived at `arrival`.
+pub(crate) fn with_received_request(cx: &Context, ids: RequestIds, arrival: Instant) -> Context {
+    cx.with_value(ReceivedRequest { ids, arrival })
+}
+
+/// When the request of `cx` arrived at this service's server layer, if one received it.
+pub(crate) fn request_arrival(cx: &Context) -> Option<Instant> {
+    cx.get::<ReceivedRequest>().map(|received| received.arrival)
 }
 
 #[cfg(test)]

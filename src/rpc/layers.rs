@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, Value};
@@ -17,7 +17,9 @@ use tower_service::Service;
 use super::request::Request;
 use super::stream::{TracedStream, OUTCOME};
 use crate::active_span::{record_request_ids, ActiveSpan};
-use crate::propagation::{inject_context, mark_random_trace, Carrier, Inbound, RecordedBaggage, RequestIds};
+use crate::propagation::{
+    inject_context, mark_random_trace, with_received_request, Carrier, Inbound, RecordedBaggage, RequestIds,
+};
 use crate::DefaultTracer;
 
 /// Metadata entry carrying the client's send time (nanoseconds since the Unix epoch), from
@@ -423,9 +425,10 @@ where
     }
 
     fn call(&mut self, request: Request<P>) -> Self::Future {
+        let arrival = Instant::now();
         let ids = RequestIds::extract(&request.metadata);
         let Inbound { parent, root, .. } = Inbound::extract(&request.metadata, false);
-        let parent = parent.with_value(ids.clone());
+        let parent = with_received_request(&parent, ids.clone(), arrival);
         let mut attributes = Vec::with_capacity(ATTRIBUTES_PER_SPAN);
         attributes.push(KeyValue::new(ENDPOINT, request.endpoint_name()));
         if let Some(component) = &self.layer.component {
