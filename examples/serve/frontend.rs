@@ -193,7 +193,7 @@ impl Frontend {
     /// A worker's stream failed mid-way. The status line was already sent, so the HTTP span
     /// says it; a lost connection is forgotten so the next request reconnects.
     async fn stream_failed(&self, cx: &Context, failure: &RpcError) {
-        cx.span().set_attribute(opentelemetry::KeyValue::new("error.type", failure.kind()));
+        cx.span().set_attribute(tokentrace::opentelemetry::KeyValue::new("error.type", failure.kind()));
         cx.span().set_status(Status::error(failure.to_string()));
         tracing::error!(error = %failure, "token stream failed");
         if matches!(failure, RpcError::ConnectionLost(_) | RpcError::Closed) {
