@@ -346,6 +346,24 @@ fn scenario_child() {
             });
             drop(guard); // flushes to the collector
         }
+        "console" => {
+            let guard = tokentrace::telemetry::init("dynamo-frontend").expect("init");
+            let tracer = opentelemetry::global::tracer("child");
+            let mut root = tracer.start("http-request");
+            opentelemetry::trace::Span::set_attribute(
+                &mut root,
+                opentelemetry::KeyValue::new("x_request_id", "console-1"),
+            );
+            let cx = Context::current_with_span(root);
+            {
+                let _attached = cx.clone().attach();
+                tracing::info!("inside the request");
+                let child = tracer.start("decode");
+                drop(child);
+            }
+            cx.span().end();
+            drop(guard); // prints what the batch processor holds
+        }
         "bad-env" => match tokentrace::telemetry::init("svc") {
             Err(error) => eprintln!("init refused: {error}"),
             Ok(_) => panic!("a bad sampler was accepted"),
@@ -401,6 +419,43 @@ async fn layers_built_before_or_after_init_export_through_its_provider() {
         assert_eq!(span.span.name, "http-request");
     }
     receiver.stop().await;
+}
+
+#[test]
+fn the_console_exporter_prints_each_trace_without_a_collector() {
+    let stderr = run_scenario("console", &[("OTEL_TRACES_EXPORTER", "console")]);
+    let header =
+        stderr.lines().position(|line| line.starts_with("request console-1  trace ")).expect(&stderr);
+    let lines: Vec<&str> = stderr.lines().skip(header).take(3).collect();
+    assert!(lines[0].ends_with("(2 spans, 1 services)"), "{stderr}");
+    assert!(lines[1].starts_with("  http-request ") && lines[1].contains(" dynamo-frontend "), "{stderr}");
+    assert!(lines[2].starts_with("  └─ decode "), "{stderr}");
+
+    // With JSON Lines on the same stream, every line is one JSON object.
+    let stderr = run_scenario("console", &[("OTEL_TRACES_EXPORTER", "console"), ("DYN_LOGGING_JSONL", "1")]);
+    let objects: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let trace = objects.iter().find(|o| o["message"] == "trace").expect(&stderr);
+    assert_eq!(trace["x_request_id"], "console-1");
+    assert_eq!(trace["spans"].as_array().unwrap().len(), 2);
+    let log = objects.iter().find(|o| o["message"] == "inside the request").expect(&stderr);
+    assert_eq!(log["trace_id"], trace["trace_id"], "the log line and the trace agree");
+
+    let refused = TelemetryConfig::from_vars("svc", [("OTEL_TRACES_EXPORTER", "zipkin")]).unwrap_err();
+    assert_eq!(refused.variable(), "OTEL_TRACES_EXPORTER");
+    let none =
+        TelemetryConfig::from_vars("svc", [("OTEL_EXPORT_ENABLED", "1"), ("OTEL_TRACES_EXPORTER", "none")])
+            .unwrap();
+    assert!(!none.export_traces && !none.console_traces);
+    let both = TelemetryConfig::from_vars(
+        "svc",
+        [("OTEL_EXPORT_ENABLED", "1"), ("OTEL_TRACES_EXPORTER", "otlp,console")],
+    )
+    .unwrap();
+    assert!(both.export_traces && both.console_traces);
 }
 
 #[test]

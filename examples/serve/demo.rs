@@ -1,9 +1,8 @@
 //! The demo: streamed requests through the running deployment, then each request's trace as
 //! a waterfall, read back from the OTLP receiver the components exported to.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -11,6 +10,8 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use serde_json::{json, Value};
+use tokentrace::opentelemetry::trace::{SpanId, TraceId};
+use tokentrace::telemetry::{render_waterfall, WaterfallSpan};
 
 use crate::receiver::{string_value, Received, ReceivedSpan};
 
@@ -118,98 +119,43 @@ pub async fn wait_for_traces(received: &Received, request_ids: &[String], spans_
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A received span in the form tokentrace's waterfall renderer takes.
+fn waterfall_span(span: &ReceivedSpan) -> WaterfallSpan {
+    let s = &span.span;
+    let id = |bytes: &[u8]| bytes.try_into().map(SpanId::from_bytes).unwrap_or(SpanId::INVALID);
+    let at = |nanos: u64| SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos);
+    WaterfallSpan {
+        trace_id: s.trace_id.as_slice().try_into().map(TraceId::from_bytes).unwrap_or(TraceId::INVALID),
+        span_id: id(&s.span_id),
+        parent_span_id: id(&s.parent_span_id),
+        name: s.name.clone(),
+        service: span.service.clone(),
+        start: at(s.start_time_unix_nano),
+        end: at(s.end_time_unix_nano),
+        attributes: s
+            .attributes
+            .iter()
+            .filter_map(|kv| Some((kv.key.clone(), string_value(std::slice::from_ref(kv), &kv.key)?)))
+            .collect(),
+        error: s
+            .status
+            .as_ref()
+            .filter(|status| status.code == StatusCode::Error as i32)
+            .map(|status| status.message.clone()),
+        links: s.links.len(),
+    }
 }
 
-fn ms(nanos: u64) -> f64 {
-    nanos as f64 / 1e6
-}
-
-/// Prints one trace as a tree with a time bar per span.
+/// Prints one trace as a tree with a time bar per span (tokentrace's renderer, the one
+/// `OTEL_TRACES_EXPORTER=console` uses), with the number of log records it correlates.
 pub fn print_waterfall(received: &Received, request_id: &str) {
     let spans = trace_of(received, request_id);
     let Some(root) = spans.iter().find(|s| s.span.name == "http-request") else {
         println!("request {request_id}: no trace received");
         return;
     };
-    let start = spans.iter().map(|s| s.span.start_time_unix_nano).min().unwrap_or(0);
-    let end = spans.iter().map(|s| s.span.end_time_unix_nano).max().unwrap_or(start).max(start + 1);
     let logs = received.logs().iter().filter(|l| l.record.trace_id == root.span.trace_id).count();
+    let spans: Vec<WaterfallSpan> = spans.iter().map(waterfall_span).collect();
     println!();
-    println!(
-        "request {request_id}  trace {}  {:.1} ms  ({} spans, {} services, {logs} log records)",
-        hex(&root.span.trace_id),
-        ms(end - start),
-        spans.len(),
-        spans.iter().map(|s| s.service.as_str()).collect::<std::collections::BTreeSet<_>>().len()
-    );
-    let mut children: HashMap<Vec<u8>, Vec<&ReceivedSpan>> = HashMap::new();
-    for span in &spans {
-        children.entry(span.span.parent_span_id.clone()).or_default().push(span);
-    }
-    for list in children.values_mut() {
-        list.sort_by_key(|s| s.span.start_time_unix_nano);
-    }
-    print_span(root, "", true, true, &children, start, end);
-}
-
-fn print_span(
-    span: &ReceivedSpan,
-    prefix: &str,
-    last: bool,
-    root: bool,
-    children: &HashMap<Vec<u8>, Vec<&ReceivedSpan>>,
-    start: u64,
-    end: u64,
-) {
-    const WIDTH: usize = 32;
-    let s = &span.span;
-    let (from, to) =
-        (s.start_time_unix_nano.saturating_sub(start), s.end_time_unix_nano.saturating_sub(start));
-    let scale = |t: u64| ((t as f64 / (end - start) as f64) * WIDTH as f64).round() as usize;
-    let (a, b) = (scale(from).min(WIDTH), scale(to).clamp(scale(from) + 1, WIDTH.max(scale(from) + 1)));
-    let bar: String = (0..WIDTH).map(|i| if i >= a && i < b { '█' } else { '·' }).collect();
-    let branch = if root {
-        ""
-    } else if last {
-        "└─ "
-    } else {
-        "├─ "
-    };
-    let label = format!("{prefix}{branch}{}", s.name);
-    let mut notes = Vec::new();
-    let attr = |key: &str| string_value(&s.attributes, key);
-    if let Some(tokens) = attr("gen_ai.usage.output_tokens") {
-        notes.push(format!("{tokens} tokens"));
-    }
-    if let Some(ttft) = attr("ttft_ms").and_then(|v| v.parse::<f64>().ok()) {
-        notes.push(format!("ttft {ttft:.1} ms"));
-    }
-    if let (Some(p50), Some(p99)) = (
-        attr("itl_p50_ms").and_then(|v| v.parse::<f64>().ok()),
-        attr("itl_p99_ms").and_then(|v| v.parse::<f64>().ok()),
-    ) {
-        notes.push(format!("itl p50 {p50:.1} / p99 {p99:.1} ms"));
-    }
-    if let Some(bytes) = attr("kv.bytes") {
-        notes.push(format!("{bytes} B"));
-    }
-    if attr("cancelled").as_deref() == Some("true") {
-        notes.push("cancelled".into());
-    }
-    if s.status.as_ref().is_some_and(|st| st.code == StatusCode::Error as i32) {
-        notes.push(format!("ERROR {}", s.status.as_ref().map(|st| st.message.as_str()).unwrap_or_default()));
-    }
-    if !s.links.is_empty() {
-        notes.push("linked to prefill".into());
-    }
-    println!("  {label:<34} {:<22} {:>8.1} ms  {bar}  {}", span.service, ms(to - from), notes.join(", "));
-    let child_prefix =
-        if root { String::new() } else { format!("{prefix}{}", if last { "   " } else { "│  " }) };
-    if let Some(kids) = children.get(&s.span_id) {
-        for (i, kid) in kids.iter().enumerate() {
-            print_span(kid, &child_prefix, i + 1 == kids.len(), false, children, start, end);
-        }
-    }
+    print!("{}", render_waterfall(&spans, Some(logs)));
 }

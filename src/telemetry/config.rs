@@ -91,8 +91,12 @@ pub struct TelemetryConfig {
     pub service_name: String,
     /// `OTEL_RESOURCE_ATTRIBUTES`.
     pub resource_attributes: Vec<(String, String)>,
-    /// `OTEL_EXPORT_ENABLED`.
+    /// OTLP trace export: `OTEL_EXPORT_ENABLED`, unless `OTEL_TRACES_EXPORTER` leaves `otlp` out.
     pub export_traces: bool,
+    /// `OTEL_TRACES_EXPORTER` names `console`: each finished trace of this process is printed on
+    /// stderr as a waterfall (one JSON object per trace with `DYN_LOGGING_JSONL`), with no
+    /// collector needed.
+    pub console_traces: bool,
     /// `OTEL_EXPORT_ENABLED` unless `OTEL_EXPORT_LOGS_ENABLED` opts out.
     pub export_logs: bool,
     /// `DYN_LOGGING_JSONL`.
@@ -224,6 +228,7 @@ impl TelemetryConfig {
     {
         let vars = Vars(vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect());
         let export = vars.flag("OTEL_EXPORT_ENABLED")?.unwrap_or(false);
+        let (otlp_traces, console_traces) = traces_exporters(vars.get("OTEL_TRACES_EXPORTER"))?;
         let logs_opt_in = vars.flag("OTEL_EXPORT_LOGS_ENABLED")?.unwrap_or(true);
         let log_filter = vars.get("DYN_LOG").unwrap_or("info").to_owned();
         Targets::from_str(&log_filter).map_err(|error| ConfigError::new("DYN_LOG", error.to_string()))?;
@@ -236,7 +241,8 @@ impl TelemetryConfig {
                 Some(list) => key_value_list("OTEL_RESOURCE_ATTRIBUTES", list)?,
                 None => Vec::new(),
             },
-            export_traces: export,
+            export_traces: export && otlp_traces,
+            console_traces,
             export_logs: export && logs_opt_in,
             jsonl: vars.flag("DYN_LOGGING_JSONL")?.unwrap_or(false),
             log_filter,
@@ -247,6 +253,27 @@ impl TelemetryConfig {
                 .map_err(|error| ConfigError::new("OTEL_PROPAGATORS", error.to_string()))?,
         })
     }
+}
+
+/// `OTEL_TRACES_EXPORTER`: `otlp` (the default), `console`, `none`, comma-separated; whether
+/// `otlp` and `console` are named.
+fn traces_exporters(list: Option<&str>) -> Result<(bool, bool), ConfigError> {
+    let Some(list) = list.filter(|list| !list.trim().is_empty()) else { return Ok((true, false)) };
+    let (mut otlp, mut console) = (false, false);
+    for name in list.split(',').map(str::trim) {
+        match name {
+            "otlp" => otlp = true,
+            "console" => console = true,
+            "none" => {}
+            other => {
+                return Err(ConfigError::new(
+                    "OTEL_TRACES_EXPORTER",
+                    format!("unknown exporter `{other}` (known: otlp, console, none)"),
+                ))
+            }
+        }
+    }
+    Ok((otlp, console))
 }
 
 /// Resolves one signal's target: its own variables, then the generic ones, then (for logs)

@@ -195,13 +195,20 @@ impl Counted<BatchSpanProcessor> {
     pub(crate) fn spans(runtime: &Runtime, target: &OtlpTarget) -> Result<Self, String> {
         let inner = build_exporter!(SpanExporter, "trace", runtime, target)?;
         let (exporter, counts) = OnRuntime::new(inner, "traces", runtime, target);
-        let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
-        if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
-            config = config.with_scheduled_delay(SCHEDULE_DELAY);
-        }
-        let inner = BatchSpanProcessor::builder(exporter).with_batch_config(config.build()).build();
-        Ok(Self { inner, counts })
+        Ok(Self { inner: span_batch_processor(exporter), counts })
     }
+}
+
+/// The SDK's batch span processor around `exporter`, with its `OTEL_BSP_*` settings and a
+/// 1 s schedule unless `OTEL_BSP_SCHEDULE_DELAY` says otherwise.
+pub(crate) fn span_batch_processor<E: opentelemetry_sdk::trace::SpanExporter + 'static>(
+    exporter: E,
+) -> BatchSpanProcessor {
+    let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_SCHEDULE_DELAY").is_none() {
+        config = config.with_scheduled_delay(SCHEDULE_DELAY);
+    }
+    BatchSpanProcessor::builder(exporter).with_batch_config(config.build()).build()
 }
 
 impl Counted<BatchLogProcessor> {

@@ -227,7 +227,7 @@ pub(crate) fn push_json_string(out: &mut String, value: &str) {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-fn write_rfc3339(out: &mut String, time: SystemTime) {
+pub(crate) fn write_rfc3339(out: &mut String, time: SystemTime) {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since_epoch.as_secs();
     let (days, of_day) = (seconds / 86_400, seconds % 86_400);

@@ -30,8 +30,10 @@
 //! and reported at shutdown.
 
 mod config;
+mod console;
 mod export;
 mod jsonl;
+mod waterfall;
 
 use std::fmt;
 use std::str::FromStr;
@@ -54,6 +56,7 @@ use tracing_subscriber::Layer;
 pub use config::{ConfigError, OtlpTarget, Protocol, SamplerConfig, TelemetryConfig};
 use export::Counts;
 pub use jsonl::JsonLines;
+pub use waterfall::{render_waterfall, WaterfallSpan};
 
 /// Why telemetry could not be set up.
 ///
@@ -182,6 +185,12 @@ impl Telemetry {
                 export::Counted::spans(runtime, &config.traces).map_err(TelemetryError::Export)?;
             span_losses = Some(processor.counts());
             traces = traces.with_span_processor(processor);
+        }
+
+        if config.console_traces {
+            let format = if config.jsonl { console::Format::Json } else { console::Format::Text };
+            let exporter = console::ConsoleExporter::new(format, console::Sink::Stderr);
+            traces = traces.with_span_processor(export::span_batch_processor(exporter));
         }
 
         let mut log_losses = None;
