@@ -21,6 +21,7 @@ use tokentrace::rpc::{self, tcp, Request, RpcError};
 use tokio::sync::Mutex;
 use tower::{ServiceBuilder, ServiceExt};
 
+use crate::engine::tokenize;
 use crate::protocol::{GenerateRequest, TokenItem, GENERATE};
 
 pub struct Frontend {
@@ -121,12 +122,15 @@ async fn complete(
         );
     };
     let model = body["model"].as_str().unwrap_or(&frontend.model).to_owned();
+    // The worker tokenizes the same way, so the count is the one its prefill sees.
+    let prompt_tokens = tokenize(&prompt).len() as u64;
     let request = GenerateRequest {
         prompt,
         max_tokens: body["max_tokens"].as_u64().unwrap_or(16).clamp(1, 2048) as u32,
         model,
     };
     let stream_response = body["stream"].as_bool().unwrap_or(false);
+    let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
     tracing::info!(
         model = request.model,
         max_tokens = request.max_tokens,
@@ -149,11 +153,12 @@ async fn complete(
     let tokens =
         items.map(|item| item.and_then(|bytes| TokenItem::parse(&bytes).map_err(RpcError::Malformed)));
     // TTFT counts from the request's arrival at the server layer.
-    let options = StreamOptions::new().model(request.model.clone());
+    let options = StreamOptions::new().model(request.model.clone()).input_tokens(prompt_tokens);
     let tokens = TokenStream::new(tokens, StatsTarget::Span(cx.clone()), options);
     let kind = if matches!(api, Api::Chat) { "chatcmpl" } else { "cmpl" };
     let id = format!("{kind}-{}", ids.x_request_id);
-    let completion = Arc::new(Completion { cx, frontend, id, model: request.model, api });
+    let completion =
+        Arc::new(Completion { cx, frontend, id, model: request.model, api, prompt_tokens, include_usage });
     if stream_response {
         Sse::new(sse_events(tokens, completion)).into_response()
     } else {
@@ -169,6 +174,30 @@ struct Completion {
     id: String,
     model: String,
     api: Api,
+    prompt_tokens: u64,
+    /// `stream_options.include_usage`: a last chunk with the usage, before `[DONE]`.
+    include_usage: bool,
+}
+
+impl Completion {
+    /// OpenAI's `usage` object.
+    fn usage(&self, completion_tokens: u64) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        })
+    }
+
+    /// The final chunk of a stream that asked for its usage: no choices, the usage.
+    fn usage_chunk(&self, completion_tokens: u64) -> String {
+        let object = if matches!(self.api, Api::Chat) { "chat.completion.chunk" } else { "text_completion" };
+        json!({
+            "id": self.id, "object": object, "created": created(), "model": self.model,
+            "choices": [], "usage": self.usage(completion_tokens),
+        })
+        .to_string()
+    }
 }
 
 fn created() -> u64 {
@@ -207,22 +236,32 @@ where
     S: Stream<Item = Result<TokenItem, RpcError>> + Send + 'static,
 {
     enum State<S> {
-        Streaming(S),
+        /// Tokens still coming, and how many came.
+        Streaming(S, u64),
+        /// The usage chunk was sent; `[DONE]` is next.
+        Usage,
         Done,
     }
     let tokens = Box::pin(tokens);
-    stream::unfold(State::Streaming(tokens), move |state| {
+    stream::unfold(State::Streaming(tokens, 0), move |state| {
         let completion = Arc::clone(&completion);
         async move {
-            let State::Streaming(mut tokens) = state else { return None };
-            let Completion { cx, frontend, id, model, api } = &*completion;
+            let (mut tokens, count) = match state {
+                State::Streaming(tokens, count) => (tokens, count),
+                State::Usage => return Some((Ok(Event::default().data("[DONE]")), State::Done)),
+                State::Done => return None,
+            };
+            let Completion { cx, frontend, id, model, api, .. } = &*completion;
             match tokens.next().await {
                 Some(Ok(token)) => {
                     let finish = token.finish_reason.map(|r| r.as_str());
                     Some((
                         Ok(Event::default().data(chunk(id, model, *api, &token.text, finish))),
-                        State::Streaming(tokens),
+                        State::Streaming(tokens, count + 1),
                     ))
+                }
+                None if completion.include_usage => {
+                    Some((Ok(Event::default().data(completion.usage_chunk(count))), State::Usage))
                 }
                 None => Some((Ok(Event::default().data("[DONE]")), State::Done)),
                 Some(Err(failure)) => {
@@ -239,7 +278,7 @@ async fn collect<S>(tokens: S, completion: &Completion) -> Response
 where
     S: Stream<Item = Result<TokenItem, RpcError>>,
 {
-    let Completion { cx, frontend, id, model, api } = completion;
+    let Completion { cx, frontend, id, model, api, .. } = completion;
     let mut tokens = std::pin::pin!(tokens);
     let mut text = String::new();
     let mut count = 0u64;
@@ -267,7 +306,7 @@ where
     Json(json!({
         "id": id, "object": object, "created": created(), "model": model,
         "choices": [choice],
-        "usage": {"completion_tokens": count},
+        "usage": completion.usage(count),
     }))
     .into_response()
 }

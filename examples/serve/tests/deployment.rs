@@ -286,6 +286,37 @@ async fn baggage_of_64_members_in_8_kb_reaches_a_workers_outbound_call_unchanged
     stop(vec![frontend, decode, prefill]).await;
 }
 
+/// OpenAI's official Python client against the frontend: models, chat, streamed chat with
+/// `include_usage`, completions and a 400 (`openai_client.py` says what it checks). Without the
+/// `openai` package the test says it skipped, unless `TOKENTRACE_REQUIRE_OPENAI` is set (CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_client_reads_usage_and_request_ids() {
+    let worker = spawn("worker", &["worker", "--role", "agg", "--step-ms", "1"], Vec::new());
+    let frontend = spawn(
+        "frontend",
+        &["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr, "--model", "demo-model"],
+        Vec::new(),
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let base_url = format!("http://{}/v1", frontend.addr);
+    let output = tokio::process::Command::new("python3")
+        .args([script, &base_url, "demo-model"])
+        .output()
+        .await
+        .expect("python3 runs");
+    stop(vec![frontend, worker]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(77) {
+        assert!(
+            std::env::var_os("TOKENTRACE_REQUIRE_OPENAI").is_none(),
+            "TOKENTRACE_REQUIRE_OPENAI is set but {stderr}"
+        );
+        eprintln!("skipped: {stderr}");
+        return;
+    }
+    assert!(output.status.success(), "{stderr}{}", String::from_utf8_lossy(&output.stdout));
+}
+
 /// Starts a streamed request and returns its response body, headers read.
 async fn open_stream(addr: SocketAddr, id: &str, max_tokens: u32) -> hyper::body::Incoming {
     let client = demo::http_client();
