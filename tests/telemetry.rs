@@ -364,6 +364,27 @@ fn scenario_child() {
             cx.span().end();
             drop(guard); // prints what the batch processor holds
         }
+        "init-in-runtimes" => {
+            // Whatever `init` is given, inside either kind of runtime: an error or a guard that
+            // drops cleanly there, never a panic.
+            let kind = std::env::var("TOKENTRACE_TEST_RUNTIME").unwrap();
+            let runtime = match kind.as_str() {
+                "multi-thread" => {
+                    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()
+                }
+                _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            };
+            runtime.unwrap().block_on(async {
+                match tokentrace::telemetry::init("svc") {
+                    Err(error) => eprintln!("{kind}: init refused: {error}"),
+                    Ok(guard) => {
+                        tracing::info!("exported to nowhere");
+                        eprintln!("{kind}: init ok");
+                        drop(guard);
+                    }
+                }
+            });
+        }
         "bad-env" => match tokentrace::telemetry::init("svc") {
             Err(error) => eprintln!("init refused: {error}"),
             Ok(_) => panic!("a bad sampler was accepted"),
@@ -456,6 +477,44 @@ fn the_console_exporter_prints_each_trace_without_a_collector() {
     )
     .unwrap();
     assert!(both.export_traces && both.console_traces);
+}
+
+#[test]
+fn init_never_panics_inside_a_runtime_and_refuses_https_it_cannot_serve() {
+    for (protocol, kind) in
+        [("grpc", "multi-thread"), ("http/protobuf", "current-thread"), ("grpc", "current-thread")]
+    {
+        let stderr = run_scenario(
+            "init-in-runtimes",
+            &[
+                ("TOKENTRACE_TEST_RUNTIME", kind),
+                ("OTEL_EXPORT_ENABLED", "true"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://127.0.0.1:4317"),
+            ],
+        );
+        {
+            assert!(
+                stderr.contains(&format!(
+                    "{kind}: init refused: telemetry configuration: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "
+                )) && stderr.contains("TLS"),
+                "{protocol}: {stderr}"
+            );
+        }
+    }
+    // Export on to a collector that is not there: init succeeds and the guard drops inside
+    // either runtime without a panic.
+    for kind in ["multi-thread", "current-thread"] {
+        let stderr = run_scenario(
+            "init-in-runtimes",
+            &[
+                ("TOKENTRACE_TEST_RUNTIME", kind),
+                ("OTEL_EXPORT_ENABLED", "true"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9"),
+            ],
+        );
+        assert!(stderr.contains(&format!("{kind}: init ok")), "{stderr}");
+    }
 }
 
 #[test]

@@ -20,13 +20,36 @@ use super::config::{OtlpTarget, Protocol};
 use crate::rate_limit::RateLimitedWarning;
 
 /// A Tokio runtime for the exporters alone, so export works with or without the application's
-/// runtime, and goes on after a test's runtime ends.
-pub(crate) fn export_runtime() -> std::io::Result<Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("tokentrace-otlp")
-        .enable_all()
-        .build()
+/// runtime, and goes on after a test's runtime ends. Dropping it never blocks, so it may be
+/// dropped anywhere, inside an async context too (a plain `Runtime` panics there).
+#[derive(Debug)]
+pub(crate) struct ExportRuntime(Option<Runtime>);
+
+impl ExportRuntime {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tokentrace-otlp")
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(runtime)))
+    }
+}
+
+impl std::ops::Deref for ExportRuntime {
+    type Target = Runtime;
+
+    fn deref(&self) -> &Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for ExportRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// How long a queued item waits at most when no full batch sends it sooner, unless

@@ -46,7 +46,6 @@ use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
-use tokio::runtime::Runtime;
 use tracing::level_filters::LevelFilter;
 use tracing::Subscriber;
 use tracing_subscriber::filter::Targets;
@@ -130,7 +129,7 @@ pub struct Telemetry {
     logger_provider: Option<SdkLoggerProvider>,
     span_losses: Option<Arc<Counts>>,
     log_losses: Option<Arc<Counts>>,
-    runtime: Option<Runtime>,
+    runtime: Option<export::ExportRuntime>,
 }
 
 impl fmt::Debug for Telemetry {
@@ -171,7 +170,7 @@ impl Telemetry {
         let resource = resource.build();
 
         let runtime = if config.export_traces || config.export_logs {
-            Some(export::export_runtime().map_err(|error| TelemetryError::Export(error.to_string()))?)
+            Some(export::ExportRuntime::new().map_err(|error| TelemetryError::Export(error.to_string()))?)
         } else {
             None
         };
@@ -336,10 +335,8 @@ impl Telemetry {
         if let Some(logs) = &self.logger_provider {
             let _ = logs.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
         }
-        if let Some(runtime) = self.runtime.take() {
-            // Never blocks, and is allowed inside another runtime.
-            runtime.shutdown_background();
-        }
+        // Dropping it never blocks, and is allowed inside another runtime.
+        drop(self.runtime.take());
         self.losses()
     }
 
