@@ -418,15 +418,18 @@ fn env_of(container: &serde_yaml::Value) -> std::collections::HashMap<String, St
 
 #[test]
 fn kubernetes_manifests_parse_and_set_the_tracing_variables() {
-    for (file, services) in [
-        ("examples/deploy/k8s/agg_tracing.yaml", vec!["dynamo-frontend", "dynamo-worker-vllm"]),
+    const COLLECTOR: &str = "http://otel-collector.observability.svc.cluster.local:4317";
+    for (dir, services) in [
+        ("examples/deploy/k8s/agg", vec!["dynamo-frontend", "dynamo-worker-vllm"]),
         (
-            "examples/deploy/k8s/disagg_tracing.yaml",
+            "examples/deploy/k8s/disagg",
             vec!["dynamo-frontend", "dynamo-worker-decode", "dynamo-worker-prefill"],
         ),
     ] {
+        let kustomization = &yaml_documents(&format!("{dir}/kustomization.yaml"))[0];
+        let file = format!("{dir}/{}", kustomization["resources"][0].as_str().unwrap());
         let deployments: Vec<_> =
-            yaml_documents(file).into_iter().filter(|d| d["kind"] == "Deployment").collect();
+            yaml_documents(&file).into_iter().filter(|d| d["kind"] == "Deployment").collect();
         let mut seen = Vec::new();
         for deployment in &deployments {
             let container = &deployment["spec"]["template"]["spec"]["containers"][0];
@@ -434,13 +437,60 @@ fn kubernetes_manifests_parse_and_set_the_tracing_variables() {
             assert_eq!(env["OTEL_EXPORT_ENABLED"], "true", "{file}");
             assert_eq!(env["DYN_LOGGING_JSONL"], "true", "{file}");
             assert_eq!(
-                env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"],
-                "http://tempo.observability.svc.cluster.local:4317"
+                env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"], COLLECTOR,
+                "{file}: to the collector, not Tempo"
             );
+            assert_eq!(container["imagePullPolicy"], "IfNotPresent", "{file}");
+            assert!(
+                container["readinessProbe"].is_mapping() && container["livenessProbe"].is_mapping(),
+                "{file}"
+            );
+            assert!(container["resources"]["requests"]["cpu"].is_string(), "{file}");
+            assert!(container["resources"]["limits"]["memory"].is_string(), "{file}");
             seen.push(env["OTEL_SERVICE_NAME"].clone());
         }
         seen.sort();
         assert_eq!(seen, services, "{file}");
+    }
+
+    // The collector the workloads export to, and where it sends each signal.
+    let collector: Vec<_> = yaml_documents("examples/deploy/k8s/otel-collector.yaml");
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(collector[0]["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(config["exporters"]["otlp/tempo"]["endpoint"], "tempo:4317");
+    assert_eq!(config["service"]["pipelines"]["logs"]["exporters"][0], "otlphttp/loki");
+    let service = collector.iter().find(|d| d["kind"] == "Service").unwrap();
+    assert_eq!(service["metadata"]["name"], "otel-collector");
+    assert_eq!(service["metadata"]["namespace"], "observability");
+
+    // The CUDA overlays: each worker of the base gets a GPU, the CUDA image and the CUDA engine.
+    for (overlay, workers) in [
+        ("examples/deploy/k8s/cuda-agg", vec!["dynamo-worker-vllm"]),
+        ("examples/deploy/k8s/cuda-disagg", vec!["dynamo-worker-decode", "dynamo-worker-prefill"]),
+    ] {
+        let kustomization = &yaml_documents(&format!("{overlay}/kustomization.yaml"))[0];
+        let base = kustomization["resources"][0].as_str().unwrap();
+        assert!(
+            std::path::Path::new(&format!(
+                "{}/../../{overlay}/{base}/kustomization.yaml",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .exists(),
+            "{overlay}"
+        );
+        let mut patched: Vec<String> = Vec::new();
+        for patch in kustomization["patches"].as_sequence().unwrap() {
+            let patch = &yaml_documents(&format!("{overlay}/{}", patch["path"].as_str().unwrap()))[0];
+            let container = &patch["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(container["resources"]["limits"]["nvidia.com/gpu"], 1, "{overlay}");
+            assert_eq!(container["image"], "tokentrace-serve:cuda", "{overlay}");
+            let args: Vec<&str> =
+                container["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+            assert_eq!(args.windows(2).find(|w| w[0] == "--engine").map(|w| w[1]), Some("cuda"), "{overlay}");
+            patched.push(patch["metadata"]["name"].as_str().unwrap().to_owned());
+        }
+        patched.sort();
+        assert_eq!(patched, workers, "{overlay}");
     }
 }
 
@@ -464,6 +514,9 @@ fn the_compose_stack_and_its_configs_parse_and_connect() {
 
     let collector = &yaml_documents("examples/deploy/otel-collector-config.yaml")[0];
     assert_eq!(collector["exporters"]["otlp/tempo"]["endpoint"], "tempo:4317");
+    let reader =
+        &collector["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]["prometheus"];
+    assert_eq!(reader["port"], 8888, "the collector's metrics in the `readers` form");
     assert_eq!(collector["service"]["pipelines"]["logs"]["exporters"][0], "otlphttp/loki");
 
     let datasources = &yaml_documents("examples/deploy/grafana/provisioning/datasources/datasources.yaml")[0];
@@ -478,6 +531,31 @@ fn the_compose_stack_and_its_configs_parse_and_connect() {
             .iter()
             .all(|f| f["datasourceUid"] == tempo["uid"]),
         "logs link to traces"
+    );
+}
+
+/// `promtool check config` (Debian's `prometheus` package) on the stack's Prometheus config.
+/// Without promtool the test says it skipped, unless `TOKENTRACE_REQUIRE_PROMETHEUS` is set (CI).
+#[test]
+fn the_prometheus_config_passes_promtool() {
+    let config = format!("{}/../../examples/deploy/prometheus.yml", env!("CARGO_MANIFEST_DIR"));
+    let output = match std::process::Command::new("promtool").args(["check", "config", &config]).output() {
+        Ok(output) => output,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            assert!(
+                std::env::var_os("TOKENTRACE_REQUIRE_PROMETHEUS").is_none(),
+                "TOKENTRACE_REQUIRE_PROMETHEUS is set but promtool is not installed"
+            );
+            eprintln!("skipped: promtool not found (apt-get install prometheus)");
+            return;
+        }
+        Err(error) => panic!("promtool: {error}"),
+    };
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
 }
 
