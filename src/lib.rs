@@ -96,6 +96,8 @@ pub mod http;
 mod ids;
 pub mod inference;
 mod interned;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod propagation;
 mod rate_limit;
 mod retained;

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
 use tokentrace::inference::{StatsTarget, StreamOptions, TokenStream};
+use tokentrace::metrics::FrontendMetrics;
 use tokentrace::opentelemetry::trace::{Status, TraceContextExt};
 use tokentrace::opentelemetry::Context;
 use tokentrace::propagation::RequestIds;
@@ -28,6 +29,7 @@ pub struct Frontend {
     worker: String,
     model: String,
     client: Mutex<Option<rpc::ClientService<tcp::Client>>>,
+    metrics: FrontendMetrics,
 }
 
 #[derive(Clone, Copy)]
@@ -36,8 +38,11 @@ enum Api {
     Completions,
 }
 
-pub fn app(worker: String, model: String) -> Router {
-    let frontend = Arc::new(Frontend { worker, model, client: Mutex::new(None) });
+/// The frontend: the OpenAI routes, traced, and `GET /metrics` (Dynamo's `dynamo_frontend_*`
+/// metrics, with trace exemplars), untraced.
+pub fn app(worker: String, model: String, metrics: FrontendMetrics) -> Router {
+    let routes = metrics.router();
+    let frontend = Arc::new(Frontend { worker, model, client: Mutex::new(None), metrics });
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -45,6 +50,7 @@ pub fn app(worker: String, model: String) -> Router {
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .with_state(frontend)
         .layer(tokentrace::http::ServerLayer::default().filter(|_, uri| uri.path() != "/health"))
+        .merge(routes)
 }
 
 async fn models(State(frontend): State<Arc<Frontend>>) -> Json<Value> {
@@ -138,6 +144,9 @@ async fn complete(
         "completion request"
     );
 
+    let endpoint = if matches!(api, Api::Chat) { "chat_completions" } else { "completions" };
+    let request_metrics =
+        frontend.metrics.start(&cx, &request.model, endpoint, stream_response).input_tokens(prompt_tokens);
     let items = match frontend.client().await {
         Ok(client) => client.oneshot(Request::new(GENERATE, request.to_bytes())).await,
         Err(error) => Err(error),
@@ -147,6 +156,7 @@ async fn complete(
         Err(failure) => {
             frontend.forget_client().await;
             tracing::error!(error = %failure, "worker call failed");
+            request_metrics.failed();
             return error(StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable", failure.to_string());
         }
     };
@@ -154,7 +164,8 @@ async fn complete(
         items.map(|item| item.and_then(|bytes| TokenItem::parse(&bytes).map_err(RpcError::Malformed)));
     // TTFT counts from the request's arrival at the server layer.
     let options = StreamOptions::new().model(request.model.clone()).input_tokens(prompt_tokens);
-    let tokens = TokenStream::new(tokens, StatsTarget::Span(cx.clone()), options);
+    let tokens =
+        TokenStream::new(tokens, StatsTarget::Span(cx.clone()), options).record_metrics(request_metrics);
     let kind = if matches!(api, Api::Chat) { "chatcmpl" } else { "cmpl" };
     let id = format!("{kind}-{}", ids.x_request_id);
     let completion =

@@ -210,13 +210,15 @@ async fn bind(address: &str) -> Result<tokio::net::TcpListener, String> {
 async fn run_frontend(args: &FrontendArgs) -> Result<(), String> {
     let _telemetry = tokentrace::telemetry::init("dynamo-frontend").map_err(|e| e.to_string())?;
     let (worker, model) = (args.worker.clone(), args.model.clone());
+    let buckets = tokentrace::metrics::FrontendBuckets::from_env().map_err(|e| e.to_string())?;
+    let metrics = tokentrace::metrics::FrontendMetrics::with_buckets(buckets);
     let listener = bind(&args.listen).await?;
     tracing::info!(worker, "frontend serving");
     // Tokens are small writes: send each at once rather than wait for the peer's ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
         let _ = socket.set_nodelay(true);
     });
-    axum::serve(listener, frontend::app(worker, model))
+    axum::serve(listener, frontend::app(worker, model, metrics))
         .with_graceful_shutdown(shutdown_signal(args.exit_on_stdin_close))
         .await
         .map_err(|e| e.to_string())

@@ -60,6 +60,16 @@ impl Histogram {
         self.max = self.max.max(value);
     }
 
+    /// The non-empty buckets as `(representative value, count)`, lowest first.
+    pub(crate) fn buckets(&self) -> impl Iterator<Item = (f64, u32)> + '_ {
+        let range = self.lowest..(self.highest + 1).max(self.lowest);
+        self.counts[range.clone()]
+            .iter()
+            .zip(range)
+            .filter(|(&count, _)| count > 0)
+            .map(|(&count, index)| (representative(index).min(self.max as f64), count))
+    }
+
     pub(crate) fn count(&self) -> u64 {
         self.count
     }

@@ -36,4 +36,6 @@ mod tests;
 
 pub use phases::{Phase, Phases};
 pub use stats::{FinishReason, TokenChunk, TokenSummary};
+#[cfg(feature = "metrics")]
+pub(crate) use stream::{EndedStream, StreamObserver};
 pub use stream::{StatsTarget, StreamOptions, TokenStream};

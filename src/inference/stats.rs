@@ -167,6 +167,12 @@ impl TokenStats {
         self.finish_reason = Some(reason);
     }
 
+    /// The inter-token gaps, in seconds, as `(gap, how many)`: every gap of the stream, grouped
+    /// by the histogram's buckets (each within 1/16 of its true value).
+    pub(crate) fn itl_seconds(&self, nanos_per_tick: f64) -> impl Iterator<Item = (f64, u32)> + '_ {
+        self.itl.buckets().map(move |(ticks, count)| (ticks * nanos_per_tick / 1e9, count))
+    }
+
     /// Converts to milliseconds. `request_start`, when given, is where TTFT is measured from
     /// (else the stream's start).
     pub(crate) fn summary(&self, nanos_per_tick: f64, request_start: Option<Instant>) -> TokenSummary {

@@ -200,6 +200,8 @@ pin_project! {
         target: Option<StatsTarget>,
         options: StreamOptions,
         events_left: u32,
+        // Told once, when the stream ends or is dropped (the request's metrics).
+        observer: Option<Box<dyn StreamObserver>>,
     }
 
     impl<S> PinnedDrop for TokenStream<S> {
@@ -207,6 +209,9 @@ pin_project! {
             let this = this.project();
             if let Some(target) = this.target.take() {
                 let summary = this.stats.summary_now(&*this.clock, this.options.request_start);
+                if let Some(observer) = this.observer.take() {
+                    observer.stream_ended(&EndedStream { summary: &summary, stats: this.stats, clock: this.clock, cancelled: true });
+                }
                 write(target, &summary, this.options, true);
             }
         }
@@ -260,7 +265,37 @@ impl<S> TokenStream<S> {
             target: Some(target),
             options,
             events_left,
+            observer: None,
         }
+    }
+
+    /// Records this stream's request in `metrics` when the stream ends (or is dropped, then as
+    /// cancelled): TTFT, every inter-token gap, duration, token counts and status, once, with
+    /// the request's trace as exemplar. Nothing is added per token.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use tokentrace::inference::{StatsTarget, StreamOptions, TokenChunk, TokenStream};
+    /// use tokentrace::metrics::{Format, FrontendMetrics};
+    /// use tokentrace::opentelemetry::Context;
+    ///
+    /// struct Token;
+    /// impl TokenChunk for Token { fn token_count(&self) -> u32 { 1 } }
+    ///
+    /// let metrics = FrontendMetrics::new();
+    /// let request = metrics.start(&Context::new(), "llama", "chat_completions", true);
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let tokens = TokenStream::new(futures_util::stream::iter([Token, Token, Token]), StatsTarget::Detached, StreamOptions::new())
+    ///     .record_metrics(request);
+    /// tokens.count().await;
+    /// # });
+    /// let text = metrics.render(Format::Prometheus);
+    /// assert!(text.contains(r#"dynamo_frontend_inter_token_latency_seconds_count{model="llama"} 2"#));
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn record_metrics(mut self, metrics: crate::metrics::RequestMetrics) -> Self {
+        self.observer = Some(Box::new(metrics));
+        self
     }
 
     /// The statistics so far (final once the stream has ended).
@@ -317,6 +352,14 @@ where
             None => {
                 if let Some(target) = this.target.take() {
                     let summary = this.stats.summary_now(&*this.clock, this.options.request_start);
+                    if let Some(observer) = this.observer.take() {
+                        observer.stream_ended(&EndedStream {
+                            summary: &summary,
+                            stats: this.stats,
+                            clock: this.clock,
+                            cancelled: false,
+                        });
+                    }
                     write(target, &summary, this.options, false);
                 }
             }
@@ -339,6 +382,27 @@ fn token_event(target: Option<&StatsTarget>, tokens_so_far: u64, chunk_tokens: u
         Some(StatsTarget::Phase(phase)) => phase.context().span().add_event("token", attributes),
         _ => {}
     }
+}
+
+/// What a stream's observer is told when it ends.
+pub(crate) struct EndedStream<'a> {
+    pub(crate) summary: &'a TokenSummary,
+    stats: &'a TokenStats,
+    clock: &'a StreamClock,
+    /// Dropped before its end.
+    pub(crate) cancelled: bool,
+}
+
+impl EndedStream<'_> {
+    /// Every inter-token gap, in seconds, as `(gap, how many)`.
+    pub(crate) fn itl_seconds(&self) -> impl Iterator<Item = (f64, u32)> + '_ {
+        self.stats.itl_seconds(self.clock.nanos_per_tick(self.stats.anchor()))
+    }
+}
+
+/// Told once, when a stream ends or is dropped.
+pub(crate) trait StreamObserver: Send + Sync {
+    fn stream_ended(self: Box<Self>, stream: &EndedStream<'_>);
 }
 
 /// The attributes a finished stream writes, once.
