@@ -56,7 +56,8 @@ async fn deployment(step: Duration) -> SocketAddr {
     tokio::spawn(worker::serve(engine::CpuEngine::new(), config, worker_listener, std::future::pending()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = frontend::app(worker_addr.to_string(), "bench".into());
+    let app =
+        frontend::app(worker_addr.to_string(), "bench".into(), tokentrace::metrics::FrontendMetrics::new());
     let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
         let _ = socket.set_nodelay(true);
     });
