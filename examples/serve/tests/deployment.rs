@@ -317,6 +317,127 @@ async fn the_official_openai_client_reads_usage_and_request_ids() {
     assert!(output.status.success(), "{stderr}{}", String::from_utf8_lossy(&output.stdout));
 }
 
+/// A GET to Prometheus's HTTP API, parsed.
+async fn prometheus_api(prometheus: u16, path_and_query: &str) -> serde_json::Value {
+    let uri: http::Uri = format!("http://127.0.0.1:{prometheus}{path_and_query}").parse().unwrap();
+    let request = http::Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+    match demo::http_client().request(request).await {
+        Ok(response) => {
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice(&body).unwrap_or_default()
+        }
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// Kills Prometheus when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real Prometheus (Debian's `prometheus`, exemplar storage on) scrapes the example's
+/// frontend: after N requests its query API counts N, and its exemplar API returns trace ids
+/// of traces the OTLP receiver got with those requests' `x_request_id`. Without Prometheus the
+/// test says it skipped, unless `TOKENTRACE_REQUIRE_PROMETHEUS` is set (CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_frontend_and_its_exemplars_open_the_traces() {
+    if std::process::Command::new("prometheus").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("TOKENTRACE_REQUIRE_PROMETHEUS").is_none(),
+            "TOKENTRACE_REQUIRE_PROMETHEUS is set but prometheus is not installed"
+        );
+        eprintln!("skipped: prometheus not found (apt-get install prometheus)");
+        return;
+    }
+    let receiver = receiver::grpc().await;
+    let (worker, frontend, addr) = aggregated(&receiver, "1");
+    let dir = std::env::temp_dir().join(format!("tokentrace-prometheus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: frontend\n    static_configs:\n      - targets: [\"{addr}\"]\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let _prometheus = KillOnDrop(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--enable-feature=exemplar-storage")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let ids: Vec<String> = (0..5).map(|i| format!("prom-{i}")).collect();
+    for id in &ids {
+        demo::stream_chat(addr, id, "hello metrics", 4).await.unwrap();
+    }
+    let count = |result: &serde_json::Value| -> Option<f64> {
+        result["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let query = "/api/v1/query?query=sum(dynamo_frontend_time_to_first_token_seconds_count)";
+    let mut counted = None;
+    for _ in 0..120 {
+        counted = count(&prometheus_api(port, query).await);
+        if counted == Some(ids.len() as f64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(counted, Some(ids.len() as f64), "Prometheus counted every request's TTFT");
+    let itl = count(
+        &prometheus_api(port, "/api/v1/query?query=sum(dynamo_frontend_inter_token_latency_seconds_count)")
+            .await,
+    );
+    assert_eq!(itl, Some((ids.len() * 3) as f64), "every gap of every stream");
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let exemplars = prometheus_api(
+        port,
+        &format!(
+            "/api/v1/query_exemplars?query=dynamo_frontend_time_to_first_token_seconds_bucket&start={}&end={}",
+            now - 600,
+            now + 60
+        ),
+    )
+    .await;
+    let trace_ids: Vec<String> = exemplars["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+        .filter_map(|exemplar| exemplar["labels"]["trace_id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!trace_ids.is_empty(), "Prometheus stored exemplars: {exemplars}");
+
+    stop(vec![frontend, worker]).await;
+    demo::wait_for_traces(&receiver.received, &ids, 6).await;
+    let traces: std::collections::HashSet<String> = ids
+        .iter()
+        .filter_map(|id| {
+            demo::trace_of(&receiver.received, id).first().map(|span| span.span.trace_id.clone())
+        })
+        .map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    assert_eq!(traces.len(), ids.len());
+    for trace_id in &trace_ids {
+        assert!(traces.contains(trace_id), "exemplar {trace_id} opens a trace of one of the requests");
+    }
+    receiver.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Starts a streamed request and returns its response body, headers read.
 async fn open_stream(addr: SocketAddr, id: &str, max_tokens: u32) -> hyper::body::Incoming {
     let client = demo::http_client();
