@@ -159,3 +159,95 @@ pub fn print_waterfall(received: &Received, request_id: &str) {
     println!();
     print!("{}", render_waterfall(&spans, Some(logs)));
 }
+
+/// The frontend's `/metrics`, as OpenMetrics text (with exemplars).
+pub async fn read_metrics(frontend: SocketAddr) -> Result<String, String> {
+    let request = http::Request::get(format!("http://{frontend}/metrics"))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let response = http_client().request(request).await.map_err(|e| e.to_string())?;
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One histogram of an OpenMetrics text: cumulative `(le, count)` buckets and the exemplars
+/// `(le, trace id)`, summed over its label sets.
+#[derive(Default)]
+struct ScrapedHistogram {
+    buckets: Vec<(f64, f64)>,
+    exemplars: Vec<(String, String)>,
+}
+
+fn scrape(text: &str, name: &str) -> ScrapedHistogram {
+    let mut histogram = ScrapedHistogram::default();
+    let prefix = format!("{name}_bucket{{");
+    for line in text.lines().filter(|line| line.starts_with(&prefix)) {
+        let (sample, exemplar) = line.split_once(" # ").map_or((line, None), |(s, e)| (s, Some(e)));
+        let Some(le) = sample.split("le=\"").nth(1).and_then(|rest| rest.split('"').next()) else { continue };
+        let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+        let count: f64 = sample.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        match histogram.buckets.iter_mut().find(|(b, _)| *b == bound) {
+            Some(slot) => slot.1 += count,
+            None => histogram.buckets.push((bound, count)),
+        }
+        if let Some(trace) = exemplar.and_then(|e| e.split("trace_id=\"").nth(1)).and_then(|r| r.split('"').next()) {
+            histogram.exemplars.push((le.to_owned(), trace.to_owned()));
+        }
+    }
+    histogram.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    histogram
+}
+
+impl ScrapedHistogram {
+    fn count(&self) -> f64 {
+        self.buckets.last().map_or(0.0, |(_, count)| *count)
+    }
+
+    /// The `q` quantile, interpolated within its bucket as Prometheus's `histogram_quantile`.
+    fn quantile(&self, q: f64) -> Option<f64> {
+        let rank = q * self.count();
+        let mut lower = (0.0, 0.0);
+        for &(bound, count) in &self.buckets {
+            if count >= rank && count > 0.0 {
+                if bound.is_infinite() {
+                    return Some(lower.0);
+                }
+                let within = (rank - lower.1) / (count - lower.1).max(f64::MIN_POSITIVE);
+                return Some(lower.0 + (bound - lower.0) * within);
+            }
+            lower = (bound, count);
+        }
+        None
+    }
+}
+
+/// Prints TTFT and ITL percentiles read back from the frontend's metrics, and one exemplar
+/// with the request whose waterfall it opens.
+pub fn print_metrics(text: &str, received: &Received, request_ids: &[String]) {
+    println!();
+    println!("metrics, read back from the frontend's /metrics:");
+    for (label, name, what) in [
+        ("TTFT", "dynamo_frontend_time_to_first_token_seconds", "requests"),
+        ("ITL ", "dynamo_frontend_inter_token_latency_seconds", "gaps"),
+    ] {
+        let histogram = scrape(text, name);
+        let ms = |q: f64| histogram.quantile(q).map_or("-".to_owned(), |s| format!("{:.1} ms", s * 1e3));
+        println!("  {label} p50 {:>9}  p99 {:>9}  ({} {what})", ms(0.5), ms(0.99), histogram.count());
+    }
+    let exemplars = scrape(text, "dynamo_frontend_time_to_first_token_seconds").exemplars;
+    let traces: Vec<(String, &String)> = request_ids
+        .iter()
+        .filter_map(|id| Some((hex(&trace_of(received, id).first()?.span.trace_id), id)))
+        .collect();
+    match exemplars.iter().find_map(|(le, trace)| Some((le, trace, traces.iter().find(|(t, _)| t == trace)?.1))) {
+        Some((le, trace, id)) => {
+            println!("  exemplar: TTFT bucket le={le} -> trace {trace} (request {id}, above)")
+        }
+        None => println!("  exemplar: none matches a trace printed above"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -374,6 +374,7 @@ async fn deployment(disaggregated: bool, args: &DeploymentArgs) -> Result<(), St
         }
         ids.push(id);
     }
+    let metrics = demo::read_metrics(frontend_addr).await;
     // Stopping the components flushes their telemetry.
     let stop = tokio::task::spawn_blocking(move || {
         frontend.stop();
@@ -384,6 +385,10 @@ async fn deployment(disaggregated: bool, args: &DeploymentArgs) -> Result<(), St
     demo::wait_for_traces(&receiver.received, &ids, spans_each).await;
     for id in &ids {
         demo::print_waterfall(&receiver.received, id);
+    }
+    match &metrics {
+        Ok(text) => demo::print_metrics(text, &receiver.received, &ids),
+        Err(error) => println!("metrics: could not read the frontend's /metrics: {error}"),
     }
     let incomplete: Vec<_> =
         ids.iter().filter(|id| demo::trace_of(&receiver.received, id).len() < spans_each).collect();
