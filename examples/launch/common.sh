@@ -74,6 +74,8 @@ curl -N http://localhost:$FRONTEND_PORT/v1/chat/completions -H 'content-type: ap
   -H 'x-request-id: $1' \\
   -d '{"model":"tokentrace-demo","messages":[{"role":"user","content":"hello"}],"max_tokens":32,"stream":true}'
 
-then search Tempo for { span.x_request_id = "$1" }. Ctrl-C stops everything.
+then search Tempo for { span.x_request_id = "$1" }. Metrics (TTFT, ITL, duration, with trace
+exemplars): http://localhost:$FRONTEND_PORT/metrics, scraped by the stack's Prometheus; Grafana's
+"tokentrace frontend" dashboard opens a request's trace from an exemplar. Ctrl-C stops everything.
 CURL
 }

@@ -191,7 +191,9 @@ fn scrape(text: &str, name: &str) -> ScrapedHistogram {
             Some(slot) => slot.1 += count,
             None => histogram.buckets.push((bound, count)),
         }
-        if let Some(trace) = exemplar.and_then(|e| e.split("trace_id=\"").nth(1)).and_then(|r| r.split('"').next()) {
+        if let Some(trace) =
+            exemplar.and_then(|e| e.split("trace_id=\"").nth(1)).and_then(|r| r.split('"').next())
+        {
             histogram.exemplars.push((le.to_owned(), trace.to_owned()));
         }
     }
@@ -240,7 +242,10 @@ pub fn print_metrics(text: &str, received: &Received, request_ids: &[String]) {
         .iter()
         .filter_map(|id| Some((hex(&trace_of(received, id).first()?.span.trace_id), id)))
         .collect();
-    match exemplars.iter().find_map(|(le, trace)| Some((le, trace, traces.iter().find(|(t, _)| t == trace)?.1))) {
+    match exemplars
+        .iter()
+        .find_map(|(le, trace)| Some((le, trace, traces.iter().find(|(t, _)| t == trace)?.1)))
+    {
         Some((le, trace, id)) => {
             println!("  exemplar: TTFT bucket le={le} -> trace {trace} (request {id}, above)")
         }

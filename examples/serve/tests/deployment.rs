@@ -653,6 +653,77 @@ fn the_compose_stack_and_its_configs_parse_and_connect() {
             .all(|f| f["datasourceUid"] == tempo["uid"]),
         "logs link to traces"
     );
+
+    // Metrics: Prometheus stores exemplars, and an exemplar's trace_id opens Tempo.
+    let prometheus_args: Vec<&str> = compose["services"]["prometheus"]["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(prometheus_args.contains(&"--enable-feature=exemplar-storage"));
+    let prometheus = sources.iter().find(|d| d["type"] == "prometheus").unwrap();
+    let destination = &prometheus["jsonData"]["exemplarTraceIdDestinations"][0];
+    assert_eq!((&destination["name"], &destination["datasourceUid"]), (&"trace_id".into(), &tempo["uid"]));
+}
+
+/// The provisioned dashboard: loaded by its provider, every query names a metric the frontend
+/// serves, and the latency panels show exemplars.
+#[test]
+fn the_grafana_dashboard_queries_the_frontends_metrics_with_exemplars() {
+    let provider = &yaml_documents("examples/deploy/grafana/provisioning/dashboards/dashboards.yaml")[0];
+    assert_eq!(provider["providers"][0]["options"]["path"], "/etc/grafana/provisioning/dashboards");
+    let path = format!(
+        "{}/../../examples/deploy/grafana/provisioning/dashboards/tokentrace-frontend.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+
+    let metrics = tokentrace::metrics::FrontendMetrics::new();
+    let cx = tokentrace::opentelemetry::Context::new();
+    let request = metrics.start(&cx, "m", "chat_completions", true);
+    let tokens = tokentrace::inference::TokenStream::new(
+        futures_util::stream::iter([Ok::<_, String>(demo_token()), Ok(demo_token())]),
+        tokentrace::inference::StatsTarget::Detached,
+        tokentrace::inference::StreamOptions::new(),
+    )
+    .record_metrics(request);
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(futures_util::StreamExt::count(tokens));
+    let served = metrics.render(tokentrace::metrics::Format::Prometheus);
+
+    let panels = dashboard["panels"].as_array().unwrap();
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for title in ["Time to first token", "Inter-token latency", "Request duration", "Throughput", "In flight"]
+    {
+        assert!(titles.contains(&title), "{title} panel: {titles:?}");
+    }
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let metric = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .find(|word| word.starts_with("dynamo_frontend_"))
+                .unwrap_or_else(|| panic!("{expr}"));
+            assert!(served.contains(&format!("\n{metric}{{")), "{metric} is served");
+            if panel["title"].as_str().is_some_and(|t| t.contains("latency") || t.contains("first token")) {
+                assert_eq!(target["exemplar"], true, "{expr}");
+            }
+        }
+    }
+}
+
+/// One generated token of the example's protocol.
+fn demo_token() -> impl tokentrace::inference::TokenChunk {
+    struct Token;
+    impl tokentrace::inference::TokenChunk for Token {
+        fn token_count(&self) -> u32 {
+            1
+        }
+    }
+    Token
 }
 
 /// `promtool check config` (Debian's `prometheus` package) on the stack's Prometheus config.
