@@ -52,6 +52,7 @@ async fn deployment(step: Duration) -> SocketAddr {
         instance_id: 1,
         prefill: None,
         name: "bench-worker".into(),
+        metrics: tokentrace::metrics::WorkerMetrics::new("backend"),
     };
     tokio::spawn(worker::serve(engine::CpuEngine::new(), config, worker_listener, std::future::pending()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -8,11 +8,13 @@
 #   ENGINE=cuda DEVICE=1 examples/launch/agg_tracing.sh
 source "$(dirname "$0")/common.sh"
 WORKER_PORT="${WORKER_PORT:-9000}"
+WORKER_METRICS_PORT="${WORKER_METRICS_PORT:-9100}"
 DEVICE="${DEVICE:-0}"
 
-start dynamo-worker-vllm worker --role agg --listen "127.0.0.1:$WORKER_PORT" --engine "$ENGINE" --device "$DEVICE"
+start dynamo-worker-vllm worker --role agg --listen "127.0.0.1:$WORKER_PORT" --engine "$ENGINE" --device "$DEVICE" \
+  --metrics-listen "0.0.0.0:$WORKER_METRICS_PORT"
 ready "$WORKER_PORT"
 start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "127.0.0.1:$WORKER_PORT"
 ready "$FRONTEND_PORT"
-print_curl agg-try-1
+print_curl agg-try-1 "$WORKER_METRICS_PORT"
 wait_all

@@ -64,8 +64,12 @@ wait_all() {
   exit "$status"
 }
 
-# print_curl REQUEST_ID: what to try, and where to look.
+# print_curl REQUEST_ID WORKER_METRICS_PORT...: what to try, and where to look.
 print_curl() {
+  local id="$1" ports="" port
+  shift
+  for port in "$@"; do ports="$ports http://localhost:$port/metrics"; done
+  set -- "$id"
   cat <<CURL
 
 Traces and logs go to $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT. Try:
@@ -74,8 +78,9 @@ curl -N http://localhost:$FRONTEND_PORT/v1/chat/completions -H 'content-type: ap
   -H 'x-request-id: $1' \\
   -d '{"model":"tokentrace-demo","messages":[{"role":"user","content":"hello"}],"max_tokens":32,"stream":true}'
 
-then search Tempo for { span.x_request_id = "$1" }. Metrics (TTFT, ITL, duration, with trace
-exemplars): http://localhost:$FRONTEND_PORT/metrics, scraped by the stack's Prometheus; Grafana's
-"tokentrace frontend" dashboard opens a request's trace from an exemplar. Ctrl-C stops everything.
+then search Tempo for { span.x_request_id = "$1" }. Metrics, with trace exemplars: the frontend's
+(TTFT, ITL, duration) at http://localhost:$FRONTEND_PORT/metrics, the workers' (phase durations,
+KV bytes) at$ports; the stack's Prometheus scrapes them, and Grafana's "tokentrace frontend"
+dashboard opens a request's trace from an exemplar. Ctrl-C stops everything.
 CURL
 }

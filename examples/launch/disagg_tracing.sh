@@ -10,15 +10,18 @@
 source "$(dirname "$0")/common.sh"
 DECODE_PORT="${DECODE_PORT:-9000}"
 PREFILL_PORT="${PREFILL_PORT:-9001}"
+DECODE_METRICS_PORT="${DECODE_METRICS_PORT:-9100}"
+PREFILL_METRICS_PORT="${PREFILL_METRICS_PORT:-9101}"
 DECODE_DEVICE="${DECODE_DEVICE:-0}"
 PREFILL_DEVICE="${PREFILL_DEVICE:-1}"
 
-start dynamo-worker-prefill worker --role prefill --listen "127.0.0.1:$PREFILL_PORT" --engine "$ENGINE" --device "$PREFILL_DEVICE"
+start dynamo-worker-prefill worker --role prefill --listen "127.0.0.1:$PREFILL_PORT" --engine "$ENGINE" --device "$PREFILL_DEVICE" \
+  --metrics-listen "0.0.0.0:$PREFILL_METRICS_PORT"
 ready "$PREFILL_PORT"
-start dynamo-worker-decode worker --role decode --listen "127.0.0.1:$DECODE_PORT" \
+start dynamo-worker-decode worker --role decode --listen "127.0.0.1:$DECODE_PORT" --metrics-listen "0.0.0.0:$DECODE_METRICS_PORT" \
   --prefill "127.0.0.1:$PREFILL_PORT" --engine "$ENGINE" --device "$DECODE_DEVICE"
 ready "$DECODE_PORT"
 start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "127.0.0.1:$DECODE_PORT"
 ready "$FRONTEND_PORT"
-print_curl disagg-try-1
+print_curl disagg-try-1 "$DECODE_METRICS_PORT" "$PREFILL_METRICS_PORT"
 wait_all

@@ -119,6 +119,10 @@ struct WorkerArgs {
     /// The instance id recorded on spans (default: the process id).
     #[arg(long)]
     instance_id: Option<i64>,
+    /// Where to serve the worker's metrics (`GET /metrics`: phase durations, KV bytes); off
+    /// when unset.
+    #[arg(long, env = "TOKENTRACE_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Stop when stdin closes (set by `agg`/`disagg` for their children).
     #[arg(long, hide = true)]
     exit_on_stdin_close: bool,
@@ -242,7 +246,16 @@ async fn run_worker(args: &WorkerArgs) -> Result<(), String> {
         instance_id: args.instance_id.unwrap_or_else(|| i64::from(std::process::id())),
         prefill: args.prefill.clone(),
         name: format!("{}-{}", role.component(), std::process::id()),
+        metrics: tokentrace::metrics::WorkerMetrics::new(role.component()),
     };
+    if let Some(address) = &args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
+        tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "worker metrics at /metrics");
+        let router = config.metrics.router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+    }
     if role == Role::Decode && config.prefill.is_none() {
         return Err("a decode worker needs --prefill ADDR".into());
     }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 use tokentrace::inference::{FinishReason, Phases, StatsTarget, StreamOptions, TokenStream};
+use tokentrace::metrics::WorkerMetrics;
 use tokentrace::opentelemetry::trace::SpanContext;
 use tokentrace::propagation::TraceParent;
 use tokentrace::rpc::{self, tcp, Request, RpcError};
@@ -53,6 +54,8 @@ pub struct WorkerConfig {
     /// Where a decode worker finds its prefill worker.
     pub prefill: Option<String>,
     pub name: String,
+    /// Phase durations and KV bytes, served on the worker's metrics port.
+    pub metrics: WorkerMetrics,
 }
 
 struct Worker<E: Engine> {
@@ -75,7 +78,7 @@ pub async fn serve<E: Engine>(
     let instance_id = config.instance_id;
     let worker = Arc::new(Worker {
         engine: Arc::new(engine),
-        phases: Phases::default(),
+        phases: Phases::default().record_metrics(config.metrics.clone()),
         slots: Arc::new(Semaphore::new(config.slots)),
         config,
         prefill: Mutex::new(None),

@@ -359,7 +359,7 @@ where
         let span = traced.then(|| self.layer.start_span(&request, &parent, &ids, link));
         let x_request_id = ids.x_request_id.header_value().clone();
         request.extensions_mut().insert(ids.clone());
-        let cx = with_received_request(&parent, ids, arrival);
+        let cx = with_received_request(&parent, ids, arrival, None);
         let scope = match span {
             // A trace started here has a random id (the SDK's generator): Level 2 says so.
             Some(span) if root => ActiveSpan::new(mark_random_trace(cx.with_span(span))),

@@ -33,6 +33,8 @@ const KV_DESTINATION: &str = "kv.destination";
 /// ```
 pub struct Phases<T = DefaultTracer> {
     tracer: Arc<T>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::WorkerMetrics>,
 }
 
 impl Default for Phases<DefaultTracer> {
@@ -43,7 +45,11 @@ impl Default for Phases<DefaultTracer> {
 
 impl<T> Clone for Phases<T> {
     fn clone(&self) -> Self {
-        Self { tracer: Arc::clone(&self.tracer) }
+        Self {
+            tracer: Arc::clone(&self.tracer),
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -72,7 +78,29 @@ where
     /// assert_eq!(exporter.get_finished_spans().unwrap()[0].name, "queue");
     /// ```
     pub fn with_tracer(tracer: T) -> Self {
-        Self { tracer: Arc::new(tracer) }
+        Self {
+            tracer: Arc::new(tracer),
+            #[cfg(feature = "metrics")]
+            metrics: None,
+        }
+    }
+
+    /// Records each phase's duration (and a KV transfer's bytes) in `metrics` when it ends,
+    /// with the phase's span as exemplar when sampled.
+    ///
+    /// ```
+    /// use tokentrace::inference::Phases;
+    /// use tokentrace::metrics::{Format, WorkerMetrics};
+    ///
+    /// let metrics = WorkerMetrics::new("backend");
+    /// let phases = Phases::default().record_metrics(metrics.clone());
+    /// phases.queue().end();
+    /// assert!(metrics.render(Format::Prometheus).contains(r#"phase="queue"} 1"#));
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn record_metrics(mut self, metrics: crate::metrics::WorkerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn start(&self, name: &'static str, attributes: Vec<KeyValue>, links: Vec<Link>) -> Phase {
@@ -83,7 +111,19 @@ where
             .with_attributes(attributes)
             .with_links(links)
             .start_with_context(&*self.tracer, &parent);
-        Phase { span: ActiveSpan::new(parent.with_span(span)) }
+        #[cfg(feature = "metrics")]
+        let recorder = self.metrics.clone().map(|metrics| PhaseRecorder {
+            metrics,
+            phase: name,
+            endpoint: crate::propagation::request_endpoint(&parent).cloned().unwrap_or_default(),
+            started: std::time::Instant::now(),
+            kv_bytes: None,
+        });
+        Phase {
+            span: ActiveSpan::new(parent.with_span(span)),
+            #[cfg(feature = "metrics")]
+            recorder,
+        }
     }
 
     /// Waiting for a slot in the engine.
@@ -141,7 +181,8 @@ where
     /// assert_eq!(value("kv.destination").as_deref(), Some("decode-3"));
     /// ```
     pub fn kv_transfer(&self, bytes: u64, source: &str, destination: &str) -> Phase {
-        self.start(
+        #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+        let mut phase = self.start(
             "kv_transfer",
             vec![
                 KeyValue::new(KV_BYTES, bytes as i64),
@@ -149,7 +190,12 @@ where
                 KeyValue::new(KV_DESTINATION, destination.to_owned()),
             ],
             Vec::new(),
-        )
+        );
+        #[cfg(feature = "metrics")]
+        if let Some(recorder) = &mut phase.recorder {
+            recorder.kv_bytes = Some(bytes);
+        }
+        phase
     }
 
     /// The decode; in disaggregated serving pass the prefill span it continues, which the
@@ -195,6 +241,35 @@ where
 #[derive(Debug)]
 pub struct Phase {
     span: ActiveSpan,
+    #[cfg(feature = "metrics")]
+    recorder: Option<PhaseRecorder>,
+}
+
+/// Records a phase in the worker's metrics when it ends, however it ends.
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+struct PhaseRecorder {
+    metrics: crate::metrics::WorkerMetrics,
+    phase: &'static str,
+    endpoint: std::borrow::Cow<'static, str>,
+    started: std::time::Instant,
+    kv_bytes: Option<u64>,
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for Phase {
+    fn drop(&mut self) {
+        if let Some(recorder) = self.recorder.take() {
+            let span = self.span.context().span().span_context().clone();
+            recorder.metrics.record_phase(
+                recorder.phase,
+                recorder.endpoint,
+                recorder.started,
+                &span,
+                recorder.kv_bytes,
+            );
+        }
+    }
 }
 
 impl Phase {

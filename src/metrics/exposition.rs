@@ -89,3 +89,19 @@ pub(crate) fn render(registry: &Registry, format: Format) -> String {
     }
     out
 }
+
+/// A router serving `GET /metrics` with `render`, in the format the `Accept` header asks for.
+#[cfg(feature = "axum")]
+pub(crate) fn router<S, R>(render: R) -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    R: Fn(Format) -> String + Clone + Send + Sync + 'static,
+{
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move |headers: http::HeaderMap| async move {
+            let format = Format::negotiate(headers.get(http::header::ACCEPT));
+            ([(http::header::CONTENT_TYPE, format.content_type())], render(format))
+        }),
+    )
+}

@@ -8,23 +8,16 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::exemplar::HistogramWithExemplars;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::buckets::{Buckets, FrontendBuckets};
+use super::exemplar::{Histogram, TraceExemplar, WithBuckets};
 use super::exposition::{render, Format};
 use crate::inference::FinishReason;
 use crate::inference::{EndedStream, StreamObserver};
 use crate::propagation::request_arrival;
-
-/// The exemplar of an observation: the request's trace.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TraceExemplar {
-    trace_id: String,
-    span_id: String,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabel {
@@ -37,18 +30,6 @@ struct RequestLabels {
     endpoint: String,
     request_type: &'static str,
     status: &'static str,
-}
-
-type Histogram = HistogramWithExemplars<TraceExemplar>;
-
-/// Builds a family's histograms with its buckets.
-#[derive(Clone, Debug)]
-struct WithBuckets(Buckets);
-
-impl MetricConstructor<Histogram> for WithBuckets {
-    fn new_metric(&self) -> Histogram {
-        HistogramWithExemplars::new(self.0.bounds().iter().copied())
-    }
 }
 
 type Histograms = Family<ModelLabel, Histogram, WithBuckets>;
@@ -244,12 +225,7 @@ impl FrontendMetrics {
     ) -> RequestMetrics {
         let model = ModelLabel { model: self.bounded_model(model) };
         self.inner.inflight.get_or_create(&model).inc();
-        let span = cx.span();
-        let span_context = span.span_context();
-        let exemplar = span_context.is_sampled().then(|| TraceExemplar {
-            trace_id: span_context.trace_id().to_string(),
-            span_id: span_context.span_id().to_string(),
-        });
+        let exemplar = TraceExemplar::of(cx.span().span_context());
         RequestMetrics {
             metrics: self.clone(),
             model,
@@ -304,16 +280,7 @@ impl FrontendMetrics {
     #[cfg(feature = "axum")]
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
         let metrics = self.clone();
-        axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move |headers: http::HeaderMap| {
-                let metrics = metrics.clone();
-                async move {
-                    let format = Format::negotiate(headers.get(http::header::ACCEPT));
-                    ([(http::header::CONTENT_TYPE, format.content_type())], metrics.render(format))
-                }
-            }),
-        )
+        super::exposition::router(move |format| metrics.render(format))
     }
 }
 

@@ -19,9 +19,12 @@
 //! ```
 
 mod buckets;
+mod exemplar;
 mod exposition;
 mod frontend;
+mod worker;
 
 pub use buckets::{Buckets, BucketsError, FrontendBuckets};
 pub use exposition::Format;
 pub use frontend::{FrontendMetrics, RequestMetrics, MAX_MODELS, OVERFLOW_MODEL};
+pub use worker::WorkerMetrics;

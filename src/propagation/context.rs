@@ -2,6 +2,7 @@
 
 use opentelemetry::trace::{Link, TraceContextExt, TraceId, TraceState as OtelTraceState};
 use opentelemetry::Context;
+use std::borrow::Cow;
 use std::time::Instant;
 
 use super::baggage::extract_baggage;
@@ -402,11 +403,24 @@ impl RequestIds {
 struct ReceivedRequest {
     ids: RequestIds,
     arrival: Instant,
+    /// The RPC endpoint it called, for the worker's metrics.
+    endpoint: Option<Cow<'static, str>>,
 }
 
-/// `cx` holding the ids of a request that arrived at `arrival`.
-pub(crate) fn with_received_request(cx: &Context, ids: RequestIds, arrival: Instant) -> Context {
-    cx.with_value(ReceivedRequest { ids, arrival })
+/// `cx` holding the ids of a request that arrived at `arrival` (on `endpoint`, for an RPC).
+pub(crate) fn with_received_request(
+    cx: &Context,
+    ids: RequestIds,
+    arrival: Instant,
+    endpoint: Option<Cow<'static, str>>,
+) -> Context {
+    cx.with_value(ReceivedRequest { ids, arrival, endpoint })
+}
+
+/// The RPC endpoint of the request of `cx`, if an RPC server layer received it.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) fn request_endpoint(cx: &Context) -> Option<&Cow<'static, str>> {
+    cx.get::<ReceivedRequest>()?.endpoint.as_ref()
 }
 
 /// When the request of `cx` arrived at this service's server layer, if one received it.

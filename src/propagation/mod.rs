@@ -43,7 +43,9 @@ pub use baggage::{
 };
 pub use carrier::Carrier;
 pub use context::{inject_context, inject_trace, RemoteContext, RequestIds};
-pub(crate) use context::{mark_random_trace, request_arrival, with_received_request, Inbound};
+pub(crate) use context::{
+    mark_random_trace, request_arrival, request_endpoint, with_received_request, Inbound,
+};
 pub use propagator::{Propagators, UnknownPropagator};
 pub use request_id::{RequestId, RequestIdError, RequestUuid, RequestUuidError, MAX_REQUEST_ID_LEN};
 pub use trace_state::{TraceState, TraceStateError, MAX_HEADER_LEN, MAX_MEMBERS};

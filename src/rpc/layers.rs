@@ -428,7 +428,7 @@ where
         let arrival = Instant::now();
         let ids = RequestIds::extract(&request.metadata);
         let Inbound { parent, root, .. } = Inbound::extract(&request.metadata, false);
-        let parent = with_received_request(&parent, ids.clone(), arrival);
+        let parent = with_received_request(&parent, ids.clone(), arrival, Some(request.endpoint_name()));
         let mut attributes = Vec::with_capacity(ATTRIBUTES_PER_SPAN);
         attributes.push(KeyValue::new(ENDPOINT, request.endpoint_name()));
         if let Some(component) = &self.layer.component {

@@ -840,6 +840,7 @@ fn free_port() -> u16 {
 async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs() {
     let receiver = receiver::grpc().await;
     let [frontend, decode, prefill] = [free_port(), free_port(), free_port()];
+    let [decode_metrics, prefill_metrics] = [free_port(), free_port()];
     let logs = std::env::temp_dir().join(format!("tokentrace-launch-{}.log", std::process::id()));
     let log_file = std::fs::File::create(&logs).unwrap();
     // SERVE: the binary `cargo test` built, so the script does not build one itself.
@@ -850,6 +851,8 @@ async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs()
             .env("FRONTEND_PORT", frontend.to_string())
             .env("DECODE_PORT", decode.to_string())
             .env("PREFILL_PORT", prefill.to_string())
+            .env("DECODE_METRICS_PORT", decode_metrics.to_string())
+            .env("PREFILL_METRICS_PORT", prefill_metrics.to_string())
             .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -870,6 +873,19 @@ async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs()
     let ids = ["launch-1".to_owned()];
     let answer = demo::stream_chat(addr, &ids[0], "hello from the launch script", 4).await.unwrap();
     assert_eq!(answer.tokens, 4);
+    // Each worker serves its metrics where the script says.
+    for (port, phase) in [(decode_metrics, "decode"), (prefill_metrics, "prefill")] {
+        let uri: http::Uri = format!("http://127.0.0.1:{port}/metrics").parse().unwrap();
+        let response = demo::http_client().get(uri).await.unwrap();
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.lines().any(|line| line.starts_with("tokentrace_worker_phase_duration_seconds_count{")
+                && line.contains(&format!("phase=\"{phase}\""))
+                && line.ends_with(" 1")),
+            "{phase} worker metrics: {text}"
+        );
+    }
 
     tokio::task::spawn_blocking(move || script.stop()).await.unwrap();
     demo::wait_for_traces(&receiver.received, &ids, 10).await;
@@ -915,6 +931,7 @@ fn a_launch_script_whose_worker_cannot_start_stops_with_its_message() {
         .env("ENGINE", "abacus")
         .env("FRONTEND_PORT", frontend.to_string())
         .env("WORKER_PORT", worker.to_string())
+        .env("WORKER_METRICS_PORT", free_port().to_string())
         .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9")
         .output()
         .unwrap();
