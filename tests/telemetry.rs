@@ -364,6 +364,32 @@ fn scenario_child() {
             cx.span().end();
             drop(guard); // prints what the batch processor holds
         }
+        "otlp-metrics" => {
+            use futures_util::StreamExt;
+            use tokentrace::inference::{StatsTarget, StreamOptions, TokenChunk, TokenStream};
+            struct Token;
+            impl TokenChunk for Token {
+                fn token_count(&self) -> u32 {
+                    1
+                }
+            }
+            let guard = tokentrace::telemetry::init("dynamo-frontend").expect("init");
+            // Built after init here; the instruments bind at the first request either way.
+            let metrics = tokentrace::metrics::FrontendMetrics::new();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let request = metrics.start(&Context::new(), "llama", "chat_completions", true);
+                let tokens = futures_util::stream::iter([Token, Token, Token]).then(|token| async {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    token
+                });
+                let tokens = TokenStream::new(Box::pin(tokens), StatsTarget::Detached, StreamOptions::new())
+                    .record_metrics(request);
+                tokens.count().await;
+                metrics.start(&Context::new(), "llama", "completions", false).failed();
+            });
+            drop(guard); // the last collection is exported at shutdown
+        }
         "init-in-runtimes" => {
             // Whatever `init` is given, inside either kind of runtime: an error or a guard that
             // drops cleanly there, never a panic.
@@ -477,6 +503,55 @@ fn the_console_exporter_prints_each_trace_without_a_collector() {
     )
     .unwrap();
     assert!(both.export_traces && both.console_traces);
+}
+
+/// `OTEL_METRICS_EXPORTER=otlp`: the frontend's measures reach a real OTLP receiver under the
+/// GenAI semantic-convention names; the metrics endpoint defaults to the traces endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_metrics_carry_the_gen_ai_names() {
+    let receiver = otlp::grpc().await;
+    let endpoint = receiver.endpoint();
+    tokio::task::spawn_blocking(move || {
+        run_scenario(
+            "otlp-metrics",
+            &[
+                ("OTEL_METRICS_EXPORTER", "otlp"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let received = receiver.received.clone();
+    received.wait_for("the GenAI metrics", |r| r.metric_names().len() >= 3).await;
+    let mut names: Vec<(String, String)> = received.metric_names();
+    names.sort();
+    names.dedup();
+    let names: Vec<&str> = names
+        .iter()
+        .map(|(service, name)| {
+            assert_eq!(service, "dynamo-frontend");
+            name.as_str()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "gen_ai.server.request.duration",
+            "gen_ai.server.time_per_output_token",
+            "gen_ai.server.time_to_first_token"
+        ]
+    );
+    receiver.stop().await;
+
+    let refused = TelemetryConfig::from_vars("svc", [("OTEL_METRICS_EXPORTER", "prometheus")]).unwrap_err();
+    assert_eq!(refused.variable(), "OTEL_METRICS_EXPORTER");
+    let config = config(&[
+        ("OTEL_METRICS_EXPORTER", "otlp"),
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4317"),
+    ]);
+    assert!(config.export_metrics && config.metrics.endpoint == "http://m:4317");
 }
 
 #[test]

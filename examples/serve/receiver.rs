@@ -7,6 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -24,6 +30,7 @@ use prost::Message;
 pub struct Received {
     pub traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
     pub logs: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
+    pub metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
 }
 
 /// A span with the service name of its resource.
@@ -121,6 +128,39 @@ impl LogsService for Received {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.metrics.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
+
+impl Received {
+    /// The names of the metrics received, with the service name of their resource.
+    pub fn metric_names(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for request in self.metrics.lock().unwrap().iter() {
+            for resource in &request.resource_metrics {
+                let service = resource
+                    .resource
+                    .as_ref()
+                    .and_then(|r| string_value(&r.attributes, "service.name"))
+                    .unwrap_or_default();
+                for scope in &resource.scope_metrics {
+                    for metric in &scope.metrics {
+                        out.push((service.clone(), metric.name.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// A running receiver; dropping `stop` (or calling it) shuts it down.
 pub struct Receiver {
     pub addr: SocketAddr,
@@ -153,7 +193,8 @@ pub async fn grpc() -> Receiver {
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(service.clone()))
-            .add_service(LogsServiceServer::new(service))
+            .add_service(LogsServiceServer::new(service.clone()))
+            .add_service(MetricsServiceServer::new(service))
             .serve_with_incoming_shutdown(tokio_stream_of(listener), async {
                 let _ = stopped.await;
             })
@@ -173,7 +214,8 @@ fn tokio_stream_of(
     })
 }
 
-/// OTLP/HTTP with protobuf bodies on 127.0.0.1 (a free port): `/v1/traces`, `/v1/logs`.
+/// OTLP/HTTP with protobuf bodies on 127.0.0.1 (a free port): `/v1/traces`, `/v1/logs`,
+/// `/v1/metrics`.
 pub async fn http() -> Receiver {
     use axum::body::Bytes;
     use axum::extract::State;
@@ -183,6 +225,11 @@ pub async fn http() -> Receiver {
         let request = ExportTraceServiceRequest::decode(body).expect("a valid ExportTraceServiceRequest");
         received.traces.lock().unwrap().push(request);
         ExportTraceServiceResponse { partial_success: None }.encode_to_vec()
+    }
+    async fn metrics(State(received): State<Received>, body: Bytes) -> Vec<u8> {
+        let request = ExportMetricsServiceRequest::decode(body).expect("a valid ExportMetricsServiceRequest");
+        received.metrics.lock().unwrap().push(request);
+        ExportMetricsServiceResponse { partial_success: None }.encode_to_vec()
     }
     async fn logs(State(received): State<Received>, body: Bytes) -> Vec<u8> {
         let request = ExportLogsServiceRequest::decode(body).expect("a valid ExportLogsServiceRequest");
@@ -196,6 +243,7 @@ pub async fn http() -> Receiver {
     let app = axum::Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/logs", post(logs))
+        .route("/v1/metrics", post(metrics))
         .with_state(received.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -107,6 +107,11 @@ pub struct TelemetryConfig {
     pub traces: OtlpTarget,
     /// Log export.
     pub logs: OtlpTarget,
+    /// `OTEL_METRICS_EXPORTER=otlp`: metrics under the OpenTelemetry GenAI names, over OTLP
+    /// (off by default; `none` keeps it off).
+    pub export_metrics: bool,
+    /// Metric export (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, default: where traces go).
+    pub metrics: OtlpTarget,
     /// The sampler.
     pub sampler: SamplerConfig,
     /// `OTEL_PROPAGATORS` (`tracecontext,baggage` by default).
@@ -235,6 +240,18 @@ impl TelemetryConfig {
         let traces = otlp_target(&vars, "TRACES", "/v1/traces", None)?;
         // Dynamo's rule: logs go where traces go, unless told otherwise.
         let logs = otlp_target(&vars, "LOGS", "/v1/logs", vars.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))?;
+        let metrics =
+            otlp_target(&vars, "METRICS", "/v1/metrics", vars.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))?;
+        let export_metrics = match vars.get("OTEL_METRICS_EXPORTER").map(str::trim) {
+            None | Some("" | "none") => false,
+            Some("otlp") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "OTEL_METRICS_EXPORTER",
+                    format!("unknown exporter `{other}` (known: otlp, none)"),
+                ))
+            }
+        };
         Ok(Self {
             service_name: vars.get("OTEL_SERVICE_NAME").unwrap_or(default_service_name).to_owned(),
             resource_attributes: match vars.get("OTEL_RESOURCE_ATTRIBUTES") {
@@ -248,6 +265,8 @@ impl TelemetryConfig {
             log_filter,
             traces,
             logs,
+            export_metrics,
+            metrics,
             sampler: sampler(&vars)?,
             propagators: crate::propagation::Propagators::parse(vars.get("OTEL_PROPAGATORS").unwrap_or(""))
                 .map_err(|error| ConfigError::new("OTEL_PROPAGATORS", error.to_string()))?,

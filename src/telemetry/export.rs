@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::InstrumentationScope;
-use opentelemetry_otlp::{LogExporter, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_otlp::{
+    LogExporter, MetricExporter, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::logs::{BatchLogProcessor, LogBatch, LogProcessor, SdkLogRecord};
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Span, SpanData, SpanProcessor};
@@ -93,7 +95,7 @@ fn tonic_metadata(target: &OtlpTarget) -> tonic::metadata::MetadataMap {
 }
 
 /// Builds an OTLP exporter of type `$exporter` for `$target`, inside `$runtime` (which tonic
-/// needs). The span and log exporters have distinct builder types with the same methods.
+/// needs). The span, log and metric exporters have distinct builder types with the same methods.
 macro_rules! build_exporter {
     ($exporter:ty, $signal:literal, $runtime:expr, $target:expr) => {{
         let (runtime, target): (&Runtime, &OtlpTarget) = ($runtime, $target);
@@ -119,7 +121,7 @@ macro_rules! build_exporter {
 }
 
 /// An exporter whose exports run on the export runtime, counted.
-struct OnRuntime<E> {
+pub(crate) struct OnRuntime<E> {
     inner: E,
     signal: &'static str,
     runtime: Handle,
@@ -180,6 +182,35 @@ impl opentelemetry_sdk::trace::SpanExporter for OnRuntime<SpanExporter> {
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
     }
+}
+
+impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for OnRuntime<MetricExporter> {
+    async fn export(&self, metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics) -> OTelSdkResult {
+        self.run(1, self.inner.export(metrics))
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> opentelemetry_sdk::metrics::Temporality {
+        self.inner.temporality()
+    }
+}
+
+/// The SDK's periodic reader (its `OTEL_METRIC_EXPORT_INTERVAL` applies) exporting to `target`
+/// on `runtime`, and the counts of its exports (each export counts as one item).
+pub(crate) fn metric_reader(
+    runtime: &Runtime,
+    target: &OtlpTarget,
+) -> Result<(opentelemetry_sdk::metrics::PeriodicReader<OnRuntime<MetricExporter>>, Arc<Counts>), String> {
+    let inner = build_exporter!(MetricExporter, "metric", runtime, target)?;
+    let (exporter, counts) = OnRuntime::new(inner, "metrics", runtime, target);
+    Ok((opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build(), counts))
 }
 
 impl opentelemetry_sdk::logs::LogExporter for OnRuntime<LogExporter> {

@@ -127,6 +127,8 @@ pub struct Telemetry {
     config: TelemetryConfig,
     tracer_provider: SdkTracerProvider,
     logger_provider: Option<SdkLoggerProvider>,
+    meter_provider: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
+    metric_losses: Option<Arc<Counts>>,
     span_losses: Option<Arc<Counts>>,
     log_losses: Option<Arc<Counts>>,
     runtime: Option<export::ExportRuntime>,
@@ -169,7 +171,7 @@ impl Telemetry {
         }
         let resource = resource.build();
 
-        let runtime = if config.export_traces || config.export_logs {
+        let runtime = if config.export_traces || config.export_logs || config.export_metrics {
             Some(export::ExportRuntime::new().map_err(|error| TelemetryError::Export(error.to_string()))?)
         } else {
             None
@@ -192,6 +194,22 @@ impl Telemetry {
             traces = traces.with_span_processor(export::span_batch_processor(exporter));
         }
 
+        let mut metric_losses = None;
+        let meter_provider = match (config.export_metrics, &runtime) {
+            (true, Some(runtime)) => {
+                let (reader, counts) =
+                    export::metric_reader(runtime, &config.metrics).map_err(TelemetryError::Export)?;
+                metric_losses = Some(counts);
+                Some(
+                    opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+                        .with_resource(resource.clone())
+                        .with_reader(reader)
+                        .build(),
+                )
+            }
+            _ => None,
+        };
+
         let mut log_losses = None;
         let logger_provider = match (config.export_logs, &runtime) {
             (true, Some(runtime)) => {
@@ -211,6 +229,8 @@ impl Telemetry {
         Ok(Self {
             tracer_provider: traces.build(),
             logger_provider,
+            meter_provider,
+            metric_losses,
             span_losses,
             log_losses,
             runtime,
@@ -313,6 +333,9 @@ impl Telemetry {
             .map_err(|_| TelemetryError::AlreadyInitialized)?;
         self.config.propagators.install();
         opentelemetry::global::set_tracer_provider(self.tracer_provider.clone());
+        if let Some(meters) = &self.meter_provider {
+            opentelemetry::global::set_meter_provider(meters.clone());
+        }
         Ok(TelemetryGuard { telemetry: Some(self) })
     }
 
@@ -335,6 +358,9 @@ impl Telemetry {
         if let Some(logs) = &self.logger_provider {
             let _ = logs.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
         }
+        if let Some(meters) = &self.meter_provider {
+            let _ = meters.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
+        }
         // Dropping it never blocks, and is allowed inside another runtime.
         drop(self.runtime.take());
         self.losses()
@@ -352,6 +378,7 @@ impl Telemetry {
         Lost {
             spans: self.span_losses.as_ref().map_or(0, |counts| counts.lost()),
             logs: self.log_losses.as_ref().map_or(0, |counts| counts.lost()),
+            metric_exports: self.metric_losses.as_ref().map_or(0, |counts| counts.lost()),
         }
     }
 }
@@ -373,6 +400,8 @@ pub struct Lost {
     pub spans: u64,
     /// Log records lost.
     pub logs: u64,
+    /// Metric exports that failed (each carries every metric of one collection).
+    pub metric_exports: u64,
 }
 
 /// Keeps telemetry running; on drop, flushes and shuts down within a bounded time and reports
