@@ -6,6 +6,7 @@ use std::task::{ready, Context as TaskContext, Poll};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::grpc;
 use crate::active_span::ActiveSpan;
 
 pin_project! {
@@ -31,6 +32,8 @@ pin_project! {
         span: Option<ActiveSpan>,
         // Whether the span's context is attached while the inner body is polled (server side).
         attach: bool,
+        // A gRPC response whose status is still to come, in its trailers: the span's side.
+        grpc: Option<grpc::Side>,
     }
 
     impl<B: Body> PinnedDrop for TracedBody<B> {
@@ -50,7 +53,13 @@ pin_project! {
 
 impl<B: Body> TracedBody<B> {
     pub(crate) fn new(inner: B, span: Option<ActiveSpan>, attach: bool) -> Self {
-        Self { inner, span, attach }
+        Self { inner, span, attach, grpc: None }
+    }
+
+    /// Reads the gRPC status from the trailers, for the span of `side`.
+    pub(crate) fn with_grpc_trailers(mut self, side: grpc::Side) -> Self {
+        self.grpc = Some(side);
+        self
     }
 }
 
@@ -72,6 +81,11 @@ where
             None | Some(Err(_)) => true,
             Some(Ok(frame)) => frame.is_trailers() || this.inner.is_end_stream(),
         };
+        if let (Some(span), Some(side), Some(Ok(frame))) = (this.span.as_ref(), *this.grpc, &frame) {
+            if let Some(code) = frame.trailers_ref().and_then(grpc::status) {
+                grpc::record_status(span, side, code, frame.trailers_ref().expect("trailers"));
+            }
+        }
         if let Some(span) = this.span.as_mut() {
             match &frame {
                 Some(Err(error)) => span.fail("body", format!("response body failed: {error}")),

@@ -14,6 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::TracedBody;
+use super::grpc;
 use super::semconv;
 use crate::active_span::{record_request_ids, ActiveSpan};
 use crate::propagation::{inject_context, RequestIds};
@@ -37,6 +38,13 @@ use crate::DefaultTracer;
 /// - it ends when the response body ends; a transport error ends it failed (`error.type` names
 ///   the error's type), a body that fails ends it failed (`error.type` = `body`), and a body
 ///   dropped before its end ends it with `cancelled = true`.
+///
+/// A gRPC call (`content-type: application/grpc…`), for instance a tonic `Channel` handed to a
+/// generated client as `ServiceBuilder::new().layer(ClientLayer::default()).service(channel)`,
+/// gets the RPC conventions instead: the name `{package.Service}/{Method}`, `rpc.system =
+/// grpc`, `rpc.service`, `rpc.method`, and `rpc.grpc.status_code` from the response headers
+/// (trailers-only) or the trailers when the body ends; any code but OK marks the span failed.
+/// The trace context and request ids travel as gRPC metadata.
 ///
 /// ```
 /// use http_body_util::Empty;
@@ -155,9 +163,18 @@ where
             request.headers().get(http::header::HOST),
         );
         attributes.push(KeyValue::new(semconv::URL_FULL, url_without_secrets(request.uri())));
+        let grpc = grpc::is_grpc(request.headers()).then(|| grpc::span_name(request.uri().path())).flatten();
+        let is_grpc = grpc.is_some();
+        let name: std::borrow::Cow<'static, str> = match grpc {
+            Some((name, rpc)) => {
+                attributes.extend(rpc);
+                name
+            }
+            None => method.into(),
+        };
         let mut span = self
             .tracer
-            .span_builder(method)
+            .span_builder(name)
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(&*self.tracer, &parent);
@@ -169,7 +186,7 @@ where
         ids.inject(request.headers_mut());
 
         let inner = self.inner.call(request);
-        ClientFuture { inner, span: Some(ActiveSpan::new(cx)) }
+        ClientFuture { inner, span: Some(ActiveSpan::new(cx)), grpc: is_grpc }
     }
 }
 
@@ -203,6 +220,8 @@ pin_project! {
         #[pin]
         inner: F,
         span: Option<ActiveSpan>,
+        // A gRPC call: its status comes in the response headers or trailers.
+        grpc: bool,
     }
 }
 
@@ -232,7 +251,20 @@ where
                     status,
                     status.is_client_error() || status.is_server_error(),
                 );
-                Ok(response.map(|body| TracedBody::new(body, span, false)))
+                let trailers_only = match (*this.grpc, span.as_ref()) {
+                    (true, Some(span)) => grpc::status(response.headers())
+                        .map(|code| grpc::record_status(span, grpc::Side::Client, code, response.headers()))
+                        .is_some(),
+                    _ => true,
+                };
+                Ok(response.map(|body| {
+                    let body = TracedBody::new(body, span, false);
+                    if trailers_only {
+                        body
+                    } else {
+                        body.with_grpc_trailers(grpc::Side::Client)
+                    }
+                }))
             }
             Err(error) => {
                 if let Some(span) = span.as_mut() {

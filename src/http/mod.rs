@@ -13,6 +13,7 @@
 
 mod body;
 mod client;
+mod grpc;
 mod semconv;
 mod server;
 

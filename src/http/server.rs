@@ -16,6 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::TracedBody;
+use super::grpc;
 use super::semconv;
 use crate::active_span::{record_request_ids, ActiveSpan};
 use crate::interned;
@@ -75,6 +76,13 @@ type Filter = Arc<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
 ///   lines and outbound calls (through [`ClientLayer`](super::ClientLayer) or
 ///   [`rpc::ClientLayer`](crate::rpc::ClientLayer)) join the trace;
 /// - ends the span when the response **body** ends, fails or is dropped (`cancelled=true`).
+///
+/// A gRPC request (`content-type: application/grpc…`), for instance under tonic's
+/// `Server::builder().layer(ServerLayer::default())`, gets the RPC conventions instead: the
+/// name `{package.Service}/{Method}`, `rpc.system = grpc`, `rpc.service`, `rpc.method`, and
+/// `rpc.grpc.status_code` from the response headers (trailers-only) or the trailers when the
+/// stream ends; only UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE and
+/// DATA_LOSS mark the span failed. A caller that drops a stream ends it as cancelled.
 ///
 /// The tracer is taken when the layer is built ([`DefaultTracer`]): build it after installing
 /// your tracer provider (or pass one with [`ServerLayer::with_tracer`]).
@@ -242,12 +250,17 @@ where
         }
         semconv::push_server_address(&mut attributes, uri, request.headers().get(http::header::HOST));
         attributes.extend(self.recorded_baggage.attributes(parent));
-        let name: Cow<'static, str> = match (self.span_name, route) {
-            (SpanNameStyle::Dynamo, _) => Cow::Borrowed(DYNAMO_SPAN_NAME),
-            (SpanNameStyle::MethodAndRoute, Some(route)) => {
+        let grpc = grpc::is_grpc(request.headers()).then(|| grpc::span_name(uri.path())).flatten();
+        let name: Cow<'static, str> = match (grpc, self.span_name, route) {
+            (Some((name, rpc)), _, _) => {
+                attributes.extend(rpc);
+                name
+            }
+            (None, SpanNameStyle::Dynamo, _) => Cow::Borrowed(DYNAMO_SPAN_NAME),
+            (None, SpanNameStyle::MethodAndRoute, Some(route)) => {
                 interned::ROUTES.name(&format!("{method} {route}"))
             }
-            (SpanNameStyle::MethodAndRoute, None) => Cow::Borrowed(method),
+            (None, SpanNameStyle::MethodAndRoute, None) => Cow::Borrowed(method),
         };
         let mut builder =
             self.tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes);
@@ -354,6 +367,7 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let arrival = Instant::now();
         let ids = RequestIds::extract(request.headers());
+        let is_grpc = grpc::is_grpc(request.headers());
         let traced = self.layer.filter.as_ref().is_none_or(|filter| filter(request.method(), request.uri()));
         let Inbound { parent, link, root } = Inbound::extract(request.headers(), self.layer.public_endpoint);
         let span = traced.then(|| self.layer.start_span(&request, &parent, &ids, link));
@@ -371,7 +385,7 @@ where
             let _attached = scope.attach();
             self.inner.call(request)
         };
-        ResponseFuture { inner, scope: Some(scope), x_request_id: Some(x_request_id) }
+        ResponseFuture { inner, scope: Some(scope), x_request_id: Some(x_request_id), grpc: is_grpc }
     }
 }
 
@@ -403,6 +417,8 @@ pin_project! {
         scope: Option<ActiveSpan>,
         // Echoed on the response: taken, not cloned, when the response is ready.
         x_request_id: Option<HeaderValue>,
+        // A gRPC call: its status comes in the response headers or trailers.
+        grpc: bool,
     }
 }
 
@@ -438,7 +454,20 @@ where
                         .headers_mut()
                         .insert(const { HeaderName::from_static(names::X_REQUEST_ID) }, x_request_id);
                 }
-                Ok(response.map(|body| TracedBody::new(body, scope, true)))
+                let trailers_only = match (*this.grpc, scope.as_ref()) {
+                    (true, Some(span)) => grpc::status(response.headers())
+                        .map(|code| grpc::record_status(span, grpc::Side::Server, code, response.headers()))
+                        .is_some(),
+                    _ => true,
+                };
+                Ok(response.map(|body| {
+                    let body = TracedBody::new(body, scope, true);
+                    if trailers_only {
+                        body
+                    } else {
+                        body.with_grpc_trailers(grpc::Side::Server)
+                    }
+                }))
             }
             Err(error) => {
                 if let Some(scope) = scope.as_mut() {
