@@ -349,3 +349,62 @@ async fn the_handler_stream_runs_in_the_request_context_after_an_error_item() {
     assert_eq!(attr(span, "error.type").as_deref(), Some("remote"));
     assert_eq!(attr(span, "cancelled"), None, "an error, not a cancellation, though the stream went on");
 }
+
+/// The process's resident memory, in bytes (Linux).
+fn resident_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 4096
+}
+
+/// A server streaming 1 GiB to a client that reads nothing: the bounded queues make the server
+/// wait instead of buffering, so neither end grows (both run in this process: the bound holds
+/// for the two together), and dropping the stream stops the server's work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_makes_the_server_wait_in_bounded_memory() {
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 16 * 1024; // 1 GiB in all
+    let produced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (listener, addr) = listen().await;
+    let (counter, flag) = (Arc::clone(&produced), Arc::clone(&dropped));
+    tokio::spawn(tcp::serve(
+        listener,
+        tower::service_fn(move |_request: Request<Bytes>| {
+            let (counter, flag) = (Arc::clone(&counter), Arc::clone(&flag));
+            async move {
+                struct OnDrop(Arc<AtomicBool>);
+                impl Drop for OnDrop {
+                    fn drop(&mut self) {
+                        self.0.store(true, Ordering::SeqCst);
+                    }
+                }
+                let chunk = Bytes::from(vec![7u8; CHUNK]);
+                let guard = OnDrop(flag);
+                let items = stream::iter(0..CHUNKS).map(move |_| {
+                    let _ = &guard;
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, RpcError>(chunk.clone())
+                });
+                Ok::<Items, RpcError>(items.boxed())
+            }
+        }),
+    ));
+    let client = tcp::Client::connect_with_limit(addr, 2 * CHUNK).await.unwrap();
+    let before = resident_bytes();
+    let mut items = client.send(Request::new("generate", Bytes::new())).await.unwrap();
+    assert_eq!(items.next().await.unwrap().unwrap().len(), CHUNK);
+    // Read nothing more while the server tries to send the rest.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = resident_bytes().saturating_sub(before);
+    let sent = produced.load(Ordering::Relaxed);
+    assert!(sent < CHUNKS / 4, "the server kept producing: {sent} of {CHUNKS} chunks");
+    assert!(grown < 64 << 20, "memory grew by {} MiB", grown >> 20);
+    drop(items);
+    for _ in 0..200 {
+        if dropped.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the server's handler was not dropped after the client dropped its stream");
+}

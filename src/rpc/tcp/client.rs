@@ -1,7 +1,7 @@
 //! The client side: many concurrent request streams over one TCP connection.
 
 use std::collections::HashMap;
-use std::future::Ready;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -11,17 +11,23 @@ use std::task::{Context as TaskContext, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::mpsc;
 use tower_service::Service;
 
 use super::codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
 use super::frame::Frame;
+use super::writer::{send_soon, write_frames, WRITE_QUEUE};
 use crate::rpc::request::{Request, RpcError};
 
-type ItemSender = mpsc::UnboundedSender<Result<Bytes, RpcError>>;
+type ItemSender = mpsc::Sender<Result<Bytes, RpcError>>;
+
+/// Items buffered per stream. Bounded: a caller that stops reading its stream makes the
+/// connection's reader wait, so the server's writes wait too, instead of memory growing (the
+/// connection's other streams wait with it).
+const STREAM_QUEUE: usize = 64;
 
 /// What the reader task and the client handles share.
 #[derive(Debug, Default)]
@@ -50,9 +56,19 @@ impl Shared {
     fn fail_all(&self, error: RpcError) {
         let mut streams = self.streams();
         for (_, sender) in streams.open.drain() {
-            let _ = sender.send(Err(error.clone()));
+            deliver_soon(sender, Err(error.clone()));
         }
         streams.failed.get_or_insert(error);
+    }
+}
+
+/// Hands `item` to a stream from a context that cannot wait: at once when its queue has room,
+/// else from a task (which holds the stream open until the caller reads that far).
+fn deliver_soon(sender: ItemSender, item: Result<Bytes, RpcError>) {
+    if let Err(mpsc::error::TrySendError::Full(item)) = sender.try_send(item) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { sender.send(item).await });
+        }
     }
 }
 
@@ -81,7 +97,7 @@ impl Shared {
 #[derive(Clone, Debug)]
 pub struct Client {
     shared: Arc<Shared>,
-    outgoing: mpsc::UnboundedSender<Bytes>,
+    outgoing: mpsc::Sender<Bytes>,
 }
 
 impl Client {
@@ -115,7 +131,7 @@ impl Client {
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     /// let client = tcp::Client::connect_with_limit(listener.local_addr()?, 1024).await?;
     /// let too_big = Request::new("generate", Bytes::from(vec![0u8; 4096]));
-    /// assert!(matches!(client.send(too_big), Err(RpcError::FrameTooLarge { max: 1024, .. })));
+    /// assert!(matches!(client.send(too_big).await, Err(RpcError::FrameTooLarge { max: 1024, .. })));
     /// # Ok::<(), std::io::Error>(())
     /// # }).unwrap();
     /// ```
@@ -130,8 +146,14 @@ impl Client {
             codec: FrameCodec::new(max_frame_len),
             peer,
         });
-        let (outgoing, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_frames(writer, queue, Arc::clone(&shared)));
+        let (outgoing, queue) = mpsc::channel(WRITE_QUEUE);
+        let writing = Arc::clone(&shared);
+        tokio::spawn(async move {
+            if let Err(error) = write_frames(writer, queue).await {
+                writing
+                    .fail_all(RpcError::ConnectionLost(format!("write to {} failed: {error}", writing.peer)));
+            }
+        });
         tokio::spawn(read_frames(reader, Arc::clone(&shared)));
         Ok(Self { shared, outgoing })
     }
@@ -150,7 +172,8 @@ impl Client {
         self.shared.peer
     }
 
-    /// Opens a stream: sends the request and returns its response items.
+    /// Opens a stream: sends the request and returns its response items. Waits while the
+    /// connection's write queue is full (the server is not reading).
     ///
     /// A worker on loopback that streams its payload back word by word:
     ///
@@ -170,13 +193,23 @@ impl Client {
     /// tokio::spawn(tcp::serve(listener, words));
     ///
     /// let client = tcp::Client::connect(addr).await?;
-    /// let items = client.send(Request::new("generate", Bytes::from_static(b"one two three"))).unwrap();
+    /// let items = client.send(Request::new("generate", Bytes::from_static(b"one two three"))).await.unwrap();
     /// let items: Vec<Bytes> = items.try_collect().await.unwrap();
     /// assert_eq!(items, ["one", "two", "three"]);
     /// # Ok::<(), std::io::Error>(())
     /// # }).unwrap();
     /// ```
-    pub fn send(&self, request: Request<Bytes>) -> Result<ResponseStream, RpcError> {
+    pub async fn send(&self, request: Request<Bytes>) -> Result<ResponseStream, RpcError> {
+        let (bytes, response) = self.open(request)?;
+        if self.outgoing.send(bytes).await.is_err() {
+            self.shared.streams().open.remove(&response.stream);
+            return Err(RpcError::ConnectionLost("the connection's writer has stopped".into()));
+        }
+        Ok(response)
+    }
+
+    /// Registers a new stream for `request`: its encoded frame and its response items.
+    fn open(&self, request: Request<Bytes>) -> Result<(Bytes, ResponseStream), RpcError> {
         let stream = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
         let frame = Frame::Request {
             stream,
@@ -185,7 +218,7 @@ impl Client {
             payload: request.payload,
         };
         let bytes = self.shared.codec.encode_to_bytes(&frame)?;
-        let (sender, items) = mpsc::unbounded_channel();
+        let (sender, items) = mpsc::channel(STREAM_QUEUE);
         {
             let mut streams = self.shared.streams();
             if let Some(error) = &streams.failed {
@@ -193,24 +226,21 @@ impl Client {
             }
             streams.open.insert(stream, sender);
         }
-        if self.outgoing.send(bytes).is_err() {
-            self.shared.streams().open.remove(&stream);
-            return Err(RpcError::ConnectionLost("the connection's writer has stopped".into()));
-        }
-        Ok(ResponseStream {
+        let response = ResponseStream {
             stream,
             items,
             shared: Arc::clone(&self.shared),
             outgoing: self.outgoing.clone(),
             done: false,
-        })
+        };
+        Ok((bytes, response))
     }
 }
 
 impl Service<Request<Bytes>> for Client {
     type Response = ResponseStream;
     type Error = RpcError;
-    type Future = Ready<Result<ResponseStream, RpcError>>;
+    type Future = Pin<Box<dyn Future<Output = Result<ResponseStream, RpcError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         match &self.shared.streams().failed {
@@ -220,7 +250,8 @@ impl Service<Request<Bytes>> for Client {
     }
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        std::future::ready(self.send(request))
+        let client = self.clone();
+        Box::pin(async move { client.send(request).await })
     }
 }
 
@@ -232,7 +263,7 @@ impl Service<Request<Bytes>> for Client {
 /// use tokentrace::rpc::{tcp, Request};
 ///
 /// let client = tcp::Client::connect("127.0.0.1:9000").await?;
-/// let mut items = client.send(Request::new("generate", bytes::Bytes::new()))?;
+/// let mut items = client.send(Request::new("generate", bytes::Bytes::new())).await?;
 /// let first = items.next().await; // then drop: the server's handler is cancelled
 /// drop(items);
 /// # let _ = first; Ok(()) }
@@ -240,9 +271,9 @@ impl Service<Request<Bytes>> for Client {
 #[derive(Debug)]
 pub struct ResponseStream {
     stream: u64,
-    items: mpsc::UnboundedReceiver<Result<Bytes, RpcError>>,
+    items: mpsc::Receiver<Result<Bytes, RpcError>>,
     shared: Arc<Shared>,
-    outgoing: mpsc::UnboundedSender<Bytes>,
+    outgoing: mpsc::Sender<Bytes>,
     done: bool,
 }
 
@@ -266,32 +297,10 @@ impl Drop for ResponseStream {
     fn drop(&mut self) {
         if !self.done && self.shared.streams().open.remove(&self.stream).is_some() {
             if let Ok(cancel) = self.shared.codec.encode_to_bytes(&Frame::Cancel { stream: self.stream }) {
-                let _ = self.outgoing.send(cancel);
+                send_soon(&self.outgoing, cancel);
             }
         }
     }
-}
-
-/// Writes queued frames, batching whatever is queued into one write.
-async fn write_frames(
-    mut writer: OwnedWriteHalf,
-    mut queue: mpsc::UnboundedReceiver<Bytes>,
-    shared: Arc<Shared>,
-) {
-    let mut batch = BytesMut::new();
-    while let Some(frame) = queue.recv().await {
-        batch.extend_from_slice(&frame);
-        while let Ok(frame) = queue.try_recv() {
-            batch.extend_from_slice(&frame);
-        }
-        if let Err(error) = writer.write_all(&batch).await {
-            shared.fail_all(RpcError::ConnectionLost(format!("write to {} failed: {error}", shared.peer)));
-            return;
-        }
-        batch.clear();
-    }
-    // Every client handle and stream is gone: close our side.
-    let _ = writer.shutdown().await;
 }
 
 /// Reads frames and routes them to their streams until the connection ends.
@@ -300,7 +309,7 @@ async fn read_frames(mut reader: OwnedReadHalf, shared: Arc<Shared>) {
     let mut buffer = BytesMut::with_capacity(8 * 1024);
     let error = loop {
         match codec.decode(&mut buffer) {
-            Ok(Some(frame)) => route(&shared, frame),
+            Ok(Some(frame)) => route(&shared, frame).await,
             Ok(None) => match reader.read_buf(&mut buffer).await {
                 Ok(0) => break RpcError::ConnectionLost(format!("{} closed the connection", shared.peer)),
                 Ok(_) => {}
@@ -317,20 +326,23 @@ async fn read_frames(mut reader: OwnedReadHalf, shared: Arc<Shared>) {
     shared.fail_all(error);
 }
 
-fn route(shared: &Shared, frame: Frame) {
-    let mut streams = shared.streams();
+/// Hands a frame to its stream, waiting while the stream's queue is full (backpressure).
+async fn route(shared: &Shared, frame: Frame) {
     match frame {
         Frame::Item { stream, payload } => {
-            if let Some(sender) = streams.open.get(&stream) {
-                let _ = sender.send(Ok(payload));
+            let sender = shared.streams().open.get(&stream).cloned();
+            if let Some(sender) = sender {
+                // A receiver that is gone (the caller dropped its stream) is not an error.
+                let _ = sender.send(Ok(payload)).await;
             }
         }
         Frame::End { stream } => {
-            streams.open.remove(&stream);
+            shared.streams().open.remove(&stream);
         }
         Frame::Error { stream, message } => {
-            if let Some(sender) = streams.open.remove(&stream) {
-                let _ = sender.send(Err(RpcError::Remote(message)));
+            let sender = shared.streams().open.remove(&stream);
+            if let Some(sender) = sender {
+                let _ = sender.send(Err(RpcError::Remote(message))).await;
             }
         }
         // A server never sends these; ignore rather than trust them.

@@ -33,6 +33,7 @@ mod client;
 mod codec;
 mod frame;
 mod server;
+mod writer;
 
 pub use client::{Client, ResponseStream};
 pub use codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};

@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -17,6 +17,7 @@ use tower_service::Service;
 
 use super::codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
 use super::frame::Frame;
+use super::writer::{send_soon, write_frames, WRITE_QUEUE};
 use crate::rpc::request::{Request, RpcError};
 
 /// Serves `service` on `listener` until the listener fails; see [`Server`] for the limit and
@@ -112,7 +113,7 @@ where
     /// tokio::spawn(server.serve_with_shutdown(listener, std::future::pending()));
     ///
     /// let client = tcp::Client::connect(addr).await?; // the client's own limit is 8 MiB
-    /// let mut items = client.send(Request::new("echo", Bytes::from(vec![0u8; 4096]))).unwrap();
+    /// let mut items = client.send(Request::new("echo", Bytes::from(vec![0u8; 4096]))).await.unwrap();
     /// assert!(matches!(items.next().await, Some(Err(RpcError::ConnectionLost(_)))));
     /// # Ok::<(), std::io::Error>(())
     /// # }).unwrap();
@@ -142,7 +143,7 @@ where
     /// }));
     ///
     /// let client = tcp::Client::connect(addr).await?;
-    /// let items = client.send(Request::new("echo", Bytes::from_static(b"hi"))).unwrap();
+    /// let items = client.send(Request::new("echo", Bytes::from_static(b"hi"))).await.unwrap();
     /// assert_eq!(items.try_collect::<Vec<_>>().await.unwrap(), ["hi"]);
     ///
     /// let _ = stop.send(());
@@ -184,8 +185,42 @@ where
     }
 }
 
-/// Stream ids in flight on one connection, for cancel.
-type InFlight = Arc<Mutex<HashMap<u64, AbortHandle>>>;
+/// The handlers running on one connection, by stream and by task. Only the connection's own
+/// loop touches it: an entry leaves when the loop reaps its finished task, so a handler that
+/// ends before its entry is made leaves nothing behind.
+#[derive(Debug, Default)]
+struct InFlight {
+    by_stream: HashMap<u64, AbortHandle>,
+    by_task: HashMap<tokio::task::Id, u64>,
+}
+
+impl InFlight {
+    fn started(&mut self, stream: u64, handler: AbortHandle) {
+        self.by_task.insert(handler.id(), stream);
+        // A client that reuses a stream id loses its hold on the older handler (it still runs
+        // to its end and is reaped).
+        self.by_stream.insert(stream, handler);
+    }
+
+    fn cancel(&mut self, stream: u64) {
+        if let Some(handler) = self.by_stream.remove(&stream) {
+            handler.abort();
+        }
+    }
+
+    fn finished(&mut self, task: tokio::task::Id) {
+        if let Some(stream) = self.by_task.remove(&task) {
+            if self.by_stream.get(&stream).is_some_and(|handler| handler.id() == task) {
+                self.by_stream.remove(&stream);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_stream.len().max(self.by_task.len())
+    }
+}
 
 async fn serve_connection<S, St>(
     socket: TcpStream,
@@ -201,11 +236,11 @@ async fn serve_connection<S, St>(
     let _ = socket.set_nodelay(true);
     let peer = socket.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown peer".into());
     let (mut reader, writer) = socket.into_split();
-    let (outgoing, queue) = mpsc::unbounded_channel();
+    let (outgoing, queue) = mpsc::channel(WRITE_QUEUE);
     let writer = tokio::spawn(write_frames(writer, queue));
     let codec = Arc::new(FrameCodec::new(max_frame_len));
     let mut decoder = FrameCodec::new(max_frame_len);
-    let in_flight: InFlight = Arc::default();
+    let mut in_flight = InFlight::default();
     let mut handlers = JoinSet::new();
     let mut buffer = BytesMut::with_capacity(8 * 1024);
 
@@ -215,15 +250,10 @@ async fn serve_connection<S, St>(
                 Ok(Some(Frame::Request { stream, endpoint, metadata, payload })) => {
                     let mut request = Request::new(endpoint, payload);
                     request.metadata = metadata;
-                    let handler = handle(stream, request, service.clone(), outgoing.clone(), Arc::clone(&codec), Arc::clone(&in_flight));
-                    let abort = handlers.spawn(handler);
-                    lock(&in_flight).insert(stream, abort);
+                    let handler = handle(stream, request, service.clone(), outgoing.clone(), Arc::clone(&codec));
+                    in_flight.started(stream, handlers.spawn(handler));
                 }
-                Ok(Some(Frame::Cancel { stream })) => {
-                    if let Some(handler) = lock(&in_flight).remove(&stream) {
-                        handler.abort();
-                    }
-                }
+                Ok(Some(Frame::Cancel { stream })) => in_flight.cancel(stream),
                 // A client never sends these; ignore rather than trust them.
                 Ok(Some(_)) => {}
                 Ok(None) => break false,
@@ -231,12 +261,14 @@ async fn serve_connection<S, St>(
                     // The byte stream can no longer be trusted: tell the client why, then close.
                     tracing::warn!(target: "tokentrace", %error, peer, "closing rpc connection");
                     if let Ok(frame) = codec.encode_to_bytes(&Frame::Error { stream: 0, message: error.to_string() }) {
-                        let _ = outgoing.send(frame);
+                        send_soon(&outgoing, frame);
                     }
                     break false;
                 }
             },
-            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
+            Some(joined) = handlers.join_next_with_id(), if !handlers.is_empty() => {
+                in_flight.finished(joined.map_or_else(|error| error.id(), |(task, ())| task));
+            }
             _ = stopping.wait_for(|stop| *stop) => break true,
         }
     };
@@ -249,10 +281,6 @@ async fn serve_connection<S, St>(
     }
     drop(outgoing);
     let _ = writer.await;
-}
-
-fn lock(in_flight: &InFlight) -> std::sync::MutexGuard<'_, HashMap<u64, AbortHandle>> {
-    in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Reads until one whole frame is buffered. Cancel-safe: bytes read stay in `buffer`.
@@ -277,32 +305,35 @@ async fn next_frame(
 /// by cancellation (the client ignores frames for streams it dropped).
 struct StreamGuard {
     stream: u64,
-    outgoing: mpsc::UnboundedSender<Bytes>,
+    outgoing: mpsc::Sender<Bytes>,
     codec: Arc<FrameCodec>,
-    in_flight: InFlight,
     finished: bool,
 }
 
 impl StreamGuard {
-    fn send(&self, frame: &Frame) -> Result<(), RpcError> {
+    /// Queues `frame`, waiting while the connection's queue is full (backpressure).
+    async fn send(&self, frame: &Frame) -> Result<(), RpcError> {
         let bytes = self.codec.encode_to_bytes(frame)?;
-        self.outgoing.send(bytes).map_err(|_| RpcError::ConnectionLost("connection writer stopped".into()))
+        self.outgoing
+            .send(bytes)
+            .await
+            .map_err(|_| RpcError::ConnectionLost("connection writer stopped".into()))
     }
 
-    fn fail(&mut self, message: String) {
+    async fn fail(&mut self, message: String) {
         self.finished = true;
-        let _ = self.send(&Frame::Error { stream: self.stream, message });
+        let _ = self.send(&Frame::Error { stream: self.stream, message }).await;
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        lock(&self.in_flight).remove(&self.stream);
         if !self.finished {
-            let _ = self.send(&Frame::Error {
-                stream: self.stream,
-                message: "handler stopped before its end".into(),
-            });
+            let frame =
+                Frame::Error { stream: self.stream, message: "handler stopped before its end".into() };
+            if let Ok(bytes) = self.codec.encode_to_bytes(&frame) {
+                send_soon(&self.outgoing, bytes);
+            }
         }
     }
 }
@@ -311,49 +342,67 @@ async fn handle<S, St>(
     stream: u64,
     request: Request<Bytes>,
     mut service: S,
-    outgoing: mpsc::UnboundedSender<Bytes>,
+    outgoing: mpsc::Sender<Bytes>,
     codec: Arc<FrameCodec>,
-    in_flight: InFlight,
 ) where
     S: Service<Request<Bytes>, Response = St>,
     S::Error: std::fmt::Display,
     St: Stream<Item = Result<Bytes, RpcError>>,
 {
-    let mut guard = StreamGuard { stream, outgoing, codec, in_flight, finished: false };
+    let mut guard = StreamGuard { stream, outgoing, codec, finished: false };
     if let Err(error) = poll_fn(|cx| service.poll_ready(cx)).await {
-        return guard.fail(error.to_string());
+        return guard.fail(error.to_string()).await;
     }
     let items = match service.call(request).await {
         Ok(items) => items,
-        Err(error) => return guard.fail(error.to_string()),
+        Err(error) => return guard.fail(error.to_string()).await,
     };
     let mut items = pin!(items);
     while let Some(item) = poll_fn(|cx| items.as_mut().poll_next(cx)).await {
         match item {
-            Ok(payload) => match guard.send(&Frame::Item { stream, payload }) {
+            Ok(payload) => match guard.send(&Frame::Item { stream, payload }).await {
                 Ok(()) => {}
-                Err(error @ RpcError::FrameTooLarge { .. }) => return guard.fail(error.to_string()),
+                Err(error @ RpcError::FrameTooLarge { .. }) => return guard.fail(error.to_string()).await,
                 // The connection is gone: nobody to tell.
                 Err(_) => return guard.finished = true,
             },
-            Err(error) => return guard.fail(error.to_string()),
+            Err(error) => return guard.fail(error.to_string()).await,
         }
     }
     guard.finished = true;
-    let _ = guard.send(&Frame::End { stream });
+    let _ = guard.send(&Frame::End { stream }).await;
 }
 
-async fn write_frames(mut writer: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Bytes>) {
-    let mut batch = BytesMut::new();
-    while let Some(frame) = queue.recv().await {
-        batch.extend_from_slice(&frame);
-        while let Ok(frame) = queue.try_recv() {
-            batch.extend_from_slice(&frame);
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Handlers that end at once, most before their entry is made: after 100,000 of them on one
+    /// connection's bookkeeping, nothing is left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handlers_that_end_before_their_entry_leave_nothing_behind() {
+        let mut in_flight = InFlight::default();
+        let mut handlers = JoinSet::new();
+        for stream in 0..100_000u64 {
+            in_flight.started(stream, handlers.spawn(async {}));
+            while let Some(joined) = handlers.try_join_next_with_id() {
+                in_flight.finished(joined.map_or_else(|error| error.id(), |(task, ())| task));
+            }
         }
-        if writer.write_all(&batch).await.is_err() {
-            return;
+        while let Some(joined) = handlers.join_next_with_id().await {
+            in_flight.finished(joined.map_or_else(|error| error.id(), |(task, ())| task));
         }
-        batch.clear();
+        assert_eq!(in_flight.len(), 0);
+
+        // A cancelled handler leaves nothing either, nor does a reused stream id.
+        in_flight.started(1, handlers.spawn(tokio::time::sleep(Duration::from_millis(20))));
+        in_flight.started(1, handlers.spawn(std::future::pending::<()>()));
+        in_flight.cancel(1);
+        while let Some(joined) = handlers.join_next_with_id().await {
+            in_flight.finished(joined.map_or_else(|error| error.id(), |(task, ())| task));
+        }
+        assert_eq!(in_flight.len(), 0);
     }
-    let _ = writer.shutdown().await;
 }
