@@ -555,41 +555,47 @@ async fn otlp_metrics_carry_the_gen_ai_names() {
 }
 
 #[test]
-fn init_never_panics_inside_a_runtime_and_refuses_https_it_cannot_serve() {
-    for (protocol, kind) in
-        [("grpc", "multi-thread"), ("http/protobuf", "current-thread"), ("grpc", "current-thread")]
-    {
-        let stderr = run_scenario(
-            "init-in-runtimes",
-            &[
-                ("TOKENTRACE_TEST_RUNTIME", kind),
-                ("OTEL_EXPORT_ENABLED", "true"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
-                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://127.0.0.1:4317"),
-            ],
-        );
-        {
+fn init_never_panics_inside_a_runtime_whatever_it_is_given() {
+    let malformed = std::env::temp_dir().join(format!("tokentrace-malformed-{}.pem", std::process::id()));
+    std::fs::write(&malformed, "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+        .unwrap();
+    let malformed = malformed.display().to_string();
+    for kind in ["multi-thread", "current-thread"] {
+        // An unreachable https endpoint, over each protocol: init succeeds, export fails later.
+        for protocol in ["grpc", "http/protobuf"] {
+            let stderr = run_scenario(
+                "init-in-runtimes",
+                &[
+                    ("TOKENTRACE_TEST_RUNTIME", kind),
+                    ("OTEL_EXPORT_ENABLED", "true"),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://127.0.0.1:9"),
+                ],
+            );
+            assert!(stderr.contains(&format!("{kind}: init ok")), "{protocol}: {stderr}");
+        }
+        // A missing CA file and a malformed certificate: errors naming the variable.
+        for (variable, value) in [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/no/such/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &malformed),
+        ] {
+            let stderr = run_scenario(
+                "init-in-runtimes",
+                &[
+                    ("TOKENTRACE_TEST_RUNTIME", kind),
+                    ("OTEL_EXPORT_ENABLED", "true"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://127.0.0.1:9"),
+                    (variable, value),
+                    ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/no/such/key.pem"),
+                ],
+            );
             assert!(
-                stderr.contains(&format!(
-                    "{kind}: init refused: telemetry configuration: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "
-                )) && stderr.contains("TLS"),
-                "{protocol}: {stderr}"
+                stderr.contains(&format!("{kind}: init refused: telemetry configuration: {variable}: ")),
+                "{kind} {variable}: {stderr}"
             );
         }
     }
-    // Export on to a collector that is not there: init succeeds and the guard drops inside
-    // either runtime without a panic.
-    for kind in ["multi-thread", "current-thread"] {
-        let stderr = run_scenario(
-            "init-in-runtimes",
-            &[
-                ("TOKENTRACE_TEST_RUNTIME", kind),
-                ("OTEL_EXPORT_ENABLED", "true"),
-                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9"),
-            ],
-        );
-        assert!(stderr.contains(&format!("{kind}: init ok")), "{stderr}");
-    }
+    let _ = std::fs::remove_file(&malformed);
 }
 
 #[test]

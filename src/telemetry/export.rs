@@ -18,7 +18,7 @@ use opentelemetry_sdk::trace::{BatchSpanProcessor, Span, SpanData, SpanProcessor
 use opentelemetry_sdk::Resource;
 use tokio::runtime::{Handle, Runtime};
 
-use super::config::{OtlpTarget, Protocol};
+use super::config::{OtlpTarget, Protocol, TlsConfig};
 use crate::rate_limit::RateLimitedWarning;
 
 /// A Tokio runtime for the exporters alone, so export works with or without the application's
@@ -94,25 +94,142 @@ fn tonic_metadata(target: &OtlpTarget) -> tonic::metadata::MetadataMap {
     metadata
 }
 
+/// tonic's TLS settings: the given CA bundle, else the platform's roots; a client identity for
+/// mutual TLS.
+fn tonic_tls(tls: &TlsConfig) -> tonic::transport::ClientTlsConfig {
+    let mut config = tonic::transport::ClientTlsConfig::new();
+    config = match &tls.ca_certificate {
+        Some(pem) => config.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        None => config.with_native_roots(),
+    };
+    if let Some((certificate, key)) = &tls.client_identity {
+        config = config.identity(tonic::transport::Identity::from_pem(certificate, key));
+    }
+    config
+}
+
+/// An HTTP client for OTLP/HTTP over TLS: rustls (ring), trusting the given CA bundle or the
+/// platform's roots, with a client certificate for mutual TLS.
+fn https_client(
+    target: &OtlpTarget,
+) -> Result<
+    opentelemetry_http::hyper::HyperClient<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    >,
+    String,
+> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let mut roots = rustls::RootCertStore::empty();
+    match &target.tls.ca_certificate {
+        Some(pem) => {
+            for certificate in CertificateDer::pem_slice_iter(pem) {
+                let certificate = certificate.map_err(|error| format!("CA certificate: {error}"))?;
+                roots.add(certificate).map_err(|error| format!("CA certificate: {error}"))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_root_certificates(roots);
+    let config = match &target.tls.client_identity {
+        Some((certificates, key)) => {
+            let chain = CertificateDer::pem_slice_iter(certificates)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| format!("client certificate: {error}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|error| format!("client key: {error}"))?;
+            builder.with_client_auth_cert(chain, key).map_err(|error| format!("client identity: {error}"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(opentelemetry_http::hyper::HyperClient::new(connector, target.timeout, None))
+}
+
+/// The reason of the last failed HTTP request, which the exporter's own error reduces to
+/// "network error" (an unknown CA, a wrong host name, a refused connection).
+pub(crate) type FailureDetail = Arc<std::sync::Mutex<Option<String>>>;
+
+/// An HTTP client that keeps the reason of each failure in its [`FailureDetail`].
+#[derive(Debug)]
+struct Explained<C> {
+    inner: C,
+    detail: FailureDetail,
+}
+
+#[async_trait::async_trait]
+impl<C: opentelemetry_http::HttpClient> opentelemetry_http::HttpClient for Explained<C> {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        self.inner.send_bytes(request).await.inspect_err(|error| {
+            let mut reason = error.to_string();
+            let mut source = error.source();
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !reason.contains(&text) {
+                    reason.push_str(": ");
+                    reason.push_str(&text);
+                }
+                source = cause.source();
+            }
+            *self.detail.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+        })
+    }
+}
+
 /// Builds an OTLP exporter of type `$exporter` for `$target`, inside `$runtime` (which tonic
 /// needs). The span, log and metric exporters have distinct builder types with the same methods.
 macro_rules! build_exporter {
-    ($exporter:ty, $signal:literal, $runtime:expr, $target:expr) => {{
-        let (runtime, target): (&Runtime, &OtlpTarget) = ($runtime, $target);
+    ($exporter:ty, $signal:literal, $runtime:expr, $target:expr, $detail:expr) => {{
+        let (runtime, target, detail): (&Runtime, &OtlpTarget, &FailureDetail) = ($runtime, $target, $detail);
         let _entered = runtime.enter();
+        let tls = target.endpoint.starts_with("https://");
         let built = match target.protocol {
-            Protocol::Grpc => <$exporter>::builder()
-                .with_tonic()
-                .with_endpoint(&target.endpoint)
-                .with_timeout(target.timeout)
-                .with_metadata(tonic_metadata(target))
-                .build(),
-            Protocol::HttpProtobuf => <$exporter>::builder()
-                .with_http()
-                .with_endpoint(&target.endpoint)
-                .with_timeout(target.timeout)
-                .with_headers(target.headers.iter().cloned().collect())
-                .build(),
+            Protocol::Grpc => {
+                let builder = <$exporter>::builder()
+                    .with_tonic()
+                    .with_endpoint(&target.endpoint)
+                    .with_timeout(target.timeout)
+                    .with_metadata(tonic_metadata(target));
+                if tls {
+                    builder.with_tls_config(tonic_tls(&target.tls)).build()
+                } else {
+                    builder.build()
+                }
+            }
+            Protocol::HttpProtobuf => {
+                let builder = <$exporter>::builder()
+                    .with_http()
+                    .with_endpoint(&target.endpoint)
+                    .with_timeout(target.timeout)
+                    .with_headers(target.headers.iter().cloned().collect());
+                if tls {
+                    let client = https_client(target).map_err(|error| {
+                        format!(
+                            "cannot set up TLS for the OTLP {} exporter to {}: {error}",
+                            $signal, target.endpoint
+                        )
+                    })?;
+                    builder.with_http_client(Explained { inner: client, detail: detail.clone() }).build()
+                } else {
+                    let client =
+                        opentelemetry_http::hyper::HyperClient::with_default_connector(target.timeout, None);
+                    builder.with_http_client(Explained { inner: client, detail: detail.clone() }).build()
+                }
+            }
         };
         built.map_err(|error| {
             format!("cannot build the OTLP {} exporter for {}: {error}", $signal, target.endpoint)
@@ -124,6 +241,8 @@ macro_rules! build_exporter {
 pub(crate) struct OnRuntime<E> {
     inner: E,
     signal: &'static str,
+    endpoint: String,
+    detail: FailureDetail,
     runtime: Handle,
     timeout: Duration,
     counts: Arc<Counts>,
@@ -139,11 +258,19 @@ impl<E> fmt::Debug for OnRuntime<E> {
 
 impl<E> OnRuntime<E> {
     /// `inner`, exporting to `target` on `runtime`, and the counts it shares with its processor.
-    fn new(inner: E, signal: &'static str, runtime: &Runtime, target: &OtlpTarget) -> (Self, Arc<Counts>) {
+    fn new(
+        inner: E,
+        signal: &'static str,
+        runtime: &Runtime,
+        target: &OtlpTarget,
+        detail: FailureDetail,
+    ) -> (Self, Arc<Counts>) {
         let counts = Arc::new(Counts::default());
         let exporter = Self {
             inner,
             signal,
+            endpoint: target.endpoint.clone(),
+            detail,
             runtime: runtime.handle().clone(),
             timeout: target.timeout,
             counts: Arc::clone(&counts),
@@ -163,10 +290,12 @@ impl<E> OnRuntime<E> {
         count.fetch_add(items as u64, Ordering::Relaxed);
         if let Err(error) = &result {
             // Straight to stderr: a log event here would feed a failing log pipeline.
+            let detail = self.detail.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
             if self.failed.should_emit() {
+                let reason = detail.map_or_else(|| error.to_string(), |detail| format!("{error}: {detail}"));
                 eprintln!(
-                    "tokentrace: OTLP {} export failed ({error}); dropping data until the collector is back",
-                    self.signal
+                    "tokentrace: OTLP {} export to {} failed ({reason}); dropping data until the collector is back",
+                    self.signal, self.endpoint
                 );
             }
         }
@@ -208,8 +337,9 @@ pub(crate) fn metric_reader(
     runtime: &Runtime,
     target: &OtlpTarget,
 ) -> Result<(opentelemetry_sdk::metrics::PeriodicReader<OnRuntime<MetricExporter>>, Arc<Counts>), String> {
-    let inner = build_exporter!(MetricExporter, "metric", runtime, target)?;
-    let (exporter, counts) = OnRuntime::new(inner, "metrics", runtime, target);
+    let detail = FailureDetail::default();
+    let inner = build_exporter!(MetricExporter, "metric", runtime, target, &detail)?;
+    let (exporter, counts) = OnRuntime::new(inner, "metrics", runtime, target, detail);
     Ok((opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build(), counts))
 }
 
@@ -247,8 +377,9 @@ impl<P> Counted<P> {
 impl Counted<BatchSpanProcessor> {
     /// The span processor, exporting sampled spans to `target`.
     pub(crate) fn spans(runtime: &Runtime, target: &OtlpTarget) -> Result<Self, String> {
-        let inner = build_exporter!(SpanExporter, "trace", runtime, target)?;
-        let (exporter, counts) = OnRuntime::new(inner, "traces", runtime, target);
+        let detail = FailureDetail::default();
+        let inner = build_exporter!(SpanExporter, "trace", runtime, target, &detail)?;
+        let (exporter, counts) = OnRuntime::new(inner, "traces", runtime, target, detail);
         Ok(Self { inner: span_batch_processor(exporter), counts })
     }
 }
@@ -268,8 +399,9 @@ pub(crate) fn span_batch_processor<E: opentelemetry_sdk::trace::SpanExporter + '
 impl Counted<BatchLogProcessor> {
     /// The log processor, exporting log records to `target`.
     pub(crate) fn logs(runtime: &Runtime, target: &OtlpTarget) -> Result<Self, String> {
-        let inner = build_exporter!(LogExporter, "log", runtime, target)?;
-        let (exporter, counts) = OnRuntime::new(inner, "logs", runtime, target);
+        let detail = FailureDetail::default();
+        let inner = build_exporter!(LogExporter, "log", runtime, target, &detail)?;
+        let (exporter, counts) = OnRuntime::new(inner, "logs", runtime, target, detail);
         let mut config = opentelemetry_sdk::logs::BatchConfigBuilder::default();
         if std::env::var_os("OTEL_BLRP_SCHEDULE_DELAY").is_none() {
             config = config.with_scheduled_delay(SCHEDULE_DELAY);

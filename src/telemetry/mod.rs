@@ -52,7 +52,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer;
 
-pub use config::{ConfigError, OtlpTarget, Protocol, SamplerConfig, TelemetryConfig};
+pub use config::{ConfigError, OtlpTarget, Protocol, SamplerConfig, TelemetryConfig, TlsConfig};
 use export::Counts;
 pub use jsonl::JsonLines;
 pub use waterfall::{render_waterfall, WaterfallSpan};
