@@ -1,6 +1,7 @@
 //! Worker RPC: the per-call overhead of `rpc::ClientLayer` + `rpc::ServerLayer` over the bare
 //! service (in process, no transport), and items/s over loopback TCP for 1 and 64 concurrent
-//! streams, traced and untraced, in one run. Spans go through a batch processor into a
+//! streams, traced and untraced, in one run; gRPC (tonic, through the HTTP layers): per unary
+//! call and items/s of a 256-message server stream, traced and untraced. Spans go through a batch processor into a
 //! discarding exporter.
 //!
 //! Run: `cargo bench --bench rpc`; the latest figures are in `BENCHMARKS.md`.
@@ -119,6 +120,131 @@ fn tcp_throughput(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider
     }
 }
 
+/// `grpc.health.v1.Health` (tonic-health's generated service): `check` answers at once,
+/// `watch` streams [`GRPC_STREAM_ITEMS`] messages.
+#[derive(Clone)]
+struct BenchHealth;
+
+const GRPC_STREAM_ITEMS: usize = 256;
+
+/// Concurrent unary calls per iteration of the unary rows.
+const GRPC_UNARY_CALLS: usize = 64;
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for BenchHealth {
+    async fn check(
+        &self,
+        _request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(tonic_health::pb::HealthCheckResponse { status: 1 }))
+    }
+
+    type WatchStream = BoxStream<'static, Result<tonic_health::pb::HealthCheckResponse, tonic::Status>>;
+
+    async fn watch(
+        &self,
+        _request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        let items = (0..GRPC_STREAM_ITEMS).map(|_| Ok(tonic_health::pb::HealthCheckResponse { status: 1 }));
+        Ok(tonic::Response::new(stream::iter(items).boxed()))
+    }
+}
+
+/// A tonic server on loopback, traced or not, and a channel to it.
+async fn grpc_channel(traced: Option<&SdkTracerProvider>) -> tonic::transport::Channel {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Tokens are small writes: no Nagle delay, as a serving deployment sets.
+    let incoming = stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(socket, _)| {
+            let _ = socket.set_nodelay(true);
+            socket
+        });
+        Some((accepted, listener))
+    });
+    let service = tonic_health::pb::health_server::HealthServer::new(BenchHealth);
+    match traced {
+        Some(provider) => {
+            let layer = tokentrace::http::ServerLayer::with_tracer(provider.tracer("worker"));
+            let server = tonic::transport::Server::builder().layer(layer).add_service(service);
+            tokio::spawn(server.serve_with_incoming(incoming));
+        }
+        None => {
+            tokio::spawn(
+                tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming),
+            );
+        }
+    }
+    tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+}
+
+fn grpc(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider: &SdkTracerProvider) {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let untraced = HealthClient::new(runtime.block_on(grpc_channel(None)));
+    let traced = HealthClient::new(
+        ServiceBuilder::new()
+            .layer(tokentrace::http::ClientLayer::with_tracer(provider.tracer("frontend")))
+            .service(runtime.block_on(grpc_channel(Some(provider)))),
+    );
+    fn request() -> tonic::Request<HealthCheckRequest> {
+        tonic::Request::new(HealthCheckRequest { service: String::new() })
+    }
+
+    // 64 unary calls at once per iteration, so the figure is the calls' cost rather than the
+    // wake-up latency of one call at a time.
+    let mut group = c.benchmark_group("rpc_grpc/unary");
+    group.throughput(Throughput::Elements(GRPC_UNARY_CALLS as u64));
+    group.bench_function("untraced", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let calls = (0..GRPC_UNARY_CALLS).map(|_| {
+                    let mut client = untraced.clone();
+                    tokio::spawn(async move { client.check(request()).await.unwrap() })
+                });
+                for call in calls.collect::<Vec<_>>() {
+                    call.await.unwrap();
+                }
+            })
+        })
+    });
+    group.bench_function("traced", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let calls = (0..GRPC_UNARY_CALLS).map(|_| {
+                    let mut client = traced.clone();
+                    tokio::spawn(async move { client.check(request()).await.unwrap() })
+                });
+                for call in calls.collect::<Vec<_>>() {
+                    call.await.unwrap();
+                }
+            })
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("rpc_grpc/stream_256");
+    group.throughput(Throughput::Elements(GRPC_STREAM_ITEMS as u64));
+    group.bench_function("untraced", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let items = untraced.clone().watch(request()).await.unwrap().into_inner();
+                assert_eq!(items.count().await, GRPC_STREAM_ITEMS);
+            })
+        })
+    });
+    group.bench_function("traced", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let items = traced.clone().watch(request()).await.unwrap().into_inner();
+                assert_eq!(items.count().await, GRPC_STREAM_ITEMS);
+            })
+        })
+    });
+    group.finish();
+}
+
 fn main() {
     let provider = SdkTracerProvider::builder().with_batch_exporter(support::DiscardExporter).build();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -128,6 +254,7 @@ fn main() {
         .configure_from_args();
     layers(&mut c, &runtime, &provider);
     tcp_throughput(&mut c, &runtime, &provider);
+    grpc(&mut c, &runtime, &provider);
     c.final_summary();
     if let (Some(bare), Some(traced)) = (support::mean_ns(LAYERS, "bare"), support::mean_ns(LAYERS, "traced"))
     {
@@ -149,6 +276,29 @@ fn main() {
                 untraced / traced
             );
         }
+    }
+    if let (Some(untraced), Some(traced)) =
+        (support::mean_ns("rpc_grpc/unary", "untraced"), support::mean_ns("rpc_grpc/unary", "traced"))
+    {
+        let calls = GRPC_UNARY_CALLS as f64;
+        println!(
+            "throughput rpc_grpc/unary ({GRPC_UNARY_CALLS} at once): untraced {:.1} k calls/s, traced {:.1} k calls/s -> traced/untraced {:.3}",
+            calls / untraced * 1e6,
+            calls / traced * 1e6,
+            untraced / traced
+        );
+    }
+    if let (Some(untraced), Some(traced)) = (
+        support::mean_ns("rpc_grpc/stream_256", "untraced"),
+        support::mean_ns("rpc_grpc/stream_256", "traced"),
+    ) {
+        let items = GRPC_STREAM_ITEMS as f64;
+        println!(
+            "throughput rpc_grpc/stream_256: untraced {:.2} M items/s, traced {:.2} M items/s -> traced/untraced {:.3}",
+            items / untraced * 1e3,
+            items / traced * 1e3,
+            untraced / traced
+        );
     }
     let _ = provider.shutdown();
 }
