@@ -84,8 +84,9 @@ type Filter = Arc<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
 /// stream ends; only UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE and
 /// DATA_LOSS mark the span failed. A caller that drops a stream ends it as cancelled.
 ///
-/// The tracer is taken when the layer is built ([`DefaultTracer`]): build it after installing
-/// your tracer provider (or pass one with [`ServerLayer::with_tracer`]).
+/// `ServerLayer::default()` starts each span with the global tracer provider installed at that
+/// moment ([`DefaultTracer`]), so it may be built before or after `telemetry::init`;
+/// [`ServerLayer::with_tracer`] takes any other tracer.
 ///
 /// Its cost per request, beside the alternatives, is in `BENCHMARKS.md` (`cargo bench --bench layers`).
 ///
