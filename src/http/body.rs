@@ -52,14 +52,26 @@ pin_project! {
 }
 
 impl<B: Body> TracedBody<B> {
-    pub(crate) fn new(inner: B, span: Option<ActiveSpan>, attach: bool) -> Self {
-        Self { inner, span, attach, grpc: None }
-    }
-
-    /// Reads the gRPC status from the trailers, for the span of `side`.
-    pub(crate) fn with_grpc_trailers(mut self, side: grpc::Side) -> Self {
-        self.grpc = Some(side);
-        self
+    /// Wraps `response`'s body so that `span` ends with it. For a gRPC call (`grpc`: the span's
+    /// side), the status is recorded now when the response is trailers-only, else read from
+    /// the trailers when they come.
+    pub(crate) fn wrap(
+        response: http::Response<B>,
+        span: Option<ActiveSpan>,
+        attach: bool,
+        grpc: Option<grpc::Side>,
+    ) -> http::Response<Self> {
+        let grpc = match (grpc, span.as_ref()) {
+            (Some(side), Some(span)) => match grpc::status(response.headers()) {
+                Some(code) => {
+                    grpc::record_status(span, side, code, response.headers());
+                    None
+                }
+                None => Some(side),
+            },
+            _ => None,
+        };
+        response.map(|inner| Self { inner, span, attach, grpc })
     }
 }
 

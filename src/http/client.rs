@@ -164,7 +164,7 @@ where
         );
         attributes.push(KeyValue::new(semconv::URL_FULL, url_without_secrets(request.uri())));
         let grpc = grpc::is_grpc(request.headers()).then(|| grpc::span_name(request.uri().path())).flatten();
-        let is_grpc = grpc.is_some();
+        let side = grpc.is_some().then_some(grpc::Side::Client);
         let name: std::borrow::Cow<'static, str> = match grpc {
             Some((name, rpc)) => {
                 attributes.extend(rpc);
@@ -186,7 +186,7 @@ where
         ids.inject(request.headers_mut());
 
         let inner = self.inner.call(request);
-        ClientFuture { inner, span: Some(ActiveSpan::new(cx)), grpc: is_grpc }
+        ClientFuture { inner, span: Some(ActiveSpan::new(cx)), grpc: side }
     }
 }
 
@@ -221,7 +221,7 @@ pin_project! {
         inner: F,
         span: Option<ActiveSpan>,
         // A gRPC call: its status comes in the response headers or trailers.
-        grpc: bool,
+        grpc: Option<grpc::Side>,
     }
 }
 
@@ -251,20 +251,7 @@ where
                     status,
                     status.is_client_error() || status.is_server_error(),
                 );
-                let trailers_only = match (*this.grpc, span.as_ref()) {
-                    (true, Some(span)) => grpc::status(response.headers())
-                        .map(|code| grpc::record_status(span, grpc::Side::Client, code, response.headers()))
-                        .is_some(),
-                    _ => true,
-                };
-                Ok(response.map(|body| {
-                    let body = TracedBody::new(body, span, false);
-                    if trailers_only {
-                        body
-                    } else {
-                        body.with_grpc_trailers(grpc::Side::Client)
-                    }
-                }))
+                Ok(TracedBody::wrap(response, span, false, *this.grpc))
             }
             Err(error) => {
                 if let Some(span) = span.as_mut() {

@@ -235,6 +235,7 @@ where
         parent: &Context,
         ids: &RequestIds,
         link: Option<Link>,
+        is_grpc: bool,
     ) -> T::Span {
         let method = semconv::method(request.method());
         let route = matched_path(request);
@@ -251,7 +252,7 @@ where
         }
         semconv::push_server_address(&mut attributes, uri, request.headers().get(http::header::HOST));
         attributes.extend(self.recorded_baggage.attributes(parent));
-        let grpc = grpc::is_grpc(request.headers()).then(|| grpc::span_name(uri.path())).flatten();
+        let grpc = is_grpc.then(|| grpc::span_name(uri.path())).flatten();
         let name: Cow<'static, str> = match (grpc, self.span_name, route) {
             (Some((name, rpc)), _, _) => {
                 attributes.extend(rpc);
@@ -368,10 +369,10 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let arrival = Instant::now();
         let ids = RequestIds::extract(request.headers());
-        let is_grpc = grpc::is_grpc(request.headers());
+        let grpc = grpc::is_grpc(request.headers()).then_some(grpc::Side::Server);
         let traced = self.layer.filter.as_ref().is_none_or(|filter| filter(request.method(), request.uri()));
         let Inbound { parent, link, root } = Inbound::extract(request.headers(), self.layer.public_endpoint);
-        let span = traced.then(|| self.layer.start_span(&request, &parent, &ids, link));
+        let span = traced.then(|| self.layer.start_span(&request, &parent, &ids, link, grpc.is_some()));
         let x_request_id = ids.x_request_id.header_value().clone();
         request.extensions_mut().insert(ids.clone());
         let cx = with_received_request(&parent, ids, arrival, None);
@@ -386,7 +387,7 @@ where
             let _attached = scope.attach();
             self.inner.call(request)
         };
-        ResponseFuture { inner, scope: Some(scope), x_request_id: Some(x_request_id), grpc: is_grpc }
+        ResponseFuture { inner, scope: Some(scope), x_request_id: Some(x_request_id), grpc }
     }
 }
 
@@ -419,7 +420,7 @@ pin_project! {
         // Echoed on the response: taken, not cloned, when the response is ready.
         x_request_id: Option<HeaderValue>,
         // A gRPC call: its status comes in the response headers or trailers.
-        grpc: bool,
+        grpc: Option<grpc::Side>,
     }
 }
 
@@ -455,20 +456,7 @@ where
                         .headers_mut()
                         .insert(const { HeaderName::from_static(names::X_REQUEST_ID) }, x_request_id);
                 }
-                let trailers_only = match (*this.grpc, scope.as_ref()) {
-                    (true, Some(span)) => grpc::status(response.headers())
-                        .map(|code| grpc::record_status(span, grpc::Side::Server, code, response.headers()))
-                        .is_some(),
-                    _ => true,
-                };
-                Ok(response.map(|body| {
-                    let body = TracedBody::new(body, scope, true);
-                    if trailers_only {
-                        body
-                    } else {
-                        body.with_grpc_trailers(grpc::Side::Server)
-                    }
-                }))
+                Ok(TracedBody::wrap(response, scope, true, *this.grpc))
             }
             Err(error) => {
                 if let Some(scope) = scope.as_mut() {
