@@ -56,19 +56,9 @@ impl Shared {
     fn fail_all(&self, error: RpcError) {
         let mut streams = self.streams();
         for (_, sender) in streams.open.drain() {
-            deliver_soon(sender, Err(error.clone()));
+            send_soon(&sender, Err(error.clone()));
         }
         streams.failed.get_or_insert(error);
-    }
-}
-
-/// Hands `item` to a stream from a context that cannot wait: at once when its queue has room,
-/// else from a task (which holds the stream open until the caller reads that far).
-fn deliver_soon(sender: ItemSender, item: Result<Bytes, RpcError>) {
-    if let Err(mpsc::error::TrySendError::Full(item)) = sender.try_send(item) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { sender.send(item).await });
-        }
     }
 }
 

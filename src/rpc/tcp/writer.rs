@@ -58,17 +58,14 @@ async fn write_all(writer: &mut OwnedWriteHalf, frames: &mut Vec<Bytes>) -> io::
     Ok(())
 }
 
-/// Queues `frame` from a context that cannot wait (a `Drop`): at once when there is room,
-/// else from a task, so a full queue never loses an end-of-stream or cancel frame while the
-/// connection lives.
-pub(super) fn send_soon(queue: &mpsc::Sender<Bytes>, frame: Bytes) {
-    match queue.try_send(frame) {
-        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-        Err(mpsc::error::TrySendError::Full(frame)) => {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let queue = queue.clone();
-                runtime.spawn(async move { queue.send(frame).await });
-            }
+/// Queues `item` from a context that cannot wait (a `Drop`, a lock held): at once when there
+/// is room, else from a task, so a full queue never loses an end-of-stream frame, a cancel or
+/// a stream's final error while its receiver lives.
+pub(super) fn send_soon<T: Send + 'static>(queue: &mpsc::Sender<T>, item: T) {
+    if let Err(mpsc::error::TrySendError::Full(item)) = queue.try_send(item) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let queue = queue.clone();
+            runtime.spawn(async move { queue.send(item).await });
         }
     }
 }
