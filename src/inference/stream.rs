@@ -208,11 +208,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(target) = this.target.take() {
-                let summary = this.stats.summary_now(&*this.clock, this.options.request_start);
-                if let Some(observer) = this.observer.take() {
-                    observer.stream_ended(&EndedStream { summary: &summary, stats: this.stats, clock: this.clock, cancelled: true });
-                }
-                write(target, &summary, this.options, true);
+                finish(target, this.stats, this.clock, this.options, this.observer.take(), true);
             }
         }
     }
@@ -351,16 +347,7 @@ where
             }
             None => {
                 if let Some(target) = this.target.take() {
-                    let summary = this.stats.summary_now(&*this.clock, this.options.request_start);
-                    if let Some(observer) = this.observer.take() {
-                        observer.stream_ended(&EndedStream {
-                            summary: &summary,
-                            stats: this.stats,
-                            clock: this.clock,
-                            cancelled: false,
-                        });
-                    }
-                    write(target, &summary, this.options, false);
+                    finish(target, this.stats, this.clock, this.options, this.observer.take(), false);
                 }
             }
         }
@@ -382,6 +369,23 @@ fn token_event(target: Option<&StatsTarget>, tokens_so_far: u64, chunk_tokens: u
         Some(StatsTarget::Phase(phase)) => phase.context().span().add_event("token", attributes),
         _ => {}
     }
+}
+
+/// The stream's end (or drop, `cancelled`): tells its observer, then writes its statistics to
+/// `target`, once.
+fn finish(
+    target: StatsTarget,
+    stats: &TokenStats,
+    clock: &StreamClock,
+    options: &StreamOptions,
+    observer: Option<Box<dyn StreamObserver>>,
+    cancelled: bool,
+) {
+    let summary = stats.summary_now(clock, options.request_start);
+    if let Some(observer) = observer {
+        observer.stream_ended(&EndedStream { summary: &summary, stats, clock, cancelled });
+    }
+    write(target, &summary, options, cancelled);
 }
 
 /// What a stream's observer is told when it ends.

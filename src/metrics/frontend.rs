@@ -185,7 +185,7 @@ impl FrontendMetrics {
     /// ```
     pub fn with_buckets(buckets: FrontendBuckets) -> Self {
         let histograms = |bounds: &Buckets| Histograms::new_with_constructor(WithBuckets(bounds.clone()));
-        let inner = Inner {
+        let mut inner = Inner {
             registry: Registry::default(),
             ttft: histograms(&buckets.ttft),
             itl: histograms(&buckets.itl),
@@ -199,7 +199,6 @@ impl FrontendMetrics {
             models: Mutex::default(),
             gen_ai: OnceLock::new(),
         };
-        let mut inner = inner;
         let registry = &mut inner.registry;
         registry.register(
             "dynamo_frontend_time_to_first_token_seconds",

@@ -536,7 +536,7 @@ pub fn inject_baggage<C: Carrier + ?Sized>(carrier: &mut C, cx: &Context) {
             return;
         }
     }
-    let header = if baggage.is_empty() { String::new() } else { format_baggage(baggage) };
+    let header = format_baggage(baggage);
     if header.is_empty() {
         carrier.remove_all(BAGGAGE);
     } else {
