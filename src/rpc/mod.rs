@@ -16,6 +16,7 @@
 //! # });
 //! ```
 
+mod handlers;
 mod layers;
 mod metadata;
 mod request;

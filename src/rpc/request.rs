@@ -126,6 +126,8 @@ pub enum RpcError {
     UnknownEndpoint(String),
     /// The client is shut down or was never connected.
     Closed,
+    /// No worker serves the request's address (NATS: no subscriber on its subject).
+    Unavailable(String),
 }
 
 impl fmt::Display for RpcError {
@@ -139,6 +141,7 @@ impl fmt::Display for RpcError {
             Self::Remote(message) => write!(f, "remote error: {message}"),
             Self::UnknownEndpoint(endpoint) => write!(f, "unknown endpoint {endpoint:?}"),
             Self::Closed => f.write_str("rpc client is closed"),
+            Self::Unavailable(address) => write!(f, "no worker serves {address}"),
         }
     }
 }
@@ -160,6 +163,7 @@ impl RpcError {
             Self::Remote(_) => "remote",
             Self::UnknownEndpoint(_) => "unknown_endpoint",
             Self::Closed => "closed",
+            Self::Unavailable(_) => "unavailable",
         }
     }
 }

@@ -335,7 +335,7 @@ async fn route(shared: &Shared, frame: Frame) {
                 let _ = sender.send(Err(RpcError::Remote(message))).await;
             }
         }
-        // A server never sends these; ignore rather than trust them.
-        Frame::Request { .. } | Frame::Cancel { .. } => {}
+        // A TCP server never sends these; ignore rather than trust them.
+        Frame::Request { .. } | Frame::Cancel { .. } | Frame::Heartbeat { .. } => {}
     }
 }

@@ -11,7 +11,11 @@
 //!   3 end:     nothing
 //!   4 error:   message (UTF-8, the remaining bytes)
 //!   5 cancel:  nothing
+//!   6 heartbeat: nothing (the sender is alive; NATS replies use it, TCP peers ignore it)
 //! ```
+//!
+//! The NATS transport sends its replies as these same bodies, one per message (NATS delimits
+//! them); there the inbox names the stream, so the u64 carries the frame's sequence number.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -41,6 +45,7 @@ const ITEM: u8 = 2;
 const END: u8 = 3;
 const ERROR: u8 = 4;
 const CANCEL: u8 = 5;
+const HEARTBEAT: u8 = 6;
 
 /// One frame of the TCP transport.
 ///
@@ -91,6 +96,11 @@ pub enum Frame {
         /// Stream id.
         stream: u64,
     },
+    /// The sender is alive and still working on stream `stream`.
+    Heartbeat {
+        /// Stream id.
+        stream: u64,
+    },
 }
 
 impl Frame {
@@ -106,7 +116,8 @@ impl Frame {
             | Self::Item { stream, .. }
             | Self::End { stream }
             | Self::Error { stream, .. }
-            | Self::Cancel { stream } => *stream,
+            | Self::Cancel { stream }
+            | Self::Heartbeat { stream } => *stream,
         }
     }
 
@@ -178,6 +189,10 @@ impl Frame {
                 out.put_u8(CANCEL);
                 out.put_u64(*stream);
             }
+            Self::Heartbeat { stream } => {
+                out.put_u8(HEARTBEAT);
+                out.put_u64(*stream);
+            }
         }
         Ok(())
     }
@@ -228,6 +243,7 @@ impl Frame {
                     .map_err(|_| RpcError::Malformed("error message is not UTF-8".into()))?,
             },
             CANCEL => expect_empty(body, Self::Cancel { stream })?,
+            HEARTBEAT => expect_empty(body, Self::Heartbeat { stream })?,
             other => return Err(RpcError::Malformed(format!("unknown frame kind {other}"))),
         };
         Ok(frame)

@@ -1,6 +1,5 @@
 //! The server side: serve a `tower::Service` of RPC requests on a TCP listener.
 
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::pin;
@@ -12,12 +11,13 @@ use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::JoinSet;
 use tower_service::Service;
 
 use super::codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
 use super::frame::Frame;
 use super::writer::{send_soon, write_frames, WRITE_QUEUE};
+use crate::rpc::handlers::Handlers;
 use crate::rpc::request::{Request, RpcError};
 
 /// Serves `service` on `listener` until the listener fails; see [`Server`] for the limit and
@@ -185,43 +185,6 @@ where
     }
 }
 
-/// The handlers running on one connection, by stream and by task. Only the connection's own
-/// loop touches it: an entry leaves when the loop reaps its finished task, so a handler that
-/// ends before its entry is made leaves nothing behind.
-#[derive(Debug, Default)]
-struct InFlight {
-    by_stream: HashMap<u64, AbortHandle>,
-    by_task: HashMap<tokio::task::Id, u64>,
-}
-
-impl InFlight {
-    fn started(&mut self, stream: u64, handler: AbortHandle) {
-        self.by_task.insert(handler.id(), stream);
-        // A client that reuses a stream id loses its hold on the older handler (it still runs
-        // to its end and is reaped).
-        self.by_stream.insert(stream, handler);
-    }
-
-    fn cancel(&mut self, stream: u64) {
-        if let Some(handler) = self.by_stream.remove(&stream) {
-            handler.abort();
-        }
-    }
-
-    fn finished(&mut self, task: tokio::task::Id) {
-        if let Some(stream) = self.by_task.remove(&task) {
-            if self.by_stream.get(&stream).is_some_and(|handler| handler.id() == task) {
-                self.by_stream.remove(&stream);
-            }
-        }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.by_stream.len().max(self.by_task.len())
-    }
-}
-
 async fn serve_connection<S, St>(
     socket: TcpStream,
     service: S,
@@ -240,8 +203,7 @@ async fn serve_connection<S, St>(
     let writer = tokio::spawn(write_frames(writer, queue));
     let codec = Arc::new(FrameCodec::new(max_frame_len));
     let mut decoder = FrameCodec::new(max_frame_len);
-    let mut in_flight = InFlight::default();
-    let mut handlers = JoinSet::new();
+    let mut handlers = Handlers::default();
     let mut buffer = BytesMut::with_capacity(8 * 1024);
 
     let graceful = loop {
@@ -250,10 +212,9 @@ async fn serve_connection<S, St>(
                 Ok(Some(Frame::Request { stream, endpoint, metadata, payload })) => {
                     let mut request = Request::new(endpoint, payload);
                     request.metadata = metadata;
-                    let handler = handle(stream, request, service.clone(), outgoing.clone(), Arc::clone(&codec));
-                    in_flight.started(stream, handlers.spawn(handler));
+                    handlers.spawn(stream, handle(stream, request, service.clone(), outgoing.clone(), Arc::clone(&codec)));
                 }
-                Ok(Some(Frame::Cancel { stream })) => in_flight.cancel(stream),
+                Ok(Some(Frame::Cancel { stream })) => handlers.cancel(stream),
                 // A client never sends these; ignore rather than trust them.
                 Ok(Some(_)) => {}
                 Ok(None) => break false,
@@ -266,18 +227,16 @@ async fn serve_connection<S, St>(
                     break false;
                 }
             },
-            Some(joined) = handlers.join_next_with_id(), if !handlers.is_empty() => {
-                in_flight.finished(joined.map_or_else(|error| error.id(), |(task, ())| task));
-            }
+            () = handlers.reap_one() => {}
             _ = stopping.wait_for(|stop| *stop) => break true,
         }
     };
     if graceful {
         // Stop reading new requests; finish the ones in flight.
-        while handlers.join_next().await.is_some() {}
+        handlers.finish().await;
     } else {
         // The client is gone (or misbehaved): drop its handlers.
-        handlers.shutdown().await;
+        handlers.abort().await;
     }
     drop(outgoing);
     let _ = writer.await;
@@ -371,38 +330,4 @@ async fn handle<S, St>(
     }
     guard.finished = true;
     let _ = guard.send(&Frame::End { stream }).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    /// Handlers that end at once, most before their entry is made: after 100,000 of them on one
-    /// connection's bookkeeping, nothing is left.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn handlers_that_end_before_their_entry_leave_nothing_behind() {
-        let mut in_flight = InFlight::default();
-        let mut handlers = JoinSet::new();
-        for stream in 0..100_000u64 {
-            in_flight.started(stream, handlers.spawn(async {}));
-            while let Some(joined) = handlers.try_join_next_with_id() {
-                in_flight.finished(joined.map_or_else(|error| error.id(), |(task, ())| task));
-            }
-        }
-        while let Some(joined) = handlers.join_next_with_id().await {
-            in_flight.finished(joined.map_or_else(|error| error.id(), |(task, ())| task));
-        }
-        assert_eq!(in_flight.len(), 0);
-
-        // A cancelled handler leaves nothing either, nor does a reused stream id.
-        in_flight.started(1, handlers.spawn(tokio::time::sleep(Duration::from_millis(20))));
-        in_flight.started(1, handlers.spawn(std::future::pending::<()>()));
-        in_flight.cancel(1);
-        while let Some(joined) = handlers.join_next_with_id().await {
-            in_flight.finished(joined.map_or_else(|error| error.id(), |(task, ())| task));
-        }
-        assert_eq!(in_flight.len(), 0);
-    }
 }
