@@ -28,7 +28,10 @@
 //!   [`ClientLayer`](http::ClientLayer) for a hyper client.
 //! - [`inference`]: phase spans and token-stream statistics (TTFT, ITL) at near-zero cost
 //!   per token.
-//! - [`rpc`]: the worker RPC envelope, its client/server layers and a TCP transport.
+//! - [`rpc`]: the worker RPC envelope, its client/server layers, and two transports: TCP
+//!   (`rpc::tcp`) and NATS (`rpc::nats`, feature `nats`). gRPC goes through the [`http`] layers.
+//! - `metrics` (feature `metrics`, on by default): TTFT, ITL and duration histograms whose
+//!   exemplars open the request's trace.
 //! - `telemetry` (feature `telemetry`, on by default): OTLP traces and logs, JSON Lines logs
 //!   and sampling, configured from the environment.
 //! - [`propagation`]: strict W3C `traceparent`/`tracestate`, `x-request-id`/`request-id`, the

@@ -2,6 +2,9 @@
 //! sampled requests, the model label's bound, and both exposition formats read back by an
 //! independent parser (Prometheus's `promtool`, when installed).
 
+#[path = "support/system.rs"]
+mod system;
+
 use futures_util::StreamExt;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
@@ -160,24 +163,16 @@ async fn promtool_parses_the_prometheus_text() {
         .await;
     metrics.start(&context(true), "m", "completions", false).failed();
     let text = metrics.render(Format::Prometheus);
-    let child = std::process::Command::new("promtool")
+    if !system::installed("promtool", "prometheus", "TOKENTRACE_REQUIRE_PROMETHEUS") {
+        return;
+    }
+    let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            assert!(
-                std::env::var_os("TOKENTRACE_REQUIRE_PROMETHEUS").is_none(),
-                "TOKENTRACE_REQUIRE_PROMETHEUS is set but promtool is not installed"
-            );
-            eprintln!("skipped: promtool not found (apt-get install prometheus)");
-            return;
-        }
-        Err(error) => panic!("promtool: {error}"),
-    };
+        .spawn()
+        .unwrap();
     use std::io::Write as _;
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();

@@ -51,9 +51,12 @@ fn draining_tokens_allocates_nothing_per_token() {
         allocations() - before
     };
     allocations_for(10); // warm up lazily initialised state
-    let small = allocations_for(100);
-    let large = allocations_for(10_000);
+    // The fewest of three runs: the counter is process-wide, and a machine under load has seen a
+    // stray allocation or four land in one run; a per-token allocation would show in all three.
+    let fewest = |tokens: usize| (0..3).map(|_| allocations_for(tokens)).min().unwrap();
+    let small = fewest(100);
+    let large = fewest(10_000);
     assert!(small > 0, "the counter counts (span start and end allocate)");
     assert_eq!(small, large, "allocations grew with the token count: {small} for 100, {large} for 10,000");
-    assert_eq!(exporter.get_finished_spans().unwrap().len(), 3);
+    assert_eq!(exporter.get_finished_spans().unwrap().len(), 7);
 }

@@ -11,51 +11,12 @@ use futures_util::{stream, StreamExt};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use opentelemetry::Context;
+use support::handlers::{counting_handler, Items};
 use support::{attr, Spans};
 use tokentrace::rpc::{self, tcp, Request, RpcError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{ServiceBuilder, ServiceExt};
-
-type Items = futures_util::stream::BoxStream<'static, Result<Bytes, RpcError>>;
-
-/// Yields `count` items `"<payload>:<i>"`, each after `delay`; flags `dropped` when the
-/// handler's stream is dropped.
-fn counting_handler(
-    count: usize,
-    delay: Duration,
-    dropped: Arc<AtomicBool>,
-) -> impl tower::Service<Request<Bytes>, Response = Items, Error = RpcError, Future = impl Send>
-       + Clone
-       + Send
-       + 'static {
-    tower::service_fn(move |request: Request<Bytes>| {
-        let dropped = Arc::clone(&dropped);
-        async move {
-            let prefix = String::from_utf8(request.payload.to_vec()).unwrap();
-            struct OnDrop(Arc<AtomicBool>);
-            impl Drop for OnDrop {
-                fn drop(&mut self) {
-                    self.0.store(true, Ordering::SeqCst);
-                }
-            }
-            let guard = OnDrop(dropped);
-            let items = stream::unfold((0, guard), move |(i, guard)| {
-                let prefix = prefix.clone();
-                async move {
-                    if i == count {
-                        return None;
-                    }
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    Some((Ok(Bytes::from(format!("{prefix}:{i}"))), (i + 1, guard)))
-                }
-            });
-            Ok::<Items, RpcError>(items.boxed())
-        }
-    })
-}
 
 async fn listen() -> (TcpListener, std::net::SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -66,7 +27,7 @@ async fn listen() -> (TcpListener, std::net::SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_streams_over_one_connection_stay_in_order_without_cross_talk() {
     let (listener, addr) = listen().await;
-    tokio::spawn(tcp::serve(listener, counting_handler(50, Duration::ZERO, Arc::default())));
+    tokio::spawn(tcp::serve(listener, counting_handler(50, Duration::ZERO, Duration::ZERO, Arc::default())));
     let client = tcp::Client::connect(addr).await.unwrap();
 
     let mut tasks = Vec::new();
@@ -91,7 +52,12 @@ async fn dropping_the_response_stream_cancels_the_handler() {
     let dropped = Arc::new(AtomicBool::new(false));
     tokio::spawn(tcp::serve(
         listener,
-        counting_handler(usize::MAX, Duration::from_millis(5), Arc::clone(&dropped)),
+        counting_handler(
+            usize::MAX,
+            Duration::from_millis(5),
+            Duration::from_millis(5),
+            Arc::clone(&dropped),
+        ),
     ));
     let client = tcp::Client::connect(addr).await.unwrap();
     let mut items = client.clone().oneshot(Request::new("generate", Bytes::from_static(b"c"))).await.unwrap();
@@ -119,7 +85,7 @@ async fn dropping_the_response_stream_cancels_the_handler() {
 async fn oversized_frames_are_refused_without_crashing_either_side() {
     let (listener, addr) = listen().await;
     tokio::spawn(
-        tcp::Server::new(counting_handler(1, Duration::ZERO, Arc::default()))
+        tcp::Server::new(counting_handler(1, Duration::ZERO, Duration::ZERO, Arc::default()))
             .max_frame_len(1024)
             .serve_with_shutdown(listener, std::future::pending()),
     );
@@ -146,7 +112,7 @@ async fn oversized_frames_are_refused_without_crashing_either_side() {
 #[tokio::test]
 async fn malformed_frames_are_refused_and_the_server_survives() {
     let (listener, addr) = listen().await;
-    tokio::spawn(tcp::serve(listener, counting_handler(1, Duration::ZERO, Arc::default())));
+    tokio::spawn(tcp::serve(listener, counting_handler(1, Duration::ZERO, Duration::ZERO, Arc::default())));
     for garbage in [
         &[0, 0, 0, 3, 1, 2, 3][..],
         &[0, 0, 0, 9, 99, 0, 0, 0, 0, 0, 0, 0, 1],
@@ -169,7 +135,7 @@ async fn a_server_dying_mid_stream_fails_every_in_flight_stream() {
     let (listener, addr) = listen().await;
     let server = tokio::spawn(tcp::serve(
         listener,
-        counting_handler(usize::MAX, Duration::from_millis(5), Arc::default()),
+        counting_handler(usize::MAX, Duration::from_millis(5), Duration::from_millis(5), Arc::default()),
     ));
     let client = tcp::Client::connect(addr).await.unwrap();
     let mut streams = Vec::new();
@@ -201,10 +167,15 @@ async fn graceful_shutdown_lets_in_flight_streams_finish() {
     let (listener, addr) = listen().await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        tcp::Server::new(counting_handler(20, Duration::from_millis(10), Arc::default()))
-            .serve_with_shutdown(listener, async {
-                let _ = stopped.await;
-            }),
+        tcp::Server::new(counting_handler(
+            20,
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+            Arc::default(),
+        ))
+        .serve_with_shutdown(listener, async {
+            let _ = stopped.await;
+        }),
     );
     let client = tcp::Client::connect(addr).await.unwrap();
     let mut items = client.clone().oneshot(Request::new("generate", Bytes::from_static(b"g"))).await.unwrap();
@@ -223,7 +194,7 @@ async fn the_trace_is_continuous_across_a_real_tcp_hop() {
     let (listener, addr) = listen().await;
     let worker = ServiceBuilder::new()
         .layer(rpc::ServerLayer::with_tracer(spans.tracer("worker")).component("backend").instance_id(3))
-        .service(counting_handler(5, Duration::ZERO, Arc::default()));
+        .service(counting_handler(5, Duration::ZERO, Duration::ZERO, Arc::default()));
     tokio::spawn(tcp::serve(listener, worker));
     let client = ServiceBuilder::new()
         .layer(
@@ -280,9 +251,9 @@ async fn the_trace_is_continuous_across_a_real_tcp_hop() {
 async fn a_dropped_traced_stream_is_recorded_as_cancelled_on_both_sides() {
     let spans = Spans::new();
     let (listener, addr) = listen().await;
-    let worker = ServiceBuilder::new()
-        .layer(rpc::ServerLayer::with_tracer(spans.tracer("worker")))
-        .service(counting_handler(usize::MAX, Duration::from_millis(5), Arc::default()));
+    let worker = ServiceBuilder::new().layer(rpc::ServerLayer::with_tracer(spans.tracer("worker"))).service(
+        counting_handler(usize::MAX, Duration::from_millis(5), Duration::from_millis(5), Arc::default()),
+    );
     tokio::spawn(tcp::serve(listener, worker));
     let client = ServiceBuilder::new()
         .layer(rpc::ClientLayer::with_tracer(spans.tracer("frontend")))

@@ -61,6 +61,7 @@ impl Histogram {
     }
 
     /// The non-empty buckets as `(representative value, count)`, lowest first.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))] // the metrics' only reader
     pub(crate) fn buckets(&self) -> impl Iterator<Item = (f64, u32)> + '_ {
         let range = self.lowest..(self.highest + 1).max(self.lowest);
         self.counts[range.clone()]

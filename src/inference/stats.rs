@@ -169,6 +169,7 @@ impl TokenStats {
 
     /// The inter-token gaps, in seconds, as `(gap, how many)`: every gap of the stream, grouped
     /// by the histogram's buckets (each within 1/16 of its true value).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))] // the metrics' only reader
     pub(crate) fn itl_seconds(&self, nanos_per_tick: f64) -> impl Iterator<Item = (f64, u32)> + '_ {
         self.itl.buckets().map(move |(ticks, count)| (ticks * nanos_per_tick / 1e9, count))
     }

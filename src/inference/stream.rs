@@ -388,7 +388,8 @@ fn finish(
     write(target, &summary, options, cancelled);
 }
 
-/// What a stream's observer is told when it ends.
+/// What a stream's observer (the metrics) is told when it ends.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) struct EndedStream<'a> {
     pub(crate) summary: &'a TokenSummary,
     stats: &'a TokenStats,
@@ -397,6 +398,7 @@ pub(crate) struct EndedStream<'a> {
     pub(crate) cancelled: bool,
 }
 
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 impl EndedStream<'_> {
     /// Every inter-token gap, in seconds, as `(gap, how many)`.
     pub(crate) fn itl_seconds(&self) -> impl Iterator<Item = (f64, u32)> + '_ {

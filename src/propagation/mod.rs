@@ -42,10 +42,10 @@ pub use baggage::{
     MAX_BAGGAGE_MEMBERS, MAX_RECORDED_BAGGAGE_KEYS, MAX_RECORDED_BAGGAGE_VALUE_BYTES,
 };
 pub use carrier::Carrier;
+#[cfg(feature = "metrics")]
+pub(crate) use context::request_endpoint;
 pub use context::{inject_context, inject_trace, RemoteContext, RequestIds};
-pub(crate) use context::{
-    mark_random_trace, request_arrival, request_endpoint, with_received_request, Inbound,
-};
+pub(crate) use context::{mark_random_trace, request_arrival, with_received_request, Inbound};
 pub use propagator::{Propagators, UnknownPropagator};
 pub use request_id::{RequestId, RequestIdError, RequestUuid, RequestUuidError, MAX_REQUEST_ID_LEN};
 pub use trace_state::{TraceState, TraceStateError, MAX_HEADER_LEN, MAX_MEMBERS};

@@ -1,5 +1,6 @@
 //! Worker RPC: a traced request envelope, client and server layers that know nothing of the
-//! transport, and a real TCP transport ([`tcp`]).
+//! transport, and two transports: the crate's own over TCP ([`tcp`]) and NATS (`nats`, with the
+//! `nats` feature).
 //!
 //! ```
 //! use bytes::Bytes;
@@ -19,6 +20,8 @@
 mod handlers;
 mod layers;
 mod metadata;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod request;
 mod stream;
 pub mod tcp;

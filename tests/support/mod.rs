@@ -1,9 +1,11 @@
 //! Shared by the integration tests: a tracer provider exporting into memory, waiting for spans
-//! to arrive, and a real OTLP receiver.
+//! to arrive, a real OTLP receiver, and the system's servers (Prometheus, nats-server).
 #![allow(dead_code)]
 
+pub mod handlers;
 #[path = "../../examples/serve/receiver.rs"]
 pub mod otlp;
 mod spans;
+pub mod system;
 
 pub use spans::*;
