@@ -23,6 +23,9 @@ mod protocol;
 #[path = "../examples/serve/receiver.rs"]
 mod receiver;
 #[allow(dead_code)]
+#[path = "../examples/serve/transport.rs"]
+mod transport;
+#[allow(dead_code)]
 #[path = "../examples/serve/worker.rs"]
 mod worker;
 
@@ -54,11 +57,12 @@ async fn deployment(step: Duration) -> SocketAddr {
         name: "bench-worker".into(),
         metrics: tokentrace::metrics::WorkerMetrics::new("backend"),
     };
-    tokio::spawn(worker::serve(engine::CpuEngine::new(), config, worker_listener, std::future::pending()));
+    let bound = transport::Bound::Tcp(worker_listener);
+    tokio::spawn(worker::serve(engine::CpuEngine::new(), config, bound, std::future::pending()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app =
-        frontend::app(worker_addr.to_string(), "bench".into(), tokentrace::metrics::FrontendMetrics::new());
+    let peer = transport::Transport::Tcp.peer(worker_addr.to_string()).await.unwrap();
+    let app = frontend::app(peer, "bench".into(), tokentrace::metrics::FrontendMetrics::new());
     let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
         let _ = socket.set_nodelay(true);
     });

@@ -6,6 +6,7 @@
 #   examples/launch/agg_tracing.sh                 # CPU engine
 #   ENGINE=cuda examples/launch/agg_tracing.sh     # CUDA engine on GPU 0 (builds with --features cuda)
 #   ENGINE=cuda DEVICE=1 examples/launch/agg_tracing.sh
+#   NATS_URL=nats://127.0.0.1:4222 examples/launch/agg_tracing.sh   # over NATS (nats-server running)
 source "$(dirname "$0")/common.sh"
 WORKER_PORT="${WORKER_PORT:-9000}"
 WORKER_METRICS_PORT="${WORKER_METRICS_PORT:-9100}"
@@ -13,8 +14,8 @@ DEVICE="${DEVICE:-0}"
 
 start dynamo-worker-vllm worker --role agg --listen "127.0.0.1:$WORKER_PORT" --engine "$ENGINE" --device "$DEVICE" \
   --metrics-listen "0.0.0.0:$WORKER_METRICS_PORT"
-ready "$WORKER_PORT"
-start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "127.0.0.1:$WORKER_PORT"
+worker_ready "$WORKER_PORT" "$WORKER_METRICS_PORT"
+start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "$(peer "127.0.0.1:$WORKER_PORT" tokentrace.backend)"
 ready "$FRONTEND_PORT"
 print_curl agg-try-1 "$WORKER_METRICS_PORT"
 wait_all

@@ -20,6 +20,17 @@ else
   serve=target/release/serve
 fi
 
+# NATS_URL=nats://host:4222: the components call each other over NATS, workers serving subjects
+# there (any number of them may share one), instead of over tokentrace's TCP transport between
+# the ports below.
+TRANSPORT=()
+if [ -n "${NATS_URL:-}" ]; then TRANSPORT=(--transport nats --nats-url "$NATS_URL"); fi
+
+# peer ADDRESS SUBJECT: how a caller names its worker on this transport.
+peer() {
+  if [ -n "${NATS_URL:-}" ]; then echo "$2"; else echo "$1"; fi
+}
+
 pids=()
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
@@ -31,7 +42,7 @@ trap cleanup EXIT INT TERM
 start() {
   local name=$1
   shift
-  OTEL_SERVICE_NAME="$name" "$serve" "$@" &
+  OTEL_SERVICE_NAME="$name" "$serve" "$@" ${TRANSPORT[@]+"${TRANSPORT[@]}"} &
   pids+=($!)
 }
 
@@ -50,6 +61,12 @@ ready() {
   done
   echo "nothing listens on port $port after 60 s; stopping" >&2
   exit 1
+}
+
+# worker_ready PORT METRICS_PORT: waits for the worker started last: its RPC port over TCP; over
+# NATS, its metrics port, which it opens once it serves its subject.
+worker_ready() {
+  ready "$(peer "$1" "$2")"
 }
 
 # wait_all: until Ctrl-C, or until one component exits: then everything stops, with its status.
@@ -72,7 +89,7 @@ print_curl() {
   set -- "$id"
   cat <<CURL
 
-Traces and logs go to $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT. Try:
+Traces and logs go to $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; workers are reached over ${NATS_URL:-TCP}. Try:
 
 curl -N http://localhost:$FRONTEND_PORT/v1/chat/completions -H 'content-type: application/json' \\
   -H 'x-request-id: $1' \\

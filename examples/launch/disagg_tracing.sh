@@ -7,6 +7,7 @@
 #   examples/launch/disagg_tracing.sh
 #   ENGINE=cuda examples/launch/disagg_tracing.sh
 #   ENGINE=cuda PREFILL_DEVICE=0 examples/launch/disagg_tracing.sh
+#   NATS_URL=nats://127.0.0.1:4222 examples/launch/disagg_tracing.sh   # over NATS (nats-server running)
 source "$(dirname "$0")/common.sh"
 DECODE_PORT="${DECODE_PORT:-9000}"
 PREFILL_PORT="${PREFILL_PORT:-9001}"
@@ -17,11 +18,11 @@ PREFILL_DEVICE="${PREFILL_DEVICE:-1}"
 
 start dynamo-worker-prefill worker --role prefill --listen "127.0.0.1:$PREFILL_PORT" --engine "$ENGINE" --device "$PREFILL_DEVICE" \
   --metrics-listen "0.0.0.0:$PREFILL_METRICS_PORT"
-ready "$PREFILL_PORT"
+worker_ready "$PREFILL_PORT" "$PREFILL_METRICS_PORT"
 start dynamo-worker-decode worker --role decode --listen "127.0.0.1:$DECODE_PORT" --metrics-listen "0.0.0.0:$DECODE_METRICS_PORT" \
-  --prefill "127.0.0.1:$PREFILL_PORT" --engine "$ENGINE" --device "$DECODE_DEVICE"
-ready "$DECODE_PORT"
-start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "127.0.0.1:$DECODE_PORT"
+  --prefill "$(peer "127.0.0.1:$PREFILL_PORT" tokentrace.prefill)" --engine "$ENGINE" --device "$DECODE_DEVICE"
+worker_ready "$DECODE_PORT" "$DECODE_METRICS_PORT"
+start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "$(peer "127.0.0.1:$DECODE_PORT" tokentrace.decode)"
 ready "$FRONTEND_PORT"
 print_curl disagg-try-1 "$DECODE_METRICS_PORT" "$PREFILL_METRICS_PORT"
 wait_all

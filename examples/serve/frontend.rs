@@ -1,5 +1,5 @@
 //! The frontend: an OpenAI-compatible HTTP API (axum, traced by `http::ServerLayer`) that
-//! calls a worker over the traced TCP RPC transport and streams its tokens back as SSE.
+//! calls a worker over traced worker RPC (TCP or NATS) and streams its tokens back as SSE.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,17 +18,16 @@ use tokentrace::metrics::FrontendMetrics;
 use tokentrace::opentelemetry::trace::{Status, TraceContextExt};
 use tokentrace::opentelemetry::Context;
 use tokentrace::propagation::RequestIds;
-use tokentrace::rpc::{self, tcp, Request, RpcError};
-use tokio::sync::Mutex;
-use tower::{ServiceBuilder, ServiceExt};
+use tokentrace::rpc::{Request, RpcError};
 
 use crate::engine::tokenize;
 use crate::protocol::{GenerateRequest, TokenItem, GENERATE};
+use crate::transport::Peer;
 
 pub struct Frontend {
-    worker: String,
+    /// The worker (TCP address) or workers (NATS subject) that generate.
+    worker: Peer,
     model: String,
-    client: Mutex<Option<rpc::ClientService<tcp::Client>>>,
     metrics: FrontendMetrics,
 }
 
@@ -40,9 +39,9 @@ enum Api {
 
 /// The frontend: the OpenAI routes, traced, and `GET /metrics` (Dynamo's `dynamo_frontend_*`
 /// metrics, with trace exemplars), untraced.
-pub fn app(worker: String, model: String, metrics: FrontendMetrics) -> Router {
+pub fn app(worker: Peer, model: String, metrics: FrontendMetrics) -> Router {
     let routes = metrics.router();
-    let frontend = Arc::new(Frontend { worker, model, client: Mutex::new(None), metrics });
+    let frontend = Arc::new(Frontend { worker, model, metrics });
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -91,28 +90,6 @@ fn prompt_of(body: &Value, api: Api) -> Option<String> {
     }
 }
 
-impl Frontend {
-    /// The traced connection to the worker, opened (again) when needed.
-    async fn client(&self) -> Result<rpc::ClientService<tcp::Client>, RpcError> {
-        let mut slot = self.client.lock().await;
-        if let Some(client) = slot.as_ref() {
-            return Ok(client.clone());
-        }
-        let connection = tcp::Client::connect(&self.worker)
-            .await
-            .map_err(|e| RpcError::ConnectionLost(format!("cannot reach worker {}: {e}", self.worker)))?;
-        let client = ServiceBuilder::new()
-            .layer(rpc::ClientLayer::default().server_address(self.worker.clone()))
-            .service(connection);
-        *slot = Some(client.clone());
-        Ok(client)
-    }
-
-    async fn forget_client(&self) {
-        *self.client.lock().await = None;
-    }
-}
-
 async fn complete(
     State(frontend): State<Arc<Frontend>>,
     Extension(ids): Extension<RequestIds>,
@@ -147,14 +124,9 @@ async fn complete(
     let endpoint = if matches!(api, Api::Chat) { "chat_completions" } else { "completions" };
     let request_metrics =
         frontend.metrics.start(&cx, &request.model, endpoint, stream_response).input_tokens(prompt_tokens);
-    let items = match frontend.client().await {
-        Ok(client) => client.oneshot(Request::new(GENERATE, request.to_bytes())).await,
-        Err(error) => Err(error),
-    };
-    let items = match items {
+    let items = match frontend.worker.call(Request::new(GENERATE, request.to_bytes())).await {
         Ok(items) => items,
         Err(failure) => {
-            frontend.forget_client().await;
             tracing::error!(error = %failure, "worker call failed");
             request_metrics.failed();
             return error(StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable", failure.to_string());
@@ -231,14 +203,12 @@ fn chunk(id: &str, model: &str, api: Api, text: &str, finish: Option<&str>) -> S
 
 impl Frontend {
     /// A worker's stream failed mid-way. The status line was already sent, so the HTTP span
-    /// says it; a lost connection is forgotten so the next request reconnects.
+    /// says it; a lost connection is opened again by the next request.
     async fn stream_failed(&self, cx: &Context, failure: &RpcError) {
         cx.span().set_attribute(tokentrace::opentelemetry::KeyValue::new("error.type", failure.kind()));
         cx.span().set_status(Status::error(failure.to_string()));
         tracing::error!(error = %failure, "token stream failed");
-        if matches!(failure, RpcError::ConnectionLost(_) | RpcError::Closed) {
-            self.forget_client().await;
-        }
+        self.worker.failed(failure).await;
     }
 }
 

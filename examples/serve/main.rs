@@ -8,6 +8,11 @@
 //! cargo run --release -p serve -- agg               # serve on 127.0.0.1:8000, print a curl
 //! cargo run --release -p serve -- frontend --listen 0.0.0.0:8000 --worker 127.0.0.1:9000
 //! cargo run --release -p serve -- worker --role agg --listen 127.0.0.1:9000 [--engine cuda --device 0]
+//!
+//! # Over NATS (a nats-server at NATS_URL): any number of workers share a subject.
+//! cargo run --release -p serve -- agg --demo --transport nats --nats-url nats://127.0.0.1:4222
+//! cargo run --release -p serve -- worker --role agg --transport nats      # serves tokentrace.backend
+//! cargo run --release -p serve -- frontend --transport nats               # calls tokentrace.backend
 //! ```
 
 mod demo;
@@ -16,6 +21,7 @@ mod frontend;
 mod launcher;
 mod protocol;
 mod receiver;
+mod transport;
 mod worker;
 
 #[cfg(feature = "cuda")]
@@ -26,6 +32,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use launcher::Component;
+use transport::Transport;
 use worker::{Role, WorkerConfig};
 
 /// The tokentrace demo deployment: every hop traced through tokentrace's layers.
@@ -75,13 +82,16 @@ struct DeploymentArgs {
     /// Show the components' logs in demo mode.
     #[arg(long)]
     verbose: bool,
+    #[command(flatten)]
+    transport: TransportArgs,
 }
 
 #[derive(Args, Debug)]
 struct FrontendArgs {
-    /// The worker's address.
+    /// The worker to call: its address (TCP; required), or the subject its workers serve (NATS;
+    /// default tokentrace.backend).
     #[arg(long)]
-    worker: String,
+    worker: Option<String>,
     /// Where to listen.
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: String,
@@ -91,6 +101,8 @@ struct FrontendArgs {
     /// Stop when stdin closes (set by `agg`/`disagg` for their children).
     #[arg(long, hide = true)]
     exit_on_stdin_close: bool,
+    #[command(flatten)]
+    transport: TransportArgs,
 }
 
 #[derive(Args, Debug)]
@@ -98,10 +110,14 @@ struct WorkerArgs {
     /// The worker's role: agg, prefill or decode.
     #[arg(long, value_parser = parse_role)]
     role: Role,
-    /// Where to listen.
+    /// Where to listen (TCP).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
-    /// Where a decode worker finds its prefill worker (required for `--role decode`).
+    /// The subject to serve (NATS; default tokentrace.<component>: backend, prefill or decode).
+    #[arg(long)]
+    subject: Option<String>,
+    /// Where a decode worker finds its prefill workers: an address (TCP; required), or their
+    /// subject (NATS; default tokentrace.prefill).
     #[arg(long)]
     prefill: Option<String>,
     /// The engine.
@@ -126,6 +142,54 @@ struct WorkerArgs {
     /// Stop when stdin closes (set by `agg`/`disagg` for their children).
     #[arg(long, hide = true)]
     exit_on_stdin_close: bool,
+    #[command(flatten)]
+    transport: TransportArgs,
+}
+
+/// The transport flags every component takes.
+#[derive(Args, Clone, Debug)]
+struct TransportArgs {
+    /// How the components call each other: tcp (worker addresses) or nats (worker subjects on
+    /// a NATS cluster, shared by any number of workers).
+    #[arg(long, value_enum, default_value_t = TransportKind::Tcp, env = "TOKENTRACE_TRANSPORT")]
+    transport: TransportKind,
+    /// The NATS server, with `--transport nats`.
+    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "NATS_URL")]
+    nats_url: String,
+    /// With NATS: how long a call waits without a word from its worker (an item or a
+    /// heartbeat) before it fails, in milliseconds.
+    #[arg(long, default_value_t = 5000, env = "TOKENTRACE_NATS_SILENCE_MS")]
+    nats_silence_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TransportKind {
+    Tcp,
+    Nats,
+}
+
+impl TransportArgs {
+    fn transport(&self) -> Transport {
+        match self.transport {
+            TransportKind::Tcp => Transport::Tcp,
+            TransportKind::Nats => Transport::Nats {
+                url: self.nats_url.clone(),
+                silence_limit: Duration::from_millis(self.nats_silence_ms),
+            },
+        }
+    }
+
+    /// The flags again, for a child process.
+    fn to_args(&self) -> Vec<String> {
+        let kind = match self.transport {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Nats => "nats",
+        };
+        let silence = self.nats_silence_ms.to_string();
+        ["--transport", kind, "--nats-url", &self.nats_url, "--nats-silence-ms", &silence]
+            .map(str::to_owned)
+            .to_vec()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -201,28 +265,34 @@ async fn shutdown_signal(watch_stdin: bool) {
     }
 }
 
-async fn bind(address: &str) -> Result<tokio::net::TcpListener, String> {
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    // The launcher waits for this line.
-    println!("READY {local}");
-    Ok(listener)
+/// The peer named by `--worker`/`--prefill`: required with TCP, a default subject with NATS.
+fn peer_target(
+    transport: &TransportArgs,
+    given: Option<&String>,
+    flag: &str,
+    subject: &str,
+) -> Result<String, String> {
+    match (given, transport.transport) {
+        (Some(target), _) => Ok(target.clone()),
+        (None, TransportKind::Nats) => Ok(subject.to_owned()),
+        (None, TransportKind::Tcp) => Err(format!("{flag} ADDRESS is required with --transport tcp")),
+    }
 }
 
 async fn run_frontend(args: &FrontendArgs) -> Result<(), String> {
     let _telemetry = tokentrace::telemetry::init("dynamo-frontend").map_err(|e| e.to_string())?;
-    let (worker, model) = (args.worker.clone(), args.model.clone());
+    let worker = peer_target(&args.transport, args.worker.as_ref(), "--worker", "tokentrace.backend")?;
+    let model = args.model.clone();
+    let peer = args.transport.transport().peer(worker.clone()).await?;
     let buckets = tokentrace::metrics::FrontendBuckets::from_env().map_err(|e| e.to_string())?;
     let metrics = tokentrace::metrics::FrontendMetrics::with_buckets(buckets);
-    let listener = bind(&args.listen).await?;
+    let listener = transport::bind_tcp(&args.listen).await?;
     tracing::info!(worker, "frontend serving");
     // Tokens are small writes: send each at once rather than wait for the peer's ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
         let _ = socket.set_nodelay(true);
     });
-    axum::serve(listener, frontend::app(worker, model, metrics))
+    axum::serve(listener, frontend::app(peer, model, metrics))
         .with_graceful_shutdown(shutdown_signal(args.exit_on_stdin_close))
         .await
         .map_err(|e| e.to_string())
@@ -239,15 +309,41 @@ fn service_name(role: Role) -> &'static str {
 async fn run_worker(args: &WorkerArgs) -> Result<(), String> {
     let role = args.role;
     let _telemetry = tokentrace::telemetry::init(service_name(role)).map_err(|e| e.to_string())?;
+    let prefill = match role {
+        Role::Decode => {
+            let target =
+                peer_target(&args.transport, args.prefill.as_ref(), "--prefill", "tokentrace.prefill")?;
+            Some(args.transport.transport().peer(target).await?)
+        }
+        _ => None,
+    };
     let config = WorkerConfig {
         role,
         step: Duration::from_millis(args.step_ms),
         slots: args.slots,
         instance_id: args.instance_id.unwrap_or_else(|| i64::from(std::process::id())),
-        prefill: args.prefill.clone(),
+        prefill,
         name: format!("{}-{}", role.component(), std::process::id()),
         metrics: tokentrace::metrics::WorkerMetrics::new(role.component()),
     };
+    let shutdown = shutdown_signal(args.exit_on_stdin_close);
+    match args.engine {
+        EngineKind::Cpu => serve_worker(engine::CpuEngine::new(), args, config, shutdown).await,
+        EngineKind::Cuda => run_cuda_worker(args, config, shutdown).await,
+    }
+}
+
+/// Takes requests at `--listen` (TCP) or on `--subject` (NATS), then serves the metrics: once
+/// the metrics port answers, so does the worker.
+async fn serve_worker<E: engine::Engine>(
+    engine: E,
+    args: &WorkerArgs,
+    config: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let role = config.role;
+    let subject = args.subject.clone().unwrap_or_else(|| format!("tokentrace.{}", role.component()));
+    let bound = args.transport.transport().bind(&args.listen, &subject).await?;
     if let Some(address) = &args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(address)
             .await
@@ -256,20 +352,8 @@ async fn run_worker(args: &WorkerArgs) -> Result<(), String> {
         let router = config.metrics.router();
         tokio::spawn(async move { axum::serve(listener, router).await });
     }
-    if role == Role::Decode && config.prefill.is_none() {
-        return Err("a decode worker needs --prefill ADDR".into());
-    }
-    let shutdown = shutdown_signal(args.exit_on_stdin_close);
-    match args.engine {
-        EngineKind::Cpu => {
-            let listener = bind(&args.listen).await?;
-            tracing::info!(role = role.component(), engine = "cpu", "worker serving");
-            worker::serve(engine::CpuEngine::new(), config, listener, shutdown)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        EngineKind::Cuda => run_cuda_worker(args, config, shutdown).await,
-    }
+    tracing::info!(role = role.component(), engine = engine.name(), "worker serving");
+    worker::serve(engine, config, bound, shutdown).await.map_err(|e| e.to_string())
 }
 
 #[cfg(feature = "cuda")]
@@ -281,9 +365,8 @@ async fn run_cuda_worker(
     let device = args.device;
     // Fails with a clear message when there is no driver or device; checked before binding.
     let engine = cuda::CudaEngine::new(device).map_err(|e| e.to_string())?;
-    let listener = bind(&args.listen).await?;
-    tracing::info!(role = config.role.component(), engine = "cuda", device, "worker serving");
-    worker::serve(engine, config, listener, shutdown).await.map_err(|e| e.to_string())
+    tracing::info!(device, "CUDA engine ready");
+    serve_worker(engine, args, config, shutdown).await
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -315,9 +398,12 @@ async fn deployment(disaggregated: bool, args: &DeploymentArgs) -> Result<(), St
     let step = args.step_ms.to_string();
     let engine = args.engine.name();
     let worker_args = |role: &str| -> Vec<String> {
-        ["worker", "--role", role, "--listen", "127.0.0.1:0", "--step-ms", &step, "--engine", engine]
-            .map(str::to_owned)
-            .to_vec()
+        let mut worker =
+            ["worker", "--role", role, "--listen", "127.0.0.1:0", "--step-ms", &step, "--engine", engine]
+                .map(str::to_owned)
+                .to_vec();
+        worker.extend(args.transport.to_args());
+        worker
     };
 
     let mut workers = Vec::new();
@@ -344,7 +430,9 @@ async fn deployment(disaggregated: bool, args: &DeploymentArgs) -> Result<(), St
         addr
     };
     let listen = if demo { "127.0.0.1:0" } else { args.listen.as_str() };
-    let frontend_args = ["frontend", "--listen", listen, "--worker", &worker_addr].map(str::to_owned);
+    let mut frontend_args =
+        ["frontend", "--listen", listen, "--worker", &worker_addr].map(str::to_owned).to_vec();
+    frontend_args.extend(args.transport.to_args());
     let frontend = Component::spawn("frontend", &frontend_args, &with_name("dynamo-frontend"), quiet)?;
 
     let Some(receiver) = receiver else {

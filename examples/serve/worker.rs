@@ -1,24 +1,23 @@
 //! A worker: serves `generate` (aggregated or decode role) and `prefill` (prefill role) over
-//! the traced TCP RPC transport, with phase spans and token statistics on every request.
+//! traced worker RPC (TCP or NATS), with phase spans and token statistics on every request.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{self, BoxStream};
+use futures_util::stream;
 use futures_util::StreamExt;
 use tokentrace::inference::{FinishReason, Phases, StatsTarget, StreamOptions, TokenStream};
 use tokentrace::metrics::WorkerMetrics;
 use tokentrace::opentelemetry::trace::SpanContext;
 use tokentrace::propagation::TraceParent;
-use tokentrace::rpc::{self, tcp, Request, RpcError};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
-use tower::{ServiceBuilder, ServiceExt};
+use tokentrace::rpc::{self, Request, RpcError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::ServiceBuilder;
 
 use crate::engine::{detokenize, tokenize, Engine, KvState};
 use crate::protocol::{GenerateRequest, PrefillHeader, TokenItem, GENERATE, KV_CHUNK, PREFILL};
-
-pub type Items = BoxStream<'static, Result<Bytes, RpcError>>;
+use crate::transport::{Bound, Items, Peer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -51,8 +50,8 @@ pub struct WorkerConfig {
     pub step: Duration,
     pub slots: usize,
     pub instance_id: i64,
-    /// Where a decode worker finds its prefill worker.
-    pub prefill: Option<String>,
+    /// Where a decode worker finds its prefill workers.
+    pub prefill: Option<Peer>,
     pub name: String,
     /// Phase durations and KV bytes, served on the worker's metrics port.
     pub metrics: WorkerMetrics,
@@ -63,15 +62,13 @@ struct Worker<E: Engine> {
     phases: Phases,
     slots: Arc<Semaphore>,
     config: WorkerConfig,
-    /// The traced connection to the prefill worker (decode role), opened on first use.
-    prefill: Mutex<Option<rpc::ClientService<tcp::Client>>>,
 }
 
-/// Serves `engine` on `listener` until `shutdown` completes.
+/// Serves `engine` where `bound` takes requests until `shutdown` completes.
 pub async fn serve<E: Engine>(
     engine: E,
     config: WorkerConfig,
-    listener: tokio::net::TcpListener,
+    bound: Bound,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let component = config.role.component();
@@ -81,7 +78,6 @@ pub async fn serve<E: Engine>(
         phases: Phases::default().record_metrics(config.metrics.clone()),
         slots: Arc::new(Semaphore::new(config.slots)),
         config,
-        prefill: Mutex::new(None),
     });
     let handler = tower::service_fn(move |request: Request<Bytes>| {
         let worker = Arc::clone(&worker);
@@ -90,7 +86,7 @@ pub async fn serve<E: Engine>(
     let service = ServiceBuilder::new()
         .layer(rpc::ServerLayer::default().component(component).instance_id(instance_id))
         .service(handler);
-    tcp::Server::new(service).serve_with_shutdown(listener, shutdown).await
+    bound.serve(service, shutdown).await
 }
 
 fn failed(message: impl Into<String>) -> RpcError {
@@ -218,29 +214,21 @@ impl<E: Engine> Worker<E> {
 
     /// Decode role: remote prefill on the prefill worker, KV transfer, then decode here.
     async fn generate_disaggregated(self: Arc<Self>, request: GenerateRequest) -> Result<Items, RpcError> {
-        let address =
-            self.config.prefill.clone().ok_or_else(|| failed("decode worker has no --prefill address"))?;
-        let client = self.prefill_client(&address).await?;
-        let mut items = match client.oneshot(Request::new(PREFILL, request.to_bytes())).await {
-            Ok(items) => items,
-            Err(error) => {
-                // The connection may be gone: reconnect next time.
-                *self.prefill.lock().await = None;
-                return Err(error);
-            }
-        };
+        let prefill = self.config.prefill.as_ref().ok_or_else(|| failed("decode worker has no --prefill"))?;
+        let mut items = prefill.call(Request::new(PREFILL, request.to_bytes())).await?;
         let header = match items.next().await {
             Some(Ok(header)) => PrefillHeader::parse(&header).map_err(failed)?,
             Some(Err(error)) => return Err(error),
             None => return Err(failed("prefill worker sent nothing")),
         };
-        let transfer = self.phases.kv_transfer(header.kv_bytes, &address, &self.config.name);
+        let transfer = self.phases.kv_transfer(header.kv_bytes, prefill.target(), &self.config.name);
         let mut kv = Vec::with_capacity(header.kv_bytes as usize);
         while let Some(chunk) = items.next().await {
             match chunk {
                 Ok(chunk) => kv.extend_from_slice(&chunk),
                 Err(error) => {
                     transfer.fail("transfer", error.to_string());
+                    prefill.failed(&error).await;
                     return Err(error);
                 }
             }
@@ -259,20 +247,5 @@ impl<E: Engine> Worker<E> {
             .map(|tp| tp.to_span_context(&Default::default()));
         let permit = self.admit().await?;
         Ok(self.decode(request, header.prompt_tokens, kv, header.first_token, prefill_span, permit))
-    }
-
-    async fn prefill_client(&self, address: &str) -> Result<rpc::ClientService<tcp::Client>, RpcError> {
-        let mut slot = self.prefill.lock().await;
-        if let Some(client) = slot.as_ref() {
-            return Ok(client.clone());
-        }
-        let connection = tcp::Client::connect(address)
-            .await
-            .map_err(|e| RpcError::ConnectionLost(format!("cannot reach prefill worker {address}: {e}")))?;
-        let client = ServiceBuilder::new()
-            .layer(rpc::ClientLayer::default().server_address(address.to_owned()))
-            .service(connection);
-        *slot = Some(client.clone());
-        Ok(client)
     }
 }

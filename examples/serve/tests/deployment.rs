@@ -11,6 +11,8 @@ mod demo;
 mod launcher;
 #[path = "../receiver.rs"]
 mod receiver;
+#[path = "../../../tests/support/system.rs"]
+mod system;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -330,28 +332,13 @@ async fn prometheus_api(prometheus: u16, path_and_query: &str) -> serde_json::Va
     }
 }
 
-/// Kills Prometheus when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A real Prometheus (Debian's `prometheus`, exemplar storage on) scrapes the example's
 /// frontend: after N requests its query API counts N, and its exemplar API returns trace ids
 /// of traces the OTLP receiver got with those requests' `x_request_id`. Without Prometheus the
 /// test says it skipped, unless `TOKENTRACE_REQUIRE_PROMETHEUS` is set (CI).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_frontend_and_its_exemplars_open_the_traces() {
-    if std::process::Command::new("prometheus").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("TOKENTRACE_REQUIRE_PROMETHEUS").is_none(),
-            "TOKENTRACE_REQUIRE_PROMETHEUS is set but prometheus is not installed"
-        );
-        eprintln!("skipped: prometheus not found (apt-get install prometheus)");
+    if !system::installed("prometheus", "prometheus", "TOKENTRACE_REQUIRE_PROMETHEUS") {
         return;
     }
     let receiver = receiver::grpc().await;
@@ -366,8 +353,8 @@ async fn prometheus_scrapes_the_frontend_and_its_exemplars_open_the_traces() {
         ),
     )
     .unwrap();
-    let port = free_port();
-    let _prometheus = KillOnDrop(
+    let port = system::free_port();
+    let _prometheus = system::KillOnDrop(
         std::process::Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
@@ -521,6 +508,74 @@ async fn a_worker_killed_mid_stream_gives_an_error_and_the_frontend_survives() {
     receiver.stop().await;
 }
 
+/// Over NATS, against a real nats-server: two workers in one queue group share the frontend's
+/// requests, each request one trace across the processes; after one worker leaves gracefully,
+/// the other, killed mid-stream, is an error the trace shows, within the silence limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_nats_two_workers_share_the_load_and_a_killed_one_is_an_error() {
+    let Some(nats) = system::NatsServer::start() else { return };
+    let receiver = receiver::grpc().await;
+    let over_nats = ["--transport", "nats", "--nats-url", &nats.url, "--nats-silence-ms", "500"];
+    let worker = |id: &str| {
+        let args =
+            [&["worker", "--role", "agg", "--step-ms", "20", "--instance-id", id][..], &over_nats].concat();
+        spawn("worker", &args, export_env(&receiver, "dynamo-worker-vllm"))
+    };
+    let (first, second) = (worker("1"), worker("2"));
+    assert_eq!(first.addr, "tokentrace.backend", "a NATS worker reports its subject");
+    let frontend_args = [&["frontend", "--listen", "127.0.0.1:0"][..], &over_nats].concat();
+    let frontend = spawn("frontend", &frontend_args, export_env(&receiver, "dynamo-frontend"));
+    let addr: SocketAddr = frontend.addr.parse().unwrap();
+
+    let ids: Vec<String> = (0..16).map(|i| format!("nats-{i}")).collect();
+    for id in &ids {
+        assert_eq!(demo::stream_chat(addr, id, "hello nats", 2).await.unwrap().tokens, 2);
+    }
+    // The second worker leaves: it unsubscribes, finishes, and flushes its spans.
+    stop(vec![second]).await;
+    let mut body = open_stream(addr, "nats-killed", 500).await;
+    for _ in 0..3 {
+        body.frame().await.unwrap().unwrap();
+    }
+    tokio::task::spawn_blocking(move || first.kill()).await.unwrap();
+    let killed = std::time::Instant::now();
+    let rest =
+        tokio::time::timeout(Duration::from_secs(10), body.collect()).await.expect("the stream never hangs");
+    let waited = killed.elapsed();
+    let rest = String::from_utf8(rest.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(rest.contains("event: error") && rest.contains("no word from the worker"), "{rest}");
+    assert!(waited < Duration::from_millis(1_500), "reported {waited:?} after the kill (limit 500 ms)");
+
+    stop(vec![frontend]).await;
+    receiver
+        .received
+        .wait_for("the frontend's spans", |r| {
+            ids.iter()
+                .chain(["nats-killed".to_owned()].iter())
+                .all(|id| has_spans(r, id, &["http-request", "generate"]))
+        })
+        .await;
+    // The second worker's spans were flushed as it left; the first's died with it.
+    let mut by_second = 0;
+    for id in &ids {
+        let spans = demo::trace_of(&receiver.received, id);
+        let client = one(&spans, "generate", "dynamo-frontend");
+        assert_child(one(&spans, "http-request", "dynamo-frontend"), client);
+        if let Some(handle) = named(&spans, "handle_payload").first() {
+            assert_eq!(attr(handle, "instance_id").as_deref(), Some("2"));
+            assert_child(client, handle);
+            by_second += 1;
+        }
+    }
+    assert!((1..ids.len()).contains(&by_second), "both workers served: the second took {by_second} of 16");
+    let spans = demo::trace_of(&receiver.received, "nats-killed");
+    let http = one(&spans, "http-request", "dynamo-frontend");
+    assert_eq!(http.span.status.as_ref().map(|s| s.code), Some(StatusCode::Error as i32));
+    assert_eq!(attr(http, "error.type").as_deref(), Some("connection_lost"));
+    assert_eq!(attr(one(&spans, "generate", "dynamo-frontend"), "outcome").as_deref(), Some("error"));
+    receiver.stop().await;
+}
+
 fn yaml_documents(path: &str) -> Vec<serde_yaml::Value> {
     let text = std::fs::read_to_string(format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     serde_yaml::Deserializer::from_str(&text)
@@ -618,9 +673,10 @@ fn kubernetes_manifests_parse_and_set_the_tracing_variables() {
 #[test]
 fn the_compose_stack_and_its_configs_parse_and_connect() {
     let compose = &yaml_documents("examples/deploy/docker-compose.yml")[0];
-    for service in ["otel-collector", "tempo", "loki", "prometheus", "grafana"] {
+    for service in ["otel-collector", "tempo", "loki", "prometheus", "grafana", "nats"] {
         assert!(compose["services"][service].is_mapping(), "service {service}");
     }
+    assert_eq!(compose["services"]["nats"]["ports"][0], "4222:4222", "the launch scripts' NATS_URL");
     let ports: Vec<_> = compose["services"]["otel-collector"]["ports"]
         .as_sequence()
         .unwrap()
@@ -731,18 +787,10 @@ fn demo_token() -> impl tokentrace::inference::TokenChunk {
 #[test]
 fn the_prometheus_config_passes_promtool() {
     let config = format!("{}/../../examples/deploy/prometheus.yml", env!("CARGO_MANIFEST_DIR"));
-    let output = match std::process::Command::new("promtool").args(["check", "config", &config]).output() {
-        Ok(output) => output,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            assert!(
-                std::env::var_os("TOKENTRACE_REQUIRE_PROMETHEUS").is_none(),
-                "TOKENTRACE_REQUIRE_PROMETHEUS is set but promtool is not installed"
-            );
-            eprintln!("skipped: promtool not found (apt-get install prometheus)");
-            return;
-        }
-        Err(error) => panic!("promtool: {error}"),
-    };
+    if !system::installed("promtool", "prometheus", "TOKENTRACE_REQUIRE_PROMETHEUS") {
+        return;
+    }
+    let output = std::process::Command::new("promtool").args(["check", "config", &config]).output().unwrap();
     assert!(
         output.status.success(),
         "{}{}",
@@ -832,15 +880,22 @@ impl Drop for LaunchScript {
 }
 
 /// A port free on 127.0.0.1 right now (the launch scripts take fixed ports).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs() {
+    launch_disaggregated(None).await;
+}
+
+/// The same script with `NATS_URL` set: the components call each other over NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disaggregated_launch_script_over_nats_serves_one_trace_with_correlated_logs() {
+    let Some(nats) = system::NatsServer::start() else { return };
+    launch_disaggregated(Some(&nats.url)).await;
+}
+
+async fn launch_disaggregated(nats_url: Option<&str>) {
     let receiver = receiver::grpc().await;
-    let [frontend, decode, prefill] = [free_port(), free_port(), free_port()];
-    let [decode_metrics, prefill_metrics] = [free_port(), free_port()];
+    let [frontend, decode, prefill] = [system::free_port(), system::free_port(), system::free_port()];
+    let [decode_metrics, prefill_metrics] = [system::free_port(), system::free_port()];
     let logs = std::env::temp_dir().join(format!("tokentrace-launch-{}.log", std::process::id()));
     let log_file = std::fs::File::create(&logs).unwrap();
     // SERVE: the binary `cargo test` built, so the script does not build one itself.
@@ -854,6 +909,7 @@ async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs()
             .env("DECODE_METRICS_PORT", decode_metrics.to_string())
             .env("PREFILL_METRICS_PORT", prefill_metrics.to_string())
             .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint())
+            .envs(nats_url.map(|url| ("NATS_URL", url)))
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
             .spawn()
@@ -873,6 +929,9 @@ async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs()
     let ids = ["launch-1".to_owned()];
     let answer = demo::stream_chat(addr, &ids[0], "hello from the launch script", 4).await.unwrap();
     assert_eq!(answer.tokens, 4);
+    // Over NATS the workers listen on no port: the decode worker names its peer by subject.
+    let peer =
+        if nats_url.is_some() { "tokentrace.prefill".to_owned() } else { format!("127.0.0.1:{prefill}") };
     // Each worker serves its metrics where the script says.
     for (port, phase) in [(decode_metrics, "decode"), (prefill_metrics, "prefill")] {
         let uri: http::Uri = format!("http://127.0.0.1:{port}/metrics").parse().unwrap();
@@ -898,6 +957,7 @@ async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs()
         "the service names the script sets"
     );
     assert_eq!(spans.len(), 10, "{:?}", spans.iter().map(|s| (&s.span.name, &s.service)).collect::<Vec<_>>());
+    assert_eq!(attr(one(&spans, "remote_prefill", "dynamo-worker-decode"), "server.address"), Some(peer));
     // JSON Lines logs (DYN_LOGGING_JSONL=true), from all three processes, carry the trace id:
     // the frontend's, the decode worker's (endpoint `generate`) and the prefill worker's
     // (endpoint `remote_prefill`).
@@ -924,14 +984,14 @@ async fn the_disaggregated_launch_script_serves_one_trace_with_correlated_logs()
 
 #[test]
 fn a_launch_script_whose_worker_cannot_start_stops_with_its_message() {
-    let [frontend, worker] = [free_port(), free_port()];
+    let [frontend, worker] = [system::free_port(), system::free_port()];
     let output = std::process::Command::new("bash")
         .arg(format!("{}/../launch/agg_tracing.sh", env!("CARGO_MANIFEST_DIR")))
         .env("SERVE", serve_exe())
         .env("ENGINE", "abacus")
         .env("FRONTEND_PORT", frontend.to_string())
         .env("WORKER_PORT", worker.to_string())
-        .env("WORKER_METRICS_PORT", free_port().to_string())
+        .env("WORKER_METRICS_PORT", system::free_port().to_string())
         .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9")
         .output()
         .unwrap();
