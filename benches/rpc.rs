@@ -1,8 +1,9 @@
 //! Worker RPC: the per-call overhead of `rpc::ClientLayer` + `rpc::ServerLayer` over the bare
 //! service (in process, no transport), and items/s over loopback TCP for 1 and 64 concurrent
 //! streams, traced and untraced, in one run; gRPC (tonic, through the HTTP layers): per unary
-//! call and items/s of a 256-message server stream, traced and untraced. Spans go through a batch processor into a
-//! discarding exporter.
+//! call and items/s of a 256-message server stream, traced and untraced; NATS (a real
+//! `nats-server` on loopback, skipped with a message where none is installed): the same two
+//! rows. Spans go through a batch processor into a discarding exporter.
 //!
 //! Run: `cargo bench --bench rpc`; the latest figures are in `BENCHMARKS.md`.
 
@@ -19,6 +20,9 @@ use tokentrace::rpc::{self, tcp, Request, RpcError};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 mod support;
+#[cfg(feature = "nats")]
+#[path = "../tests/support/system.rs"]
+mod system;
 
 type Items = BoxStream<'static, Result<Bytes, RpcError>>;
 
@@ -71,27 +75,6 @@ fn layers(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider: &SdkTr
 
 const ITEMS_PER_STREAM: usize = 1000;
 
-/// `streams` concurrent calls through `client`, each drained to its end.
-async fn concurrent_calls<C, St>(client: &C, streams: usize)
-where
-    C: Service<Request<Bytes>, Response = St> + Clone + Send + 'static,
-    C::Error: std::fmt::Debug + Send,
-    C::Future: Send,
-    St: futures_util::Stream<Item = Result<Bytes, RpcError>> + Unpin + Send + 'static,
-{
-    let calls: Vec<_> = (0..streams)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                drain(client.oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await
-            })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(call.await.unwrap(), ITEMS_PER_STREAM);
-    }
-}
-
 fn tcp_throughput(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider: &SdkTracerProvider) {
     let (untraced_addr, traced_addr) = runtime.block_on(async {
         let untraced = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -110,12 +93,14 @@ fn tcp_throughput(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider
         group.throughput(Throughput::Elements((streams * ITEMS_PER_STREAM) as u64));
         let untraced = runtime.block_on(tcp::Client::connect(untraced_addr)).unwrap();
         group.bench_function("untraced", |b| {
-            b.iter(|| runtime.block_on(concurrent_calls(&untraced, streams)))
+            b.iter(|| runtime.block_on(calls_at_once(&untraced, streams, ITEMS_PER_STREAM)))
         });
         let traced = ServiceBuilder::new()
             .layer(rpc::ClientLayer::with_tracer(provider.tracer("frontend")))
             .service(runtime.block_on(tcp::Client::connect(traced_addr)).unwrap());
-        group.bench_function("traced", |b| b.iter(|| runtime.block_on(concurrent_calls(&traced, streams))));
+        group.bench_function("traced", |b| {
+            b.iter(|| runtime.block_on(calls_at_once(&traced, streams, ITEMS_PER_STREAM)))
+        });
         group.finish();
     }
 }
@@ -245,6 +230,91 @@ fn grpc(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider: &SdkTrac
     group.finish();
 }
 
+/// Items per stream of the NATS stream rows, calls per iteration of the unary rows.
+const NATS_STREAM_ITEMS: usize = 256;
+const NATS_UNARY_CALLS: usize = 64;
+
+/// `calls` concurrent calls through `client`, each drained, `items` expected from each.
+async fn calls_at_once<C, St>(client: &C, calls: usize, items: usize)
+where
+    C: Service<Request<Bytes>, Response = St> + Clone + Send + 'static,
+    C::Error: std::fmt::Debug + Send,
+    C::Future: Send,
+    St: futures_util::Stream<Item = Result<Bytes, RpcError>> + Unpin + Send + 'static,
+{
+    let calls: Vec<_> = (0..calls)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                drain(client.oneshot(Request::new("generate", Bytes::new())).await.unwrap()).await
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), items);
+    }
+}
+
+#[cfg(feature = "nats")]
+fn nats(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    provider: &SdkTracerProvider,
+) -> Option<system::NatsServer> {
+    use tokentrace::rpc::nats::{self, async_nats};
+
+    let server = system::NatsServer::start()?;
+    let connect = || runtime.block_on(async_nats::connect(&server.url)).unwrap();
+    // Each worker on a connection of its own, as a worker process would be.
+    let serve = |subject: &str, items: usize, traced: bool| {
+        let listener = runtime.block_on(nats::Listener::bind(connect(), subject)).unwrap();
+        let _guard = runtime.enter();
+        if traced {
+            let worker = ServiceBuilder::new()
+                .layer(rpc::ServerLayer::with_tracer(provider.tracer("worker")).component("backend"))
+                .service(handler(items));
+            tokio::spawn(nats::serve(listener, worker));
+        } else {
+            tokio::spawn(nats::serve(listener, handler(items)));
+        }
+    };
+    for (row, items, calls) in [("unary", 1, NATS_UNARY_CALLS), ("stream_256", NATS_STREAM_ITEMS, 1)] {
+        let (untraced_subject, traced_subject) =
+            (format!("bench.{row}.untraced"), format!("bench.{row}.traced"));
+        serve(&untraced_subject, items, false);
+        serve(&traced_subject, items, true);
+        let untraced = nats::Client::new(connect(), untraced_subject).unwrap();
+        let traced = ServiceBuilder::new()
+            .layer(rpc::ClientLayer::with_tracer(provider.tracer("frontend")))
+            .service(nats::Client::new(connect(), traced_subject).unwrap());
+        let mut group = c.benchmark_group(format!("rpc_nats/{row}"));
+        group.throughput(Throughput::Elements((items * calls) as u64));
+        // The broker is a third process on the same cores: longer runs average its scheduling out.
+        group.measurement_time(Duration::from_secs(10));
+        group.bench_function("untraced", |b| {
+            b.iter(|| runtime.block_on(calls_at_once(&untraced, calls, items)))
+        });
+        group.bench_function("traced", |b| b.iter(|| runtime.block_on(calls_at_once(&traced, calls, items))));
+        group.finish();
+    }
+    Some(server)
+}
+
+/// Prints a group's untraced and traced rates (`per_iteration` of `unit` each) and their ratio.
+fn print_throughput(group: &str, per_iteration: usize, unit: &str) {
+    if let (Some(untraced), Some(traced)) =
+        (support::mean_ns(group, "untraced"), support::mean_ns(group, "traced"))
+    {
+        let rate = |ns: f64| per_iteration as f64 / ns * 1e3;
+        println!(
+            "throughput {group}: untraced {:.3} M {unit}/s, traced {:.3} M {unit}/s -> traced/untraced {:.3}",
+            rate(untraced),
+            rate(traced),
+            untraced / traced
+        );
+    }
+}
+
 fn main() {
     let provider = SdkTracerProvider::builder().with_batch_exporter(support::DiscardExporter).build();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -255,6 +325,8 @@ fn main() {
     layers(&mut c, &runtime, &provider);
     tcp_throughput(&mut c, &runtime, &provider);
     grpc(&mut c, &runtime, &provider);
+    #[cfg(feature = "nats")]
+    let _nats_server = nats(&mut c, &runtime, &provider);
     c.final_summary();
     if let (Some(bare), Some(traced)) = (support::mean_ns(LAYERS, "bare"), support::mean_ns(LAYERS, "traced"))
     {
@@ -264,41 +336,11 @@ fn main() {
         );
     }
     for streams in [1usize, 64] {
-        let group = format!("rpc_tcp/{streams}_streams");
-        let items = (streams * ITEMS_PER_STREAM) as f64;
-        if let (Some(untraced), Some(traced)) =
-            (support::mean_ns(&group, "untraced"), support::mean_ns(&group, "traced"))
-        {
-            println!(
-                "throughput {group}: untraced {:.2} M items/s, traced {:.2} M items/s -> traced/untraced {:.3}",
-                items / untraced * 1e3,
-                items / traced * 1e3,
-                untraced / traced
-            );
-        }
+        print_throughput(&format!("rpc_tcp/{streams}_streams"), streams * ITEMS_PER_STREAM, "items");
     }
-    if let (Some(untraced), Some(traced)) =
-        (support::mean_ns("rpc_grpc/unary", "untraced"), support::mean_ns("rpc_grpc/unary", "traced"))
-    {
-        let calls = GRPC_UNARY_CALLS as f64;
-        println!(
-            "throughput rpc_grpc/unary ({GRPC_UNARY_CALLS} at once): untraced {:.1} k calls/s, traced {:.1} k calls/s -> traced/untraced {:.3}",
-            calls / untraced * 1e6,
-            calls / traced * 1e6,
-            untraced / traced
-        );
-    }
-    if let (Some(untraced), Some(traced)) = (
-        support::mean_ns("rpc_grpc/stream_256", "untraced"),
-        support::mean_ns("rpc_grpc/stream_256", "traced"),
-    ) {
-        let items = GRPC_STREAM_ITEMS as f64;
-        println!(
-            "throughput rpc_grpc/stream_256: untraced {:.2} M items/s, traced {:.2} M items/s -> traced/untraced {:.3}",
-            items / untraced * 1e3,
-            items / traced * 1e3,
-            untraced / traced
-        );
-    }
+    print_throughput("rpc_grpc/unary", GRPC_UNARY_CALLS, "calls");
+    print_throughput("rpc_grpc/stream_256", GRPC_STREAM_ITEMS, "items");
+    print_throughput("rpc_nats/unary", NATS_UNARY_CALLS, "calls");
+    print_throughput("rpc_nats/stream_256", NATS_STREAM_ITEMS, "items");
     let _ = provider.shutdown();
 }
