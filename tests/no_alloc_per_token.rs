@@ -50,7 +50,8 @@ fn draining_tokens_allocates_nothing_per_token() {
         assert_eq!(seen, tokens);
         allocations() - before
     };
-    allocations_for(10); // warm up lazily initialised state
+    // Warm up lazily initialised state.
+    allocations_for(10);
     // The fewest of three runs: the counter is process-wide, and a machine under load has seen a
     // stray allocation or four land in one run; a per-token allocation would show in all three.
     let fewest = |tokens: usize| (0..3).map(|_| allocations_for(tokens)).min().unwrap();
