@@ -3,7 +3,9 @@
 //! streams, traced and untraced, in one run; gRPC (tonic, through the HTTP layers): per unary
 //! call and items/s of a 256-message server stream, traced and untraced; NATS (a real
 //! `nats-server` on loopback, skipped with a message where none is installed): the same two
-//! rows. Spans go through a batch processor into a discarding exporter.
+//! rows. Spans go through a batch processor into a discarding exporter. Each traced/untraced
+//! pair is also run interleaved (alternating rounds), whose median ratio drift between the two
+//! criterion measurements cannot move.
 //!
 //! Run: `cargo bench --bench rpc`; the latest figures are in `BENCHMARKS.md`.
 
@@ -102,6 +104,12 @@ fn tcp_throughput(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider
             b.iter(|| runtime.block_on(calls_at_once(&traced, streams, ITEMS_PER_STREAM)))
         });
         group.finish();
+        support::print_interleaved(
+            &group_name,
+            if streams == 1 { 32 } else { 1 },
+            || runtime.block_on(calls_at_once(&untraced, streams, ITEMS_PER_STREAM)),
+            || runtime.block_on(calls_at_once(&traced, streams, ITEMS_PER_STREAM)),
+        );
     }
 }
 
@@ -178,56 +186,41 @@ fn grpc(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider: &SdkTrac
     }
 
     // 64 unary calls at once per iteration, so the figure is the calls' cost rather than the
-    // wake-up latency of one call at a time.
+    // wake-up latency of one call at a time. (Macros: the two clients are different types.)
+    macro_rules! unary_calls {
+        ($client:expr) => {
+            runtime.block_on(async {
+                let calls = (0..GRPC_UNARY_CALLS).map(|_| {
+                    let mut client = $client.clone();
+                    tokio::spawn(async move { client.check(request()).await.unwrap() })
+                });
+                for call in calls.collect::<Vec<_>>() {
+                    call.await.unwrap();
+                }
+            })
+        };
+    }
+    macro_rules! one_stream {
+        ($client:expr) => {
+            runtime.block_on(async {
+                let items = $client.clone().watch(request()).await.unwrap().into_inner();
+                assert_eq!(items.count().await, GRPC_STREAM_ITEMS);
+            })
+        };
+    }
     let mut group = c.benchmark_group("rpc_grpc/unary");
     group.throughput(Throughput::Elements(GRPC_UNARY_CALLS as u64));
-    group.bench_function("untraced", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let calls = (0..GRPC_UNARY_CALLS).map(|_| {
-                    let mut client = untraced.clone();
-                    tokio::spawn(async move { client.check(request()).await.unwrap() })
-                });
-                for call in calls.collect::<Vec<_>>() {
-                    call.await.unwrap();
-                }
-            })
-        })
-    });
-    group.bench_function("traced", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let calls = (0..GRPC_UNARY_CALLS).map(|_| {
-                    let mut client = traced.clone();
-                    tokio::spawn(async move { client.check(request()).await.unwrap() })
-                });
-                for call in calls.collect::<Vec<_>>() {
-                    call.await.unwrap();
-                }
-            })
-        })
-    });
+    group.bench_function("untraced", |b| b.iter(|| unary_calls!(untraced)));
+    group.bench_function("traced", |b| b.iter(|| unary_calls!(traced)));
     group.finish();
+    support::print_interleaved("rpc_grpc/unary", 8, || unary_calls!(untraced), || unary_calls!(traced));
 
     let mut group = c.benchmark_group("rpc_grpc/stream_256");
     group.throughput(Throughput::Elements(GRPC_STREAM_ITEMS as u64));
-    group.bench_function("untraced", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let items = untraced.clone().watch(request()).await.unwrap().into_inner();
-                assert_eq!(items.count().await, GRPC_STREAM_ITEMS);
-            })
-        })
-    });
-    group.bench_function("traced", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let items = traced.clone().watch(request()).await.unwrap().into_inner();
-                assert_eq!(items.count().await, GRPC_STREAM_ITEMS);
-            })
-        })
-    });
+    group.bench_function("untraced", |b| b.iter(|| one_stream!(untraced)));
+    group.bench_function("traced", |b| b.iter(|| one_stream!(traced)));
     group.finish();
+    support::print_interleaved("rpc_grpc/stream_256", 32, || one_stream!(untraced), || one_stream!(traced));
 }
 
 /// Items per stream of the NATS stream rows, calls per iteration of the unary rows.
@@ -296,6 +289,12 @@ fn nats(
         });
         group.bench_function("traced", |b| b.iter(|| runtime.block_on(calls_at_once(&traced, calls, items))));
         group.finish();
+        support::print_interleaved(
+            &format!("rpc_nats/{row}"),
+            if calls == 1 { 16 } else { 4 },
+            || runtime.block_on(calls_at_once(&untraced, calls, items)),
+            || runtime.block_on(calls_at_once(&traced, calls, items)),
+        );
     }
     Some(server)
 }

@@ -109,3 +109,38 @@ pub fn exporting_traces_to(endpoint: String) -> tokentrace::telemetry::Telemetry
     let vars = [("OTEL_EXPORT_ENABLED", "true".to_owned()), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)];
     Telemetry::build(TelemetryConfig::from_vars("bench", vars).unwrap()).unwrap()
 }
+
+/// Runs `untraced` and `traced` alternately, `ROUNDS` rounds of `batch` calls each (the order
+/// swapped every round), and prints the per-round ratio of their times as throughput
+/// traced/untraced: its median and quartiles. On a noisy machine two criterion measurements
+/// taken one after the other can drift apart (another process, the clock speed); within a
+/// round both sides see the same conditions.
+pub fn print_interleaved(group: &str, batch: usize, mut untraced: impl FnMut(), mut traced: impl FnMut()) {
+    const ROUNDS: usize = 40;
+    let time = |f: &mut dyn FnMut()| {
+        let start = std::time::Instant::now();
+        for _ in 0..batch {
+            f();
+        }
+        start.elapsed().as_secs_f64()
+    };
+    let mut ratios: Vec<f64> = (0..ROUNDS)
+        .map(|round| {
+            let (u, t) = if round % 2 == 0 {
+                let u = time(&mut untraced);
+                (u, time(&mut traced))
+            } else {
+                let t = time(&mut traced);
+                (time(&mut untraced), t)
+            };
+            u / t
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "interleaved {group}: traced/untraced median {:.3} (quartiles {:.3}-{:.3}) over {ROUNDS} rounds of {batch}",
+        ratios[ROUNDS / 2],
+        ratios[ROUNDS / 4],
+        ratios[3 * ROUNDS / 4]
+    );
+}
