@@ -129,6 +129,7 @@ async fn workers_in_one_queue_group_share_the_load() {
         sent += 1;
     }
     let counts = served.each_ref().map(|count| count.load(Ordering::SeqCst));
+    assert_eq!(counts[0] + counts[1], sent, "each request served once: {counts:?}");
     assert!(counts.iter().all(|&count| count >= 10), "both workers took requests: {counts:?} of {sent}");
 }
 

@@ -245,12 +245,20 @@ impl ResponseStream {
             Err(error) => return Reply::Item(Err(error)),
         };
         if frame.stream() != self.next_sequence {
-            return Reply::Item(Err(RpcError::ConnectionLost(format!(
-                "replies from {} were lost: expected #{}, got #{} (the caller read too slowly)",
-                self.subject,
-                self.next_sequence,
-                frame.stream()
-            ))));
+            let (expected, got) = (self.next_sequence, frame.stream());
+            let why = if got > expected {
+                format!(
+                    "{} replies from {} were lost (the caller read too slowly)",
+                    got - expected,
+                    self.subject
+                )
+            } else {
+                format!(
+                    "reply #{got} from {} came again after #{expected} (two workers answered?)",
+                    self.subject
+                )
+            };
+            return Reply::Item(Err(RpcError::ConnectionLost(why)));
         }
         self.next_sequence += 1;
         match frame {
