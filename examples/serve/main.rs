@@ -181,12 +181,9 @@ impl TransportArgs {
 
     /// The flags again, for a child process.
     fn to_args(&self) -> Vec<String> {
-        let kind = match self.transport {
-            TransportKind::Tcp => "tcp",
-            TransportKind::Nats => "nats",
-        };
+        let kind = self.transport.to_possible_value().expect("no variant is skipped");
         let silence = self.nats_silence_ms.to_string();
-        ["--transport", kind, "--nats-url", &self.nats_url, "--nats-silence-ms", &silence]
+        ["--transport", kind.get_name(), "--nats-url", &self.nats_url, "--nats-silence-ms", &silence]
             .map(str::to_owned)
             .to_vec()
     }

@@ -1,6 +1,7 @@
 //! RPC metadata: a small, ordered, case-insensitive string map.
 
 use crate::propagation::Carrier;
+use crate::rpc::request::RpcError;
 
 /// Most entries a [`Metadata`] accepts from the wire.
 ///
@@ -14,6 +15,17 @@ use crate::propagation::Carrier;
 /// assert!(frame.encode(&mut BytesMut::new()).is_err()); // refused before it is sent
 /// ```
 pub const MAX_METADATA_ENTRIES: usize = 64;
+
+/// Refuses `count` metadata entries when there are more than [`MAX_METADATA_ENTRIES`]: every
+/// transport checks with this, sending and receiving.
+pub(crate) fn check_entry_count(count: usize) -> Result<(), RpcError> {
+    if count > MAX_METADATA_ENTRIES {
+        return Err(RpcError::Malformed(format!(
+            "{count} metadata entries, at most {MAX_METADATA_ENTRIES} allowed"
+        )));
+    }
+    Ok(())
+}
 
 /// The metadata of a worker RPC request: what HTTP headers are to HTTP.
 ///

@@ -14,7 +14,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::subject;
-use crate::rpc::metadata::{Metadata, MAX_METADATA_ENTRIES};
+use crate::rpc::metadata::{check_entry_count, Metadata};
 use crate::rpc::request::{Request, RpcError};
 use crate::rpc::tcp::Frame;
 
@@ -160,12 +160,7 @@ impl Client {
 /// The request's metadata as NATS headers, and their size on the wire (what `max_payload`
 /// counts besides the payload).
 fn headers_of(metadata: &Metadata) -> Result<(HeaderMap, usize), RpcError> {
-    if metadata.len() > MAX_METADATA_ENTRIES {
-        return Err(RpcError::Malformed(format!(
-            "{} metadata entries, at most {MAX_METADATA_ENTRIES} allowed",
-            metadata.len()
-        )));
-    }
+    check_entry_count(metadata.len())?;
     let mut headers = HeaderMap::new();
     // "NATS/1.0\r\n", then "name: value\r\n" per entry, then "\r\n".
     let mut len = if metadata.is_empty() { 0 } else { 12 };

@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use super::subject;
 use crate::rpc::handlers::Handlers;
-use crate::rpc::metadata::{Metadata, MAX_METADATA_ENTRIES};
+use crate::rpc::metadata::{check_entry_count, Metadata};
 use crate::rpc::request::{Request, RpcError};
 use crate::rpc::tcp::Frame;
 
@@ -301,14 +301,10 @@ fn request_of(message: Message, endpoint_at: usize) -> Result<Request<Bytes>, Rp
 }
 
 fn metadata_of(headers: &async_nats::HeaderMap) -> Result<Metadata, RpcError> {
+    check_entry_count(headers.iter().map(|(_, values)| values.len()).sum())?;
     let mut metadata = Metadata::new();
     for (name, values) in headers.iter() {
         for value in values {
-            if metadata.len() == MAX_METADATA_ENTRIES {
-                return Err(RpcError::Malformed(format!(
-                    "more than {MAX_METADATA_ENTRIES} metadata entries"
-                )));
-            }
             metadata.append(name.as_ref(), value.as_str());
         }
     }
@@ -328,40 +324,43 @@ struct Replies {
 impl Replies {
     /// Publishes the next reply; fails when it exceeds the server's `max_payload` or the
     /// client is closed.
-    async fn send(&mut self, frame: impl FnOnce(u64) -> Frame, payload_len: usize) -> Result<(), RpcError> {
-        let size = 9 + payload_len;
-        let max = self.nats.max_payload();
+    async fn send(&mut self, frame: impl FnOnce(u64) -> Frame) -> Result<(), RpcError> {
+        let body = encoded(&frame(self.sequence))?;
+        let (size, max) = (body.len(), self.nats.max_payload());
         if size > max {
             return Err(RpcError::FrameTooLarge { size, max });
         }
-        let mut body = BytesMut::with_capacity(size);
-        frame(self.sequence).encode(&mut body)?;
         self.sequence += 1;
         self.nats
-            .publish_with_reply(self.to.clone(), self.watch.clone(), body.freeze())
+            .publish_with_reply(self.to.clone(), self.watch.clone(), body)
             .await
             .map_err(|error| RpcError::ConnectionLost(format!("cannot publish a reply: {error}")))
     }
 
     async fn item(&mut self, payload: Bytes) -> Result<(), RpcError> {
-        let len = payload.len();
-        self.send(|stream| Frame::Item { stream, payload }, len).await
+        self.send(|stream| Frame::Item { stream, payload }).await
     }
 
     async fn heartbeat(&mut self) -> Result<(), RpcError> {
-        self.send(|stream| Frame::Heartbeat { stream }, 0).await
+        self.send(|stream| Frame::Heartbeat { stream }).await
     }
 
     async fn end(mut self) {
         self.finished = true;
-        let _ = self.send(|stream| Frame::End { stream }, 0).await;
+        let _ = self.send(|stream| Frame::End { stream }).await;
     }
 
     async fn fail(mut self, message: String) {
         self.finished = true;
-        let len = message.len();
-        let _ = self.send(|stream| Frame::Error { stream, message }, len).await;
+        let _ = self.send(|stream| Frame::Error { stream, message }).await;
     }
+}
+
+/// A reply's message body: the frame's encoding (one copy of its payload).
+fn encoded(frame: &Frame) -> Result<Bytes, RpcError> {
+    let mut body = BytesMut::new();
+    frame.encode(&mut body)?;
+    Ok(body.freeze())
 }
 
 impl Drop for Replies {
@@ -371,10 +370,9 @@ impl Drop for Replies {
             return;
         }
         let frame = Frame::Error { stream: self.sequence, message: "handler stopped before its end".into() };
-        let mut body = BytesMut::new();
-        if frame.encode(&mut body).is_ok() {
+        if let Ok(body) = encoded(&frame) {
             let (nats, to) = (self.nats.clone(), self.to.clone());
-            runtime.spawn(async move { nats.publish(to, body.freeze()).await });
+            runtime.spawn(async move { nats.publish(to, body).await });
         }
     }
 }

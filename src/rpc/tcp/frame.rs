@@ -19,7 +19,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::rpc::metadata::{Metadata, MAX_METADATA_ENTRIES};
+use crate::rpc::metadata::{check_entry_count, Metadata};
 use crate::rpc::request::RpcError;
 
 /// Longest endpoint name, metadata name or metadata value, in bytes.
@@ -153,12 +153,7 @@ impl Frame {
     fn encode_unchecked(&self, out: &mut BytesMut) -> Result<(), RpcError> {
         match self {
             Self::Request { stream, endpoint, metadata, payload } => {
-                if metadata.len() > MAX_METADATA_ENTRIES {
-                    return Err(RpcError::Malformed(format!(
-                        "{} metadata entries, at most {MAX_METADATA_ENTRIES} allowed",
-                        metadata.len()
-                    )));
-                }
+                check_entry_count(metadata.len())?;
                 out.reserve(1 + 8 + 2 + endpoint.len() + 2 + payload.len() + metadata.len() * 64);
                 out.put_u8(REQUEST);
                 out.put_u64(*stream);
@@ -222,11 +217,7 @@ impl Frame {
             REQUEST => {
                 let endpoint = take_field(&mut body, "endpoint")?;
                 let count = usize::from(take_u16(&mut body, "metadata count")?);
-                if count > MAX_METADATA_ENTRIES {
-                    return Err(RpcError::Malformed(format!(
-                        "{count} metadata entries, at most {MAX_METADATA_ENTRIES} allowed"
-                    )));
-                }
+                check_entry_count(count)?;
                 let mut metadata = Metadata::new();
                 for _ in 0..count {
                     let name = take_field(&mut body, "metadata name")?;
