@@ -91,21 +91,18 @@ fn tcp_throughput(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider
     });
     for streams in [1usize, 64] {
         let group_name = format!("rpc_tcp/{streams}_streams");
-        let mut group = c.benchmark_group(&group_name);
-        group.throughput(Throughput::Elements((streams * ITEMS_PER_STREAM) as u64));
         let untraced = runtime.block_on(tcp::Client::connect(untraced_addr)).unwrap();
-        group.bench_function("untraced", |b| {
-            b.iter(|| runtime.block_on(calls_at_once(&untraced, streams, ITEMS_PER_STREAM)))
-        });
         let traced = ServiceBuilder::new()
             .layer(rpc::ClientLayer::with_tracer(provider.tracer("frontend")))
             .service(runtime.block_on(tcp::Client::connect(traced_addr)).unwrap());
-        group.bench_function("traced", |b| {
-            b.iter(|| runtime.block_on(calls_at_once(&traced, streams, ITEMS_PER_STREAM)))
-        });
-        group.finish();
-        support::print_interleaved(
-            &group_name,
+        compare(
+            c,
+            Pair {
+                group: &group_name,
+                per_iteration: streams * ITEMS_PER_STREAM,
+                unit: "items",
+                ..Pair::default()
+            },
             if streams == 1 { 32 } else { 1 },
             || runtime.block_on(calls_at_once(&untraced, streams, ITEMS_PER_STREAM)),
             || runtime.block_on(calls_at_once(&traced, streams, ITEMS_PER_STREAM)),
@@ -208,24 +205,17 @@ fn grpc(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider: &SdkTrac
             })
         };
     }
-    let mut group = c.benchmark_group("rpc_grpc/unary");
-    group.throughput(Throughput::Elements(GRPC_UNARY_CALLS as u64));
-    group.bench_function("untraced", |b| b.iter(|| unary_calls!(untraced)));
-    group.bench_function("traced", |b| b.iter(|| unary_calls!(traced)));
-    group.finish();
-    support::print_interleaved("rpc_grpc/unary", 8, || unary_calls!(untraced), || unary_calls!(traced));
-
-    let mut group = c.benchmark_group("rpc_grpc/stream_256");
-    group.throughput(Throughput::Elements(GRPC_STREAM_ITEMS as u64));
-    group.bench_function("untraced", |b| b.iter(|| one_stream!(untraced)));
-    group.bench_function("traced", |b| b.iter(|| one_stream!(traced)));
-    group.finish();
-    support::print_interleaved("rpc_grpc/stream_256", 32, || one_stream!(untraced), || one_stream!(traced));
+    let unary =
+        Pair { group: "rpc_grpc/unary", per_iteration: GRPC_UNARY_CALLS, unit: "calls", ..Pair::default() };
+    compare(c, unary, 8, || unary_calls!(untraced), || unary_calls!(traced));
+    let stream = Pair {
+        group: "rpc_grpc/stream_256",
+        per_iteration: GRPC_STREAM_ITEMS,
+        unit: "items",
+        ..Pair::default()
+    };
+    compare(c, stream, 32, || one_stream!(untraced), || one_stream!(traced));
 }
-
-/// Items per stream of the NATS stream rows, calls per iteration of the unary rows.
-const NATS_STREAM_ITEMS: usize = 256;
-const NATS_UNARY_CALLS: usize = 64;
 
 /// `calls` concurrent calls through `client`, each drained, `items` expected from each.
 async fn calls_at_once<C, St>(client: &C, calls: usize, items: usize)
@@ -255,6 +245,9 @@ fn nats(
     provider: &SdkTracerProvider,
 ) -> Option<system::NatsServer> {
     use tokentrace::rpc::nats::{self, async_nats};
+    /// Items per stream of the stream row, calls per iteration of the unary row.
+    const NATS_STREAM_ITEMS: usize = 256;
+    const NATS_UNARY_CALLS: usize = 64;
 
     let server = system::NatsServer::start()?;
     let connect = || runtime.block_on(async_nats::connect(&server.url)).unwrap();
@@ -280,17 +273,12 @@ fn nats(
         let traced = ServiceBuilder::new()
             .layer(rpc::ClientLayer::with_tracer(provider.tracer("frontend")))
             .service(nats::Client::new(connect(), traced_subject).unwrap());
-        let mut group = c.benchmark_group(format!("rpc_nats/{row}"));
-        group.throughput(Throughput::Elements((items * calls) as u64));
+        let (per_iteration, unit) = if calls == 1 { (items, "items") } else { (calls, "calls") };
         // The broker is a third process on the same cores: longer runs average its scheduling out.
-        group.measurement_time(Duration::from_secs(10));
-        group.bench_function("untraced", |b| {
-            b.iter(|| runtime.block_on(calls_at_once(&untraced, calls, items)))
-        });
-        group.bench_function("traced", |b| b.iter(|| runtime.block_on(calls_at_once(&traced, calls, items))));
-        group.finish();
-        support::print_interleaved(
-            &format!("rpc_nats/{row}"),
+        let group = format!("rpc_nats/{row}");
+        compare(
+            c,
+            Pair { group: &group, per_iteration, unit, measurement_time: Some(Duration::from_secs(10)) },
             if calls == 1 { 16 } else { 4 },
             || runtime.block_on(calls_at_once(&untraced, calls, items)),
             || runtime.block_on(calls_at_once(&traced, calls, items)),
@@ -299,12 +287,49 @@ fn nats(
     Some(server)
 }
 
-/// Prints a group's untraced and traced rates (`per_iteration` of `unit` each) and their ratio.
-fn print_throughput(group: &str, per_iteration: usize, unit: &str) {
+/// A traced/untraced pair: its criterion group, what one iteration moves, and (for a noisy row)
+/// a longer measurement than the run's default.
+#[derive(Default)]
+struct Pair<'a> {
+    group: &'a str,
+    per_iteration: usize,
+    unit: &'a str,
+    measurement_time: Option<Duration>,
+}
+
+/// Measures a pair with criterion, untraced then traced, and prints both rates and their
+/// ratio; then runs it interleaved, `batch` calls a side per round, and prints that ratio.
+/// Nothing of it runs where the command line's filter leaves the pair out.
+fn compare(
+    c: &mut Criterion,
+    pair: Pair<'_>,
+    batch: usize,
+    mut untraced: impl FnMut(),
+    mut traced: impl FnMut(),
+) {
+    let mut group = c.benchmark_group(pair.group);
+    group.throughput(Throughput::Elements(pair.per_iteration as u64));
+    if let Some(time) = pair.measurement_time {
+        group.measurement_time(time);
+    }
+    let mut measured = false;
+    group.bench_function("untraced", |b| {
+        measured = true;
+        b.iter(&mut untraced)
+    });
+    group.bench_function("traced", |b| {
+        measured = true;
+        b.iter(&mut traced)
+    });
+    group.finish();
+    if !measured {
+        return;
+    }
+    let (group, unit) = (pair.group, pair.unit);
     if let (Some(untraced), Some(traced)) =
         (support::mean_ns(group, "untraced"), support::mean_ns(group, "traced"))
     {
-        let rate = |ns: f64| per_iteration as f64 / ns * 1e3;
+        let rate = |ns: f64| pair.per_iteration as f64 / ns * 1e3;
         println!(
             "throughput {group}: untraced {:.3} M {unit}/s, traced {:.3} M {unit}/s -> traced/untraced {:.3}",
             rate(untraced),
@@ -312,6 +337,7 @@ fn print_throughput(group: &str, per_iteration: usize, unit: &str) {
             untraced / traced
         );
     }
+    support::print_interleaved(group, batch, untraced, traced);
 }
 
 fn main() {
@@ -334,12 +360,5 @@ fn main() {
             traced - bare
         );
     }
-    for streams in [1usize, 64] {
-        print_throughput(&format!("rpc_tcp/{streams}_streams"), streams * ITEMS_PER_STREAM, "items");
-    }
-    print_throughput("rpc_grpc/unary", GRPC_UNARY_CALLS, "calls");
-    print_throughput("rpc_grpc/stream_256", GRPC_STREAM_ITEMS, "items");
-    print_throughput("rpc_nats/unary", NATS_UNARY_CALLS, "calls");
-    print_throughput("rpc_nats/stream_256", NATS_STREAM_ITEMS, "items");
     let _ = provider.shutdown();
 }
