@@ -22,10 +22,16 @@ pub fn traceparent(data: &[u8]) {
 }
 
 /// Splits `data` into header values at `\n`; never panics; every accepted state re-parses to
-/// itself and stays within the limits.
+/// itself, stays within the limits, lists exactly its members, and converts to OpenTelemetry's
+/// `TraceState` (where that accepts its keys) with the same header.
 pub fn tracestate(data: &[u8]) {
     if let Ok(state) = TraceState::from_headers(data.split(|&b| b == b'\n')) {
         assert!(state.len() <= crate::propagation::MAX_MEMBERS);
+        let members: Vec<String> = state.iter().map(|(key, value)| format!("{key}={value}")).collect();
+        assert_eq!((members.len(), members.join(",")), (state.len(), state.header().to_owned()));
+        if let Some(otel) = state.to_otel() {
+            assert_eq!(otel.header(), state.header());
+        }
         assert_eq!(TraceState::from_headers([state.header().as_bytes()]), Ok(state.clone()));
         let sent = state.within_limits();
         assert!(sent.header().len() <= crate::propagation::MAX_HEADER_LEN);

@@ -212,7 +212,25 @@ impl TraceState {
     /// assert_eq!(state.iter().collect::<Vec<_>>(), [("a", "1"), ("b", "2")]);
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.header.split(',').filter(|member| !member.is_empty()).filter_map(|member| member.split_once('='))
+        self.members().filter_map(|member| {
+            let equals = member.bytes().position(|b| b == b'=')?;
+            Some((&member[..equals], &member[equals + 1..]))
+        })
+    }
+
+    /// The members of the header, which is kept canonical (`key=value` joined by single
+    /// commas). A plain byte search rather than `str::split`, whose searcher is set up per
+    /// call: `to_otel` walks every member on each extract into a `Context`, which the
+    /// `propagation` budget holds to the SDK's speed.
+    fn members(&self) -> impl Iterator<Item = &str> {
+        let header = self.header.as_str();
+        let mut start = 0;
+        std::iter::from_fn(move || {
+            let rest = header.get(start..).filter(|rest| !rest.is_empty())?;
+            let len = rest.bytes().position(|b| b == b',').unwrap_or(rest.len());
+            start += len + 1;
+            Some(&rest[..len])
+        })
     }
 
     /// The value for `key`, if present.
@@ -250,11 +268,7 @@ impl TraceState {
         }
         let mut entries: Vec<&str> = Vec::with_capacity(self.len() + 1);
         entries.push(&member);
-        entries.extend(
-            self.header
-                .split(',')
-                .filter(|m| !m.is_empty() && m.split_once('=').map(|(k, _)| k) != Some(key)),
-        );
+        entries.extend(self.members().filter(|m| m.split_once('=').map(|(k, _)| k) != Some(key)));
         Ok(Self::from_entries(shrink_to_limits(entries)))
     }
 
@@ -273,7 +287,7 @@ impl TraceState {
         if self.header.len() <= MAX_HEADER_LEN && self.len() <= MAX_MEMBERS {
             return Cow::Borrowed(self);
         }
-        let entries = self.header.split(',').filter(|m| !m.is_empty()).collect();
+        let entries = self.members().collect();
         Cow::Owned(Self::from_entries(shrink_to_limits(entries)))
     }
 
