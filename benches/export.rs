@@ -59,7 +59,7 @@ fn main() {
     let telemetry = support::exporting_traces_to(receiver.endpoint());
     let sdk = SdkTracerProvider::builder().with_batch_exporter(support::DiscardExporter).build();
 
-    let mut c = Criterion::default()
+    let mut c = support::criterion()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();

@@ -107,7 +107,7 @@ fn main() {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    let mut c = Criterion::default()
+    let mut c = support::criterion()
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(3))
         .configure_from_args();

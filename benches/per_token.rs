@@ -140,7 +140,7 @@ fn main() {
         .build();
     support::install_tracing_opentelemetry(&all_events);
 
-    let mut c = Criterion::default()
+    let mut c = support::criterion()
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(3))
         .configure_from_args();

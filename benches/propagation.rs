@@ -140,7 +140,7 @@ fn baggage(c: &mut Criterion) {
 }
 
 fn main() {
-    let mut c = Criterion::default()
+    let mut c = support::criterion()
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2))
         .configure_from_args();

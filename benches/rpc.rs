@@ -343,7 +343,7 @@ fn compare(
 fn main() {
     let provider = SdkTracerProvider::builder().with_batch_exporter(support::DiscardExporter).build();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let mut c = Criterion::default()
+    let mut c = support::criterion()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();

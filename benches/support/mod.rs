@@ -3,6 +3,20 @@
 //! each bench promises, so every run states them next to its baseline.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+/// When this bench run began: figures criterion saved before it belong to earlier runs.
+static RUN_START: OnceLock<SystemTime> = OnceLock::new();
+
+/// The bench's `Criterion`, to configure further; marks the start of the run, so the ratios
+/// printed at its end read only what this run measured (a group the command line's filter
+/// left out keeps the figures of an older run on disk).
+pub fn criterion() -> criterion::Criterion {
+    // A file's modification time comes from the kernel's coarse clock: allow for its tick.
+    RUN_START.get_or_init(|| SystemTime::now() - Duration::from_secs(1));
+    criterion::Criterion::default()
+}
 
 fn criterion_dir() -> PathBuf {
     // Criterion writes below `$CARGO_TARGET_DIR/criterion` (default `target/criterion`).
@@ -17,9 +31,14 @@ fn dir_name(id: &str) -> String {
     id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
-/// The mean time, in nanoseconds, of `group/function` from the run that just finished.
+/// The mean time, in nanoseconds, of `group/function` from the run that just finished; `None`
+/// where this run did not measure it.
 pub fn mean_ns(group: &str, function: &str) -> Option<f64> {
     let path = criterion_dir().join(dir_name(group)).join(dir_name(function)).join("new/estimates.json");
+    let run_start = RUN_START.get().expect("the bench builds its Criterion with support::criterion()");
+    if std::fs::metadata(&path).ok()?.modified().ok()? < *run_start {
+        return None;
+    }
     let text = std::fs::read_to_string(path).ok()?;
     // {"mean":{"confidence_interval":{...},"point_estimate":123.4,...},...}
     let mean = &text[text.find("\"mean\"")?..];
