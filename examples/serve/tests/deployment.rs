@@ -670,6 +670,99 @@ fn kubernetes_manifests_parse_and_set_the_tracing_variables() {
     }
 }
 
+/// The value after `flag` in a container's args.
+fn arg<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.windows(2).find(|w| w[0] == flag).map(|w| w[1].as_str())
+}
+
+fn args_of(container: &serde_yaml::Value) -> Vec<String> {
+    container["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+}
+
+/// The NATS overlays: every component's args are accepted by the binary itself and name one
+/// another consistently (the frontend calls the subject its workers serve, a decode worker the
+/// prefill workers' subject, everyone the `nats` Service); a worker's probes watch the metrics
+/// port it opens once it serves. Where `kubectl` is installed, the overlays are also rendered
+/// as `kubectl apply -k` would, and the result checked: each patch merged into its base
+/// container (not added as a second one), the workers scaled out, NATS deployed.
+#[test]
+fn kubernetes_nats_overlays_put_every_hop_on_nats() {
+    let nats = yaml_documents("examples/deploy/k8s/nats/nats.yaml");
+    let service = nats.iter().find(|d| d["kind"] == "Service").unwrap();
+    let nats_url = format!(
+        "nats://{}:{}",
+        service["metadata"]["name"].as_str().unwrap(),
+        service["spec"]["ports"][0]["port"].as_u64().unwrap()
+    );
+    assert_eq!(nats_url, "nats://nats:4222");
+
+    for (overlay, base, frontend_calls) in [
+        ("examples/deploy/k8s/nats-agg", "../agg", "tokentrace.backend"),
+        ("examples/deploy/k8s/nats-disagg", "../disagg", "tokentrace.decode"),
+    ] {
+        let kustomization = &yaml_documents(&format!("{overlay}/kustomization.yaml"))[0];
+        let resources: Vec<&str> =
+            kustomization["resources"].as_sequence().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+        assert_eq!(resources, [base, "../nats"], "{overlay}");
+        for patch in kustomization["patches"].as_sequence().unwrap() {
+            let patch = &yaml_documents(&format!("{overlay}/{}", patch["path"].as_str().unwrap()))[0];
+            let container = &patch["spec"]["template"]["spec"]["containers"][0];
+            let args = args_of(container);
+            let parsed = std::process::Command::new(serve_exe()).args(&args).arg("--help").output().unwrap();
+            assert!(
+                parsed.status.success(),
+                "{overlay}: serve rejects {args:?}: {}",
+                String::from_utf8_lossy(&parsed.stderr)
+            );
+            assert_eq!(arg(&args, "--transport"), Some("nats"), "{overlay}: {args:?}");
+            assert_eq!(arg(&args, "--nats-url"), Some(nats_url.as_str()), "{overlay}: {args:?}");
+            match args[0].as_str() {
+                "frontend" => assert_eq!(arg(&args, "--worker"), Some(frontend_calls), "{overlay}"),
+                "worker" => {
+                    let metrics_port = arg(&args, "--metrics-listen").unwrap().rsplit(':').next().unwrap();
+                    for probe in ["readinessProbe", "livenessProbe"] {
+                        assert_eq!(
+                            container[probe]["tcpSocket"]["port"].as_u64().map(|p| p.to_string()).as_deref(),
+                            Some(metrics_port),
+                            "{overlay}: {probe} watches the port opened once the worker serves"
+                        );
+                    }
+                    assert!(patch["spec"]["replicas"].as_u64() >= Some(2), "{overlay}: scaled out");
+                    if arg(&args, "--role") == Some("decode") {
+                        assert_eq!(arg(&args, "--prefill"), Some("tokentrace.prefill"), "{overlay}");
+                    }
+                }
+                other => panic!("{overlay}: unexpected command {other}"),
+            }
+        }
+
+        let root = format!("{}/../../{overlay}", env!("CARGO_MANIFEST_DIR"));
+        let rendered = match std::process::Command::new("kubectl").args(["kustomize", &root]).output() {
+            Ok(output) => output,
+            Err(error) => {
+                eprintln!("skipped rendering {overlay}: kubectl not found ({error})");
+                continue;
+            }
+        };
+        assert!(rendered.status.success(), "{overlay}: {}", String::from_utf8_lossy(&rendered.stderr));
+        let documents: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_slice(&rendered.stdout)
+            .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+            .collect();
+        let deployments: Vec<_> = documents.iter().filter(|d| d["kind"] == "Deployment").collect();
+        assert!(deployments.iter().any(|d| d["metadata"]["name"] == "nats"), "{overlay}");
+        for deployment in deployments.iter().filter(|d| d["metadata"]["name"] != "nats") {
+            let name = deployment["metadata"]["name"].as_str().unwrap();
+            let containers = deployment["spec"]["template"]["spec"]["containers"].as_sequence().unwrap();
+            assert_eq!(containers.len(), 1, "{overlay}: {name}'s patch names its base container");
+            assert_eq!(arg(&args_of(&containers[0]), "--transport"), Some("nats"), "{overlay}: {name}");
+            assert_eq!(env_of(&containers[0])["OTEL_SERVICE_NAME"], name, "{overlay}: tracing env kept");
+            if name != "dynamo-frontend" {
+                assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(2), "{overlay}: {name}");
+            }
+        }
+    }
+}
+
 #[test]
 fn the_compose_stack_and_its_configs_parse_and_connect() {
     let compose = &yaml_documents("examples/deploy/docker-compose.yml")[0];
