@@ -644,7 +644,7 @@ fn kubernetes_manifests_parse_and_set_the_tracing_variables() {
         ("examples/deploy/k8s/cuda-agg", vec!["dynamo-worker-vllm"]),
         ("examples/deploy/k8s/cuda-disagg", vec!["dynamo-worker-decode", "dynamo-worker-prefill"]),
     ] {
-        let kustomization = &yaml_documents(&format!("{overlay}/kustomization.yaml"))[0];
+        let (kustomization, patches) = overlay_of(overlay);
         let base = kustomization["resources"][0].as_str().unwrap();
         assert!(
             std::path::Path::new(&format!(
@@ -655,14 +655,11 @@ fn kubernetes_manifests_parse_and_set_the_tracing_variables() {
             "{overlay}"
         );
         let mut patched: Vec<String> = Vec::new();
-        for patch in kustomization["patches"].as_sequence().unwrap() {
-            let patch = &yaml_documents(&format!("{overlay}/{}", patch["path"].as_str().unwrap()))[0];
+        for patch in &patches {
             let container = &patch["spec"]["template"]["spec"]["containers"][0];
             assert_eq!(container["resources"]["limits"]["nvidia.com/gpu"], 1, "{overlay}");
             assert_eq!(container["image"], "tokentrace-serve:cuda", "{overlay}");
-            let args: Vec<&str> =
-                container["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-            assert_eq!(args.windows(2).find(|w| w[0] == "--engine").map(|w| w[1]), Some("cuda"), "{overlay}");
+            assert_eq!(arg(&args_of(container), "--engine"), Some("cuda"), "{overlay}");
             patched.push(patch["metadata"]["name"].as_str().unwrap().to_owned());
         }
         patched.sort();
@@ -677,6 +674,18 @@ fn arg<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
 
 fn args_of(container: &serde_yaml::Value) -> Vec<String> {
     container["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+}
+
+/// A kustomize overlay's `kustomization.yaml` and the documents of its patches, in order.
+fn overlay_of(overlay: &str) -> (serde_yaml::Value, Vec<serde_yaml::Value>) {
+    let kustomization = yaml_documents(&format!("{overlay}/kustomization.yaml")).remove(0);
+    let patches = kustomization["patches"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|patch| yaml_documents(&format!("{overlay}/{}", patch["path"].as_str().unwrap())).remove(0))
+        .collect();
+    (kustomization, patches)
 }
 
 /// The NATS overlays: every component's args are accepted by the binary itself and name one
@@ -700,12 +709,11 @@ fn kubernetes_nats_overlays_put_every_hop_on_nats() {
         ("examples/deploy/k8s/nats-agg", "../agg", "tokentrace.backend"),
         ("examples/deploy/k8s/nats-disagg", "../disagg", "tokentrace.decode"),
     ] {
-        let kustomization = &yaml_documents(&format!("{overlay}/kustomization.yaml"))[0];
+        let (kustomization, patches) = overlay_of(overlay);
         let resources: Vec<&str> =
             kustomization["resources"].as_sequence().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
         assert_eq!(resources, [base, "../nats"], "{overlay}");
-        for patch in kustomization["patches"].as_sequence().unwrap() {
-            let patch = &yaml_documents(&format!("{overlay}/{}", patch["path"].as_str().unwrap()))[0];
+        for patch in &patches {
             let container = &patch["spec"]["template"]["spec"]["containers"][0];
             let args = args_of(container);
             let parsed = std::process::Command::new(serve_exe()).args(&args).arg("--help").output().unwrap();
