@@ -212,10 +212,7 @@ impl TraceState {
     /// assert_eq!(state.iter().collect::<Vec<_>>(), [("a", "1"), ("b", "2")]);
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.members().filter_map(|member| {
-            let equals = member.bytes().position(|b| b == b'=')?;
-            Some((&member[..equals], &member[equals + 1..]))
-        })
+        self.members().filter_map(key_value)
     }
 
     /// The members of the header, which is kept canonical (`key=value` joined by single
@@ -268,7 +265,7 @@ impl TraceState {
         }
         let mut entries: Vec<&str> = Vec::with_capacity(self.len() + 1);
         entries.push(&member);
-        entries.extend(self.members().filter(|m| m.split_once('=').map(|(k, _)| k) != Some(key)));
+        entries.extend(self.members().filter(|m| key_value(m).map(|(k, _)| k) != Some(key)));
         Ok(Self::from_entries(shrink_to_limits(entries)))
     }
 
@@ -329,6 +326,12 @@ impl TraceState {
         let header = state.header();
         Self::from_headers([header.as_bytes()])
     }
+}
+
+/// A member's key and value (the first `=` divides them; keys hold none).
+fn key_value(member: &str) -> Option<(&str, &str)> {
+    let equals = member.bytes().position(|b| b == b'=')?;
+    Some((&member[..equals], &member[equals + 1..]))
 }
 
 /// Drops members until the header is within 32 members and 512 characters.
