@@ -577,8 +577,14 @@ async fn over_nats_two_workers_share_the_load_and_a_killed_one_is_an_error() {
 }
 
 fn yaml_documents(path: &str) -> Vec<serde_yaml::Value> {
-    let text = std::fs::read_to_string(format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    parse_yaml_documents(
+        &std::fs::read_to_string(format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap(),
+    )
+}
+
+/// Every document of a multi-document YAML text.
+fn parse_yaml_documents(text: &str) -> Vec<serde_yaml::Value> {
+    serde_yaml::Deserializer::from_str(text)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
         .collect()
 }
@@ -753,9 +759,7 @@ fn kubernetes_nats_overlays_put_every_hop_on_nats() {
             }
         };
         assert!(rendered.status.success(), "{overlay}: {}", String::from_utf8_lossy(&rendered.stderr));
-        let documents: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_slice(&rendered.stdout)
-            .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
-            .collect();
+        let documents = parse_yaml_documents(std::str::from_utf8(&rendered.stdout).unwrap());
         let deployments: Vec<_> = documents.iter().filter(|d| d["kind"] == "Deployment").collect();
         assert!(deployments.iter().any(|d| d["metadata"]["name"] == "nats"), "{overlay}");
         for deployment in deployments.iter().filter(|d| d["metadata"]["name"] != "nats") {
