@@ -1,5 +1,7 @@
 //! `OTEL_TRACES_EXPORTER=console`: each finished trace of this process, printed on stderr as a
-//! waterfall, or as one JSON object when JSON Lines logs share the stream.
+//! waterfall, or as one JSON object when JSON Lines logs share the stream: one tree per trace,
+//! once every span of it that this process started has ended (a frontend and its workers in
+//! one process, or a cancelled request whose spans end in any order, still print one tree).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -9,16 +11,17 @@ use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
-use opentelemetry::trace::{Status, TraceId};
+use opentelemetry::trace::{Span as _, Status, TraceId};
+use opentelemetry::Context;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
 use super::jsonl::{push_json_string, write_rfc3339};
 use super::waterfall::{render_waterfall, WaterfallSpan};
 
-/// Spans held while their trace's local root is still open; beyond this, the oldest trace is
-/// printed as it is, so a root that never ends cannot grow memory without bound.
+/// Spans held while their trace still has open spans here; beyond this, the oldest trace is
+/// printed as it is, so a span that never ends cannot grow memory without bound.
 const MAX_PENDING_SPANS: usize = 4096;
 
 /// How a finished trace is written.
@@ -38,10 +41,11 @@ pub(crate) enum Sink {
     Capture(Arc<Mutex<Vec<String>>>),
 }
 
-/// Groups spans by trace and writes a trace when a local root span (no parent, or a remote
-/// one) ends: its children in this process have ended by then.
+/// Counts each trace's open spans as they start and end, groups the ended ones by trace, and
+/// writes a trace when its last open span here ends. It writes on the thread that ended that
+/// span: a console is for development, not for a request path under load.
 #[derive(Debug)]
-pub(crate) struct ConsoleExporter {
+pub(crate) struct ConsoleProcessor {
     format: Format,
     sink: Sink,
     service: String,
@@ -50,13 +54,16 @@ pub(crate) struct ConsoleExporter {
 
 #[derive(Debug, Default)]
 struct Pending {
+    /// Spans started and not yet ended, per trace.
+    open: HashMap<TraceId, usize>,
+    /// Ended, sampled spans, per trace.
     traces: HashMap<TraceId, Vec<SpanData>>,
     /// Trace ids in arrival order, for the bound.
     order: VecDeque<TraceId>,
     spans: usize,
 }
 
-impl ConsoleExporter {
+impl ConsoleProcessor {
     pub(crate) fn new(format: Format, sink: Sink) -> Self {
         Self { format, sink, service: String::new(), pending: Mutex::default() }
     }
@@ -111,15 +118,28 @@ impl ConsoleExporter {
     }
 }
 
-impl SpanExporter for ConsoleExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+impl SpanProcessor for ConsoleProcessor {
+    fn on_start(&self, span: &mut Span, _cx: &Context) {
+        let trace_id = span.span_context().trace_id();
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner).open.entry(trace_id).or_default() += 1;
+    }
+
+    fn on_end(&self, span: SpanData) {
         let mut ready = Vec::new();
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            for span in batch {
-                let trace_id = span.span_context.trace_id();
-                let local_root = span.parent_span_id == opentelemetry::trace::SpanId::INVALID
-                    || span.parent_span_is_remote;
+            let trace_id = span.span_context.trace_id();
+            let still_open = match pending.open.get_mut(&trace_id) {
+                Some(open) if *open > 1 => {
+                    *open -= 1;
+                    true
+                }
+                _ => {
+                    pending.open.remove(&trace_id);
+                    false
+                }
+            };
+            if span.span_context.is_sampled() {
                 let spans = pending.traces.entry(trace_id).or_default();
                 let first = spans.is_empty();
                 spans.push(span);
@@ -127,16 +147,19 @@ impl SpanExporter for ConsoleExporter {
                 if first {
                     pending.order.push_back(trace_id);
                 }
-                if local_root {
-                    ready.push(pending.take(trace_id));
-                }
-                while pending.spans > MAX_PENDING_SPANS {
-                    let Some(oldest) = pending.order.front().copied() else { break };
-                    ready.push(pending.take(oldest));
-                }
+            }
+            if !still_open {
+                ready.push(pending.take(trace_id));
+            }
+            while pending.spans > MAX_PENDING_SPANS {
+                let Some(oldest) = pending.order.front().copied() else { break };
+                ready.push(pending.take(oldest));
             }
         }
         ready.into_iter().filter(|spans| !spans.is_empty()).for_each(|spans| self.write(spans));
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
         Ok(())
     }
 
@@ -231,10 +254,10 @@ mod tests {
 
     fn provider(format: Format) -> (SdkTracerProvider, Arc<Mutex<Vec<String>>>) {
         let out = Arc::default();
-        let exporter = ConsoleExporter::new(format, Sink::Capture(Arc::clone(&out)));
+        let processor = ConsoleProcessor::new(format, Sink::Capture(Arc::clone(&out)));
         let provider = SdkTracerProvider::builder()
             .with_resource(Resource::builder_empty().with_service_name("svc").build())
-            .with_simple_exporter(exporter)
+            .with_span_processor(processor)
             .build();
         (provider, out)
     }
@@ -269,6 +292,30 @@ mod tests {
         assert!(lines[3].ends_with("ttft 12.5 ms"), "{}", lines[3]);
     }
 
+    /// A frontend and its worker in one process: the worker's `handle_payload` (a remote parent,
+    /// through propagation) ends before the frontend's spans, and a cancelled request's phases end
+    /// after it; still one tree, printed once, when the last span ends.
+    #[test]
+    fn local_roots_of_one_trace_in_one_process_print_as_one_tree() {
+        let (provider, out) = provider(Format::Text);
+        let tracer = provider.tracer("test");
+        let root = tracer.start("http-request");
+        let cx = Context::new().with_span(root);
+        let client = cx.with_span(tracer.start_with_context("generate", &cx));
+        let remote = Context::new().with_remote_span_context(client.span().span_context().clone());
+        let worker = remote.with_span(tracer.start_with_context("handle_payload", &remote));
+        let decode = tracer.start_with_context("decode", &worker);
+        worker.span().end();
+        assert!(out.lock().unwrap().is_empty(), "the worker's root ended, the trace is still open");
+        client.span().end();
+        cx.span().end();
+        assert!(out.lock().unwrap().is_empty(), "decode is still open");
+        drop(decode); // a cancelled stream's phase ends last
+        let printed = out.lock().unwrap().clone();
+        assert_eq!(printed.len(), 1, "one tree: {printed:?}");
+        assert!(printed[0].contains("(4 spans, 1 services)"), "{}", printed[0]);
+    }
+
     #[test]
     fn with_json_lines_a_trace_is_one_json_object_on_one_line() {
         let (provider, out) = provider(Format::Json);
@@ -283,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn traces_whose_root_never_ends_are_bounded_and_printed_at_shutdown() {
+    fn traces_with_a_span_that_never_ends_are_bounded_and_printed_at_shutdown() {
         let (provider, out) = provider(Format::Text);
         let tracer = provider.tracer("test");
         let open_root = tracer.start("never-ends");

@@ -190,8 +190,8 @@ impl Telemetry {
 
         if config.console_traces {
             let format = if config.jsonl { console::Format::Json } else { console::Format::Text };
-            let exporter = console::ConsoleExporter::new(format, console::Sink::Stderr);
-            traces = traces.with_span_processor(export::span_batch_processor(exporter));
+            traces =
+                traces.with_span_processor(console::ConsoleProcessor::new(format, console::Sink::Stderr));
         }
 
         let mut metric_losses = None;
