@@ -279,7 +279,7 @@ async fn only_allow_listed_baggage_keys_reach_the_span() {
         .layer(ServerLayer::with_tracer(spans.tracer("server")).record_baggage(["tenant"]));
     let addr = serve(app).await;
     get_text(format!("http://{addr}/"), &[("baggage", "tenant=acme,secret=hunter2")]).await;
-    let spans = spans.wait_for("one span", |s| s.len() == 1);
+    let spans = spans.wait_for_async("one span", |s| s.len() == 1).await;
     assert_eq!(attr(&spans[0], "baggage.tenant").as_deref(), Some("acme"));
     assert!(
         spans[0].attributes.iter().all(|kv| !kv.value.as_str().contains("hunter2")),

@@ -538,13 +538,12 @@ async fn over_nats_two_workers_share_the_load_and_a_killed_one_is_an_error() {
         body.frame().await.unwrap().unwrap();
     }
     tokio::task::spawn_blocking(move || first.kill()).await.unwrap();
-    let killed = std::time::Instant::now();
     let rest =
         tokio::time::timeout(Duration::from_secs(10), body.collect()).await.expect("the stream never hangs");
-    let waited = killed.elapsed();
     let rest = String::from_utf8(rest.unwrap().to_bytes().to_vec()).unwrap();
+    // Detected by the configured silence limit (500 ms), not by a default or a later timeout.
     assert!(rest.contains("event: error") && rest.contains("no word from the worker"), "{rest}");
-    assert!(waited < Duration::from_millis(1_500), "reported {waited:?} after the kill (limit 500 ms)");
+    assert!(rest.contains("for 500ms"), "the silence limit set on the command line: {rest}");
 
     stop(vec![frontend]).await;
     receiver
