@@ -127,11 +127,8 @@ pub(crate) fn record_request_ids<S: opentelemetry::trace::Span>(
     ids: &crate::propagation::RequestIds,
 ) {
     if span.is_recording() {
-        span.set_attribute(KeyValue::new("x_request_id", crate::retained::string(ids.x_request_id.as_str())));
-        // Hex digits and dashes: always ASCII.
-        if let Ok(uuid) = std::str::from_utf8(&ids.request_id.to_bytes()) {
-            span.set_attribute(KeyValue::new("request_id", crate::retained::string(uuid)));
-        }
+        span.set_attribute(KeyValue::new("x_request_id", ids.x_request_id.as_str().to_owned()));
+        span.set_attribute(KeyValue::new("request_id", ids.request_id.to_hyphenated()));
     }
 }
 

@@ -11,12 +11,13 @@
 //! The trace an operator opens in Grafana/Tempo (or Jaeger) for one request:
 //!
 //! ```text
-//! http-request                     frontend   SERVER  http.*, x_request_id, gen_ai.*, ttft, itl stats
-//! └─ rpc client span (route)       frontend   CLIENT  worker id, attempt, outcome
-//!    └─ handle_payload             worker     SERVER  component/endpoint, x_request_id
-//!       ├─ prefill                 worker             input tokens, queue time
-//!       ├─ kv_transfer (disagg)    worker             bytes, duration
-//!       └─ decode                  worker             output tokens, TTFT, ITL p50/p99/max, finish reason
+//! http-request                     frontend   SERVER  http.*, x_request_id, request_id, gen_ai.*, ttft, itl stats
+//! └─ {endpoint} (rpc client)       frontend   CLIENT  rpc.method, server.address, instance_id, attempt, outcome
+//!    └─ handle_payload             worker     SERVER  component, endpoint, x_request_id, network.transit_ms
+//!       ├─ queue                   worker             time waiting for a slot
+//!       ├─ prefill                 worker             gen_ai.usage.input_tokens
+//!       ├─ kv_transfer (disagg)    worker             bytes, source, destination
+//!       └─ decode                  worker             output tokens, ttft_ms, itl p50/p99/max, finish_reason
 //! ```
 //!
 //! Span names, the `x_request_id` attribute and the environment variables are compatible with
@@ -39,22 +40,28 @@
 //!
 //! ## Quick start
 //!
-//! ```
-//! use http::HeaderMap;
-//! use tokentrace::propagation::{RemoteContext, RequestIds};
+//! Wrap the frontend's router in [`http::ServerLayer`]; a handler reads the request's ids as a
+//! typed extension (and code below it with [`RequestIds::current`](propagation::RequestIds::current)):
 //!
-//! let mut headers = HeaderMap::new();
-//! headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
-//! headers.insert("x-request-id", "my-request".parse().unwrap());
-//!
-//! let remote = RemoteContext::extract(&headers).expect("valid traceparent");
-//! let ids = RequestIds::extract(&headers);
-//! assert_eq!(remote.traceparent.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-//! assert_eq!(ids.x_request_id.as_str(), "my-request");
 //! ```
-// Two audited exceptions, each for a budget: the TSC read (`inference::clock`) and the
-// traceparent header value (`propagation::carrier`).
-#![deny(unsafe_code)]
+//! use axum::{routing::post, Extension, Router};
+//! use tokentrace::propagation::RequestIds;
+//!
+//! async fn chat(Extension(ids): Extension<RequestIds>) -> String {
+//!     format!("answering {}", ids.x_request_id) // the caller's x-request-id, or a generated one
+//! }
+//! let app: Router = Router::new()
+//!     .route("/v1/chat/completions", post(chat))
+//!     .layer(tokentrace::http::ServerLayer::default());
+//! # let _ = app;
+//! ```
+//!
+//! Spans started on another task or thread (an engine's) join the request's trace when that
+//! work runs with the request's context attached: hand it over as the
+//! `Extension<tokentrace::opentelemetry::Context>` (or `Context::current()`) and call
+//! `let _guard = cx.attach();` there, or wrap a future with `opentelemetry::context::FutureExt::with_context`.
+//! Without it, a phase span started there begins a trace of its own.
+#![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
 /// `get_ref`, `get_mut` and `into_inner` for a service wrapper `$service<S, T>` whose wrapped
@@ -89,6 +96,7 @@ macro_rules! inner_accessors {
 pub(crate) use inner_accessors;
 
 mod active_span;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 /// The README's Rust examples, compiled as doctests so the front door never rots.
@@ -96,14 +104,12 @@ pub mod fuzzing;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 pub mod http;
-mod ids;
+
 pub mod inference;
-mod interned;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod propagation;
 mod rate_limit;
-mod retained;
 pub mod rpc;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

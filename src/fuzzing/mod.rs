@@ -1,7 +1,8 @@
 //! Property checks shared by the cargo-fuzz targets (`fuzz/`) and their proptest smoke
 //! versions in `cargo test`: one definition of "correct" for both.
 //!
-//! Each function panics when a property fails, which is what both harnesses look for.
+//! Each function panics when a property fails, which is what both harnesses look for. Built
+//! with the `fuzzing` feature (which the fuzz crate turns on) and in the crate's own tests.
 
 use crate::propagation::{RequestId, RequestUuid, TraceParent, TraceState};
 
@@ -161,3 +162,6 @@ pub fn rpc_frame(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,10 @@
-//! Property-based smoke versions of the `fuzz/` targets (the properties themselves live in
-//! `tokentrace::fuzzing`), plus round trips from generated
-//! valid values.
+//! Property-based smoke versions of the `fuzz/` targets (the properties are this module's
+//! parent's), plus round trips from generated valid values.
 
 use proptest::prelude::*;
-use tokentrace::fuzzing;
-use tokentrace::propagation::{RequestId, TraceParent, TraceState};
+
+use crate::fuzzing;
+use crate::propagation::{RequestId, TraceParent, TraceState};
 
 fn hex(len: usize) -> impl Strategy<Value = String> {
     proptest::string::string_regex(&format!("[0-9a-f]{{{len}}}")).unwrap()
@@ -115,7 +115,7 @@ proptest! {
     fn rpc_frame_valid_frames(stream in any::<u64>(), endpoint in "[a-z_]{0,12}",
                               metadata in proptest::collection::vec(("[a-z-]{1,12}", "[ -~]{0,40}"), 0..8),
                               payload in proptest::collection::vec(any::<u8>(), 0..200), cut in 0usize..400) {
-        use tokentrace::rpc::tcp::{Frame, FrameCodec};
+        use crate::rpc::tcp::{Frame, FrameCodec};
         let frame = Frame::Request {
             stream,
             endpoint,

@@ -7,7 +7,6 @@ use http::HeaderMap;
 use opentelemetry::{KeyValue, Value};
 
 use crate::active_span::ActiveSpan;
-use crate::interned;
 
 const RPC_SYSTEM: &str = "rpc.system";
 const RPC_SERVICE: &str = "rpc.service";
@@ -36,13 +35,12 @@ pub(crate) fn span_name(path: &str) -> Option<(Cow<'static, str>, [KeyValue; 3])
     if service.is_empty() || method.is_empty() || method.contains('/') {
         return None;
     }
-    let name = interned::ROUTES.name(full);
     let attributes = [
         KeyValue::new(RPC_SYSTEM, "grpc"),
-        KeyValue::new(RPC_SERVICE, interned::ROUTES.value(service)),
-        KeyValue::new(RPC_METHOD, interned::ROUTES.value(method)),
+        KeyValue::new(RPC_SERVICE, service.to_owned()),
+        KeyValue::new(RPC_METHOD, method.to_owned()),
     ];
-    Some((name, attributes))
+    Some((Cow::Owned(full.to_owned()), attributes))
 }
 
 /// The `grpc-status` of a response's headers (trailers-only) or trailers.

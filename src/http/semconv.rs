@@ -66,7 +66,7 @@ pub(crate) fn push_server_address(
     host_header: Option<&http::HeaderValue>,
 ) {
     if let Some((host, port)) = server_address(uri, host_header) {
-        attributes.push(opentelemetry::KeyValue::new(SERVER_ADDRESS, crate::interned::HOSTS.value(host)));
+        attributes.push(opentelemetry::KeyValue::new(SERVER_ADDRESS, host.to_owned()));
         if let Some(port) = port {
             attributes.push(opentelemetry::KeyValue::new(SERVER_PORT, i64::from(port)));
         }

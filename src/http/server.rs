@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -19,7 +19,6 @@ use super::body::TracedBody;
 use super::grpc;
 use super::semconv;
 use crate::active_span::{record_request_ids, ActiveSpan};
-use crate::interned;
 use crate::propagation::{
     mark_random_trace, names, with_received_request, Inbound, RecordedBaggage, RequestIds,
 };
@@ -243,12 +242,12 @@ where
         let mut attributes = Vec::with_capacity(ATTRIBUTES_PER_SPAN);
         attributes.extend([
             KeyValue::new(semconv::HTTP_REQUEST_METHOD, method),
-            KeyValue::new(semconv::URL_PATH, path_value(uri.path(), route)),
+            KeyValue::new(semconv::URL_PATH, uri.path().to_owned()),
             KeyValue::new(semconv::URL_SCHEME, uri.scheme_str().map_or("http", scheme_name)),
             KeyValue::new(semconv::NETWORK_PROTOCOL_VERSION, semconv::protocol_version(request.version())),
         ]);
         if let Some(route) = route {
-            attributes.push(KeyValue::new(semconv::HTTP_ROUTE, interned::ROUTES.value(route)));
+            attributes.push(KeyValue::new(semconv::HTTP_ROUTE, route.to_owned()));
         }
         semconv::push_server_address(&mut attributes, uri, request.headers().get(http::header::HOST));
         attributes.extend(self.recorded_baggage.attributes(parent));
@@ -259,9 +258,7 @@ where
                 name
             }
             (None, SpanNameStyle::Dynamo, _) => Cow::Borrowed(DYNAMO_SPAN_NAME),
-            (None, SpanNameStyle::MethodAndRoute, Some(route)) => {
-                interned::ROUTES.name(&format!("{method} {route}"))
-            }
+            (None, SpanNameStyle::MethodAndRoute, Some(route)) => Cow::Owned(format!("{method} {route}")),
             (None, SpanNameStyle::MethodAndRoute, None) => Cow::Borrowed(method),
         };
         let mut builder =
@@ -278,15 +275,6 @@ where
 /// Attributes a server span starts with, the two request ids recorded just after its start and
 /// the status code set at the response: the vector is allocated once, at its final size.
 const ATTRIBUTES_PER_SPAN: usize = 10;
-
-/// `url.path`: the route's kept string when the path is the route itself (no path parameters),
-/// else a copy (paths with parameters are unbounded, so they are never kept).
-fn path_value(path: &str, route: Option<&str>) -> Value {
-    match route {
-        Some(route) if route == path => interned::ROUTES.value(path),
-        _ => Value::from(path.to_owned()),
-    }
-}
 
 /// Scheme names as static strings (only `http`/`https` are expected here).
 fn scheme_name(scheme: &str) -> &'static str {
@@ -368,7 +356,7 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let arrival = Instant::now();
-        let ids = RequestIds::extract(request.headers());
+        let ids = RequestIds::receive(request.headers_mut());
         let grpc = grpc::is_grpc(request.headers()).then_some(grpc::Side::Server);
         let traced = self.layer.filter.as_ref().is_none_or(|filter| filter(request.method(), request.uri()));
         let Inbound { parent, link, root } = Inbound::extract(request.headers(), self.layer.public_endpoint);

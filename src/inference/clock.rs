@@ -1,86 +1,43 @@
-//! The clock read once per token: the CPU's time-stamp counter where there is one.
+//! The clock read once per token.
 
 use std::time::Instant;
 
-/// A monotonic clock for token timing. Readings are in ticks; a stream converts ticks to
-/// nanoseconds once, at its end, from two anchors (one at its start, one at its end).
+/// A monotonic clock for token timing, read in nanoseconds from an arbitrary origin.
 pub(crate) trait Clock {
-    /// The current reading, in ticks. Called once per stream item: it must be cheap.
-    ///
-    /// A clock of your own, here counting microseconds since it was made:
-    fn ticks(&self) -> u64;
+    /// The current reading, in nanoseconds. Called once per stream item: it must be cheap.
+    fn now_ns(&self) -> u64;
 
     /// A reading paired with the wall clock, taken at the start of a stream.
     fn anchor(&self) -> Anchor {
-        Anchor { ticks: self.ticks(), instant: Instant::now() }
+        Anchor { ns: self.now_ns(), instant: Instant::now() }
     }
-
-    /// Nanoseconds per tick, measured from `start` to now. Called once per stream.
-    fn nanos_per_tick(&self, start: &Anchor) -> f64;
 }
 
 /// A clock reading together with the `Instant` it was taken at.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Anchor {
     /// The clock's reading.
-    pub(crate) ticks: u64,
+    pub(crate) ns: u64,
     /// The wall-clock time of that reading.
     pub(crate) instant: Instant,
 }
 
-/// The default clock: the time-stamp counter on x86-64, `Instant` elsewhere. The counter is
-/// read because the per-token budget (`BENCHMARKS.md`, `per_token`) needs a read cheaper than
-/// `Instant::now`.
-///
-/// The tick rate is measured per stream, from its start and end, so no start-up calibration
-/// is needed. It assumes an invariant TSC (every x86-64 CPU of the last fifteen years; Linux
-/// says so by choosing `tsc` as its clocksource).
+/// The default clock: `fastant`, which reads the CPU's time-stamp counter where it is
+/// invariant (else the OS clock). The per-token budget (`BENCHMARKS.md`, `per_token`) needs a
+/// read cheaper than `Instant::now`.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CpuClock {
     _private: (),
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Clock for CpuClock {
     #[inline]
-    #[allow(unsafe_code)]
-    fn ticks(&self) -> u64 {
-        // SAFETY: `_rdtsc` reads the time-stamp counter; it has no preconditions (every x86-64
-        // CPU has the instruction) and touches no memory. It is `unsafe` only because arch
-        // intrinsics are.
-        unsafe { std::arch::x86_64::_rdtsc() }
-    }
-
-    fn nanos_per_tick(&self, start: &Anchor) -> f64 {
-        let ticks = self.ticks().saturating_sub(start.ticks);
-        let nanos = start.instant.elapsed().as_nanos() as f64;
-        if ticks == 0 {
-            1.0
-        } else {
-            nanos / ticks as f64
-        }
+    fn now_ns(&self) -> u64 {
+        fastant::Instant::now().duration_since(fastant::Instant::ZERO).as_nanos() as u64
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-impl Clock for CpuClock {
-    #[inline]
-    fn ticks(&self) -> u64 {
-        process_epoch().elapsed().as_nanos() as u64
-    }
-
-    fn nanos_per_tick(&self, _start: &Anchor) -> f64 {
-        1.0
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn process_epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// A clock moved by hand, one tick per nanosecond: for tests with scripted timings.
+/// A clock moved by hand: for tests with scripted timings.
 #[cfg(test)]
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ManualClock {
@@ -104,12 +61,8 @@ impl ManualClock {
 
 #[cfg(test)]
 impl Clock for ManualClock {
-    fn ticks(&self) -> u64 {
+    fn now_ns(&self) -> u64 {
         self.now.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn nanos_per_tick(&self, _start: &Anchor) -> f64 {
-        1.0
     }
 }
 
@@ -124,19 +77,11 @@ pub(crate) enum StreamClock {
 
 impl Clock for StreamClock {
     #[inline]
-    fn ticks(&self) -> u64 {
+    fn now_ns(&self) -> u64 {
         match self {
-            Self::Cpu(clock) => clock.ticks(),
+            Self::Cpu(clock) => clock.now_ns(),
             #[cfg(test)]
-            Self::Manual(clock) => clock.ticks(),
-        }
-    }
-
-    fn nanos_per_tick(&self, start: &Anchor) -> f64 {
-        match self {
-            Self::Cpu(clock) => clock.nanos_per_tick(start),
-            #[cfg(test)]
-            Self::Manual(clock) => clock.nanos_per_tick(start),
+            Self::Manual(clock) => clock.now_ns(),
         }
     }
 }
@@ -146,11 +91,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cpu_clock_converts_its_ticks_to_nanoseconds() {
+    fn the_cpu_clock_reads_nanoseconds() {
         let clock = CpuClock::default();
         let start = clock.anchor();
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let elapsed_ns = (clock.ticks() - start.ticks) as f64 * clock.nanos_per_tick(&start);
+        let elapsed_ns = (clock.now_ns() - start.ns) as f64;
         assert!((1.5e6..1e9).contains(&elapsed_ns), "{elapsed_ns} ns for a 2 ms sleep");
     }
 
@@ -160,7 +105,6 @@ mod tests {
         let given_away = StreamClock::Manual(clock.clone());
         let start = given_away.anchor();
         clock.advance_ns(1_500);
-        assert_eq!(given_away.ticks() - start.ticks, 1_500);
-        assert_eq!(given_away.nanos_per_tick(&start), 1.0);
+        assert_eq!(given_away.now_ns() - start.ns, 1_500);
     }
 }

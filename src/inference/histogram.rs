@@ -6,7 +6,7 @@ const SUB: usize = 1 << SUB_BITS;
 /// Enough buckets for any `u64`.
 const BUCKETS: usize = (64 - SUB_BITS as usize + 1) * SUB;
 
-/// Inter-token latencies (in clock ticks): count, sum, max exactly; quantiles within 1/32.
+/// Inter-token latencies (in nanoseconds): count, sum, max exactly; quantiles within 1/32.
 #[derive(Clone, Debug)]
 pub(crate) struct Histogram {
     counts: [u32; BUCKETS],

@@ -108,7 +108,7 @@ impl<T: TokenChunk, E> TokenChunk for Result<T, E> {
     }
 }
 
-/// Running statistics of one token stream, in clock ticks.
+/// Running statistics of one token stream, in nanoseconds.
 #[derive(Clone, Debug)]
 pub(crate) struct TokenStats {
     start: Anchor,
@@ -121,14 +121,7 @@ pub(crate) struct TokenStats {
 
 impl TokenStats {
     pub(crate) fn new(start: Anchor) -> Self {
-        Self {
-            start,
-            first: None,
-            last: start.ticks,
-            tokens: 0,
-            itl: Histogram::default(),
-            finish_reason: None,
-        }
+        Self { start, first: None, last: start.ns, tokens: 0, itl: Histogram::default(), finish_reason: None }
     }
 
     /// Records a chunk of `tokens` tokens that arrived at `now`. The tokens of a chunk share
@@ -154,10 +147,6 @@ impl TokenStats {
         self.tokens += u64::from(tokens);
     }
 
-    pub(crate) fn anchor(&self) -> &Anchor {
-        &self.start
-    }
-
     pub(crate) fn tokens(&self) -> u64 {
         self.tokens
     }
@@ -170,21 +159,21 @@ impl TokenStats {
     /// The inter-token gaps, in seconds, as `(gap, how many)`: every gap of the stream, grouped
     /// by the histogram's buckets (each within 1/16 of its true value).
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))] // the metrics' only reader
-    pub(crate) fn itl_seconds(&self, nanos_per_tick: f64) -> impl Iterator<Item = (f64, u32)> + '_ {
-        self.itl.buckets().map(move |(ticks, count)| (ticks * nanos_per_tick / 1e9, count))
+    pub(crate) fn itl_seconds(&self) -> impl Iterator<Item = (f64, u32)> + '_ {
+        self.itl.buckets().map(|(ns, count)| (ns / 1e9, count))
     }
 
     /// Converts to milliseconds. `request_start`, when given, is where TTFT is measured from
     /// (else the stream's start).
-    pub(crate) fn summary(&self, nanos_per_tick: f64, request_start: Option<Instant>) -> TokenSummary {
-        let ms = |ticks: f64| ticks * nanos_per_tick / 1e6;
+    pub(crate) fn summary(&self, request_start: Option<Instant>) -> TokenSummary {
+        let ms = |ns: f64| ns / 1e6;
         let before_stream_ms = request_start
             .map_or(0.0, |start| self.start.instant.saturating_duration_since(start).as_nanos() as f64 / 1e6);
         TokenSummary {
             output_tokens: self.tokens,
             ttft_ms: self
                 .first
-                .map(|first| before_stream_ms + ms(first.saturating_sub(self.start.ticks) as f64)),
+                .map(|first| before_stream_ms + ms(first.saturating_sub(self.start.ns) as f64)),
             avg_itl_ms: self.itl.mean().map(ms),
             itl_p50_ms: self.itl.quantile(0.50).map(ms),
             itl_p99_ms: self.itl.quantile(0.99).map(ms),

@@ -208,7 +208,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(target) = this.target.take() {
-                finish(target, this.stats, this.clock, this.options, this.observer.take(), true);
+                finish(target, this.stats, this.options, this.observer.take(), true);
             }
         }
     }
@@ -313,13 +313,7 @@ impl<S> TokenStream<S> {
     /// # });
     /// ```
     pub fn summary(&self) -> TokenSummary {
-        self.stats.summary_now(&self.clock, self.options.request_start)
-    }
-}
-
-impl TokenStats {
-    fn summary_now(&self, clock: &StreamClock, request_start: Option<Instant>) -> TokenSummary {
-        self.summary(clock.nanos_per_tick(self.anchor()), request_start)
+        self.stats.summary(self.options.request_start)
     }
 }
 
@@ -336,7 +330,7 @@ where
         match &item {
             Some(chunk) => {
                 let tokens = chunk.token_count();
-                this.stats.record(this.clock.ticks(), tokens);
+                this.stats.record(this.clock.now_ns(), tokens);
                 if let Some(reason) = chunk.finish_reason() {
                     this.stats.finish(reason);
                 }
@@ -347,7 +341,7 @@ where
             }
             None => {
                 if let Some(target) = this.target.take() {
-                    finish(target, this.stats, this.clock, this.options, this.observer.take(), false);
+                    finish(target, this.stats, this.options, this.observer.take(), false);
                 }
             }
         }
@@ -376,14 +370,13 @@ fn token_event(target: Option<&StatsTarget>, tokens_so_far: u64, chunk_tokens: u
 fn finish(
     target: StatsTarget,
     stats: &TokenStats,
-    clock: &StreamClock,
     options: &StreamOptions,
     observer: Option<Box<dyn StreamObserver>>,
     cancelled: bool,
 ) {
-    let summary = stats.summary_now(clock, options.request_start);
+    let summary = stats.summary(options.request_start);
     if let Some(observer) = observer {
-        observer.stream_ended(&EndedStream { summary: &summary, stats, clock, cancelled });
+        observer.stream_ended(&EndedStream { summary: &summary, stats, cancelled });
     }
     write(target, &summary, options, cancelled);
 }
@@ -393,7 +386,6 @@ fn finish(
 pub(crate) struct EndedStream<'a> {
     pub(crate) summary: &'a TokenSummary,
     stats: &'a TokenStats,
-    clock: &'a StreamClock,
     /// Dropped before its end.
     pub(crate) cancelled: bool,
 }
@@ -402,7 +394,7 @@ pub(crate) struct EndedStream<'a> {
 impl EndedStream<'_> {
     /// Every inter-token gap, in seconds, as `(gap, how many)`.
     pub(crate) fn itl_seconds(&self) -> impl Iterator<Item = (f64, u32)> + '_ {
-        self.stats.itl_seconds(self.clock.nanos_per_tick(self.stats.anchor()))
+        self.stats.itl_seconds()
     }
 }
 

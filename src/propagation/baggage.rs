@@ -12,6 +12,7 @@ use opentelemetry::baggage::{Baggage, BaggageExt};
 use opentelemetry::{Context, Key, KeyValue, StringValue};
 
 use super::carrier::Carrier;
+use super::hex;
 use super::names::BAGGAGE;
 
 /// The most list-members a `baggage` header keeps (the spec's minimum to propagate).
@@ -272,21 +273,7 @@ impl<'a> Member<'a> {
         if !self.raw_value.contains('%') {
             return Cow::Borrowed(self.raw_value);
         }
-        let bytes = self.raw_value.as_bytes();
-        let mut decoded = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match (bytes[i], hex_pair(&bytes[i + 1..])) {
-                (b'%', Some(byte)) => {
-                    decoded.push(byte);
-                    i += 3;
-                }
-                (byte, _) => {
-                    decoded.push(byte);
-                    i += 1;
-                }
-            }
-        }
+        let decoded = hex::percent_decode(self.raw_value.as_bytes(), false).unwrap_or_default();
         Cow::Owned(String::from_utf8_lossy(&decoded).into_owned())
     }
 
@@ -379,22 +366,13 @@ fn value_len(bytes: &[u8]) -> usize {
     while i < bytes.len() {
         if class(bytes[i], PLAIN) {
             i += 1;
-        } else if bytes[i] == b'%' && hex_pair(&bytes[i + 1..]).is_some() {
+        } else if bytes[i] == b'%' && hex::escaped_byte(&bytes[i + 1..]).is_some() {
             i += 3;
         } else {
             break;
         }
     }
     i
-}
-
-/// The byte that two hex digits at the start of `bytes` spell.
-fn hex_pair(bytes: &[u8]) -> Option<u8> {
-    let digit = |b: u8| (b as char).to_digit(16);
-    match bytes {
-        [high, low, ..] => Some((digit(*high)? * 16 + digit(*low)?) as u8),
-        _ => None,
-    }
 }
 
 fn trim_ows(bytes: &[u8]) -> &[u8] {

@@ -128,14 +128,4 @@ impl Carrier for HeaderMap {
         // `remove` drops every value of the name.
         self.remove(header_name(name));
     }
-
-    #[allow(unsafe_code)]
-    fn set_traceparent(&mut self, traceparent: &TraceParent) {
-        let bytes = bytes::Bytes::copy_from_slice(&traceparent.to_bytes());
-        // SAFETY: `to_bytes` writes only lowercase hex digits and '-', valid header-value bytes:
-        // the only requirement of `from_maybe_shared_unchecked` (debug builds check it too).
-        // Skipping the second check is what the inject budget in `BENCHMARKS.md` needs.
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) };
-        self.insert(const { HeaderName::from_static(names::TRACEPARENT) }, value);
-    }
 }

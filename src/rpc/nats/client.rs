@@ -15,8 +15,8 @@ use tower_service::Service;
 
 use super::subject;
 use crate::rpc::metadata::{check_entry_count, Metadata};
-use crate::rpc::request::{Request, RpcError};
 use crate::rpc::tcp::Frame;
+use crate::rpc::{Request, RpcError};
 
 /// How long a caller waits without any word from the worker (an item or a heartbeat) before
 /// failing the stream: a few of the worker's heartbeat intervals

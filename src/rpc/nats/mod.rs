@@ -5,7 +5,7 @@
 //! - A request is one message on `{subject}.{endpoint}` (`tokentrace.backend.generate`), taken
 //!   by one worker of the queue group serving `subject`. Its metadata (`traceparent`,
 //!   `tracestate`, `baggage`, `x-request-id`, ...) travels as NATS headers; the payload as is.
-//! - The replies come back on the caller's inbox as [`tcp::Frame`](crate::rpc::tcp::Frame)
+//! - The replies come back on the caller's inbox as TCP transport frame
 //!   bodies, numbered from 0: items in order, then an end or an error, with heartbeats while
 //!   the handler works. A lost reply, a silent worker or no worker at all is an error at the
 //!   caller, never a hang or a short stream.

@@ -15,8 +15,8 @@ use tower_service::Service;
 use super::subject;
 use crate::rpc::handlers::Handlers;
 use crate::rpc::metadata::{check_entry_count, Metadata};
-use crate::rpc::request::{Request, RpcError};
 use crate::rpc::tcp::Frame;
+use crate::rpc::{Request, RpcError};
 
 /// How often a worker tells each caller it is still at work on its request, items or not.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);

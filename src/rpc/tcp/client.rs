@@ -20,7 +20,7 @@ use tower_service::Service;
 use super::codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
 use super::frame::Frame;
 use super::writer::{send_soon, write_frames, WRITE_QUEUE};
-use crate::rpc::request::{Request, RpcError};
+use crate::rpc::{Request, RpcError};
 
 type ItemSender = mpsc::Sender<Result<Bytes, RpcError>>;
 

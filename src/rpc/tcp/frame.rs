@@ -19,24 +19,14 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::rpc::error::RpcError;
 use crate::rpc::metadata::{check_entry_count, Metadata};
-use crate::rpc::request::RpcError;
 
-/// Longest endpoint name, metadata name or metadata value, in bytes.
+/// Longest endpoint name, metadata name or metadata value, in bytes: a request with a longer
+/// one is refused before it is sent.
 ///
 /// ```
-/// use bytes::{Bytes, BytesMut};
-/// use tokentrace::rpc::tcp::{Frame, MAX_FIELD_LEN};
-/// use tokentrace::rpc::Metadata;
-///
-/// let request = |value_len: usize| Frame::Request {
-///     stream: 1,
-///     endpoint: "generate".into(),
-///     metadata: [("tenant", "t".repeat(value_len))].into_iter().collect::<Metadata>(),
-///     payload: Bytes::new(),
-/// };
-/// assert!(request(MAX_FIELD_LEN).encode(&mut BytesMut::new()).is_ok());
-/// assert!(request(MAX_FIELD_LEN + 1).encode(&mut BytesMut::new()).is_err());
+/// assert_eq!(tokentrace::rpc::tcp::MAX_FIELD_LEN, 65_535);
 /// ```
 pub const MAX_FIELD_LEN: usize = u16::MAX as usize;
 
@@ -48,16 +38,6 @@ const CANCEL: u8 = 5;
 const HEARTBEAT: u8 = 6;
 
 /// One frame of the TCP transport.
-///
-/// ```
-/// use bytes::{Bytes, BytesMut};
-/// use tokentrace::rpc::tcp::Frame;
-///
-/// let frame = Frame::Item { stream: 7, payload: Bytes::from_static(b"token") };
-/// let mut body = BytesMut::new();
-/// frame.encode(&mut body).unwrap();
-/// assert_eq!(Frame::decode(body.freeze()).unwrap(), frame);
-/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Frame {
@@ -105,11 +85,6 @@ pub enum Frame {
 
 impl Frame {
     /// The stream this frame belongs to.
-    ///
-    /// ```
-    /// use tokentrace::rpc::tcp::Frame;
-    /// assert_eq!(Frame::Error { stream: 4, message: "worker overloaded".into() }.stream(), 4);
-    /// ```
     pub fn stream(&self) -> u64 {
         match self {
             Self::Request { stream, .. }
@@ -125,22 +100,6 @@ impl Frame {
     ///
     /// Fails when a field does not fit its 16-bit length or there are too many metadata
     /// entries; nothing is written then.
-    ///
-    /// ```
-    /// use bytes::{Bytes, BytesMut};
-    /// use tokentrace::rpc::tcp::{Frame, MAX_FIELD_LEN};
-    /// use tokentrace::rpc::Metadata;
-    ///
-    /// let mut out = BytesMut::new();
-    /// let too_long = Frame::Request {
-    ///     stream: 1,
-    ///     endpoint: "e".repeat(MAX_FIELD_LEN + 1),
-    ///     metadata: Metadata::new(),
-    ///     payload: Bytes::new(),
-    /// };
-    /// assert!(too_long.encode(&mut out).is_err());
-    /// assert!(out.is_empty());
-    /// ```
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), RpcError> {
         let start = out.len();
         let result = self.encode_unchecked(out);
@@ -194,16 +153,6 @@ impl Frame {
 
     /// Decodes a frame body (the length prefix already removed). Payloads are slices of `body`,
     /// not copies. Never panics; every allocation is bounded by `body.len()`.
-    ///
-    /// ```
-    /// use bytes::Bytes;
-    /// use tokentrace::rpc::tcp::Frame;
-    ///
-    /// // kind 2 (item), stream 7, then the payload.
-    /// let body = Bytes::from_static(b"\x02\x00\x00\x00\x00\x00\x00\x00\x07hello");
-    /// assert_eq!(Frame::decode(body).unwrap(), Frame::Item { stream: 7, payload: Bytes::from_static(b"hello") });
-    /// assert!(Frame::decode(Bytes::from_static(b"\x09")).is_err()); // unknown kind, too short
-    /// ```
     pub fn decode(mut body: Bytes) -> Result<Self, RpcError> {
         if body.len() < 9 {
             return Err(RpcError::Malformed(format!(
@@ -271,5 +220,37 @@ fn expect_empty(body: Bytes, frame: Frame) -> Result<Frame, RpcError> {
         Ok(frame)
     } else {
         Err(RpcError::Malformed(format!("{} unexpected bytes after the frame header", body.len())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Bytes, BytesMut};
+
+    use super::*;
+
+    #[test]
+    fn fields_up_to_the_limit_encode_and_longer_ones_are_refused() {
+        let request = |value_len: usize| Frame::Request {
+            stream: 1,
+            endpoint: "generate".into(),
+            metadata: [("tenant", "t".repeat(value_len))].into_iter().collect::<Metadata>(),
+            payload: Bytes::new(),
+        };
+        assert!(request(MAX_FIELD_LEN).encode(&mut BytesMut::new()).is_ok());
+        assert!(request(MAX_FIELD_LEN + 1).encode(&mut BytesMut::new()).is_err());
+    }
+
+    #[test]
+    fn more_metadata_entries_than_allowed_are_refused_before_sending() {
+        use crate::rpc::MAX_METADATA_ENTRIES;
+        let request = |entries: usize| Frame::Request {
+            stream: 1,
+            endpoint: "generate".into(),
+            metadata: (0..entries).map(|i| (format!("k{i}"), "v")).collect(),
+            payload: Bytes::new(),
+        };
+        assert!(request(MAX_METADATA_ENTRIES).encode(&mut BytesMut::new()).is_ok());
+        assert!(request(MAX_METADATA_ENTRIES + 1).encode(&mut BytesMut::new()).is_err());
     }
 }

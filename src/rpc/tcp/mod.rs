@@ -36,6 +36,9 @@ mod server;
 mod writer;
 
 pub use client::{Client, ResponseStream};
-pub use codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
-pub use frame::{Frame, MAX_FIELD_LEN};
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use codec::FrameCodec;
+pub use codec::DEFAULT_MAX_FRAME_LEN;
+pub(crate) use frame::Frame;
+pub use frame::MAX_FIELD_LEN;
 pub use server::{serve, Server};

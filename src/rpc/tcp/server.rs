@@ -18,7 +18,7 @@ use super::codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
 use super::frame::Frame;
 use super::writer::{send_soon, write_frames, WRITE_QUEUE};
 use crate::rpc::handlers::Handlers;
-use crate::rpc::request::{Request, RpcError};
+use crate::rpc::{Request, RpcError};
 
 /// Serves `service` on `listener` until the listener fails; see [`Server`] for the limit and
 /// graceful shutdown.
