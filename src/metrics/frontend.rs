@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use super::buckets::{Buckets, FrontendBuckets};
 use super::exemplar::{Histogram, TraceExemplar, WithBuckets};
 use super::exposition::{render, Format};
+use super::gen_ai::{GenAi, Status};
 use crate::inference::FinishReason;
 use crate::inference::{EndedStream, StreamObserver};
 use crate::propagation::request_arrival;
@@ -103,51 +104,6 @@ struct Inner {
     overflow: Counter,
     models: Mutex<HashSet<String>>,
     gen_ai: OnceLock<GenAi>,
-}
-
-/// The same measures under the OpenTelemetry GenAI semantic-convention names, recorded through
-/// the global meter provider (`telemetry::init` installs one exporting over OTLP when
-/// `OTEL_METRICS_EXPORTER=otlp`). Created at the first recorded request, so a provider
-/// installed after [`FrontendMetrics::new`] is the one used.
-#[derive(Debug)]
-struct GenAi {
-    ttft: opentelemetry::metrics::Histogram<f64>,
-    per_output_token: opentelemetry::metrics::Histogram<f64>,
-    duration: opentelemetry::metrics::Histogram<f64>,
-}
-
-impl GenAi {
-    fn new() -> Self {
-        let meter = opentelemetry::global::meter("tokentrace");
-        let histogram = |name: &'static str, description: &'static str, bounds: Vec<f64>| {
-            meter
-                .f64_histogram(name)
-                .with_unit("s")
-                .with_description(description)
-                .with_boundaries(bounds)
-                .build()
-        };
-        Self {
-            ttft: histogram(
-                "gen_ai.server.time_to_first_token",
-                "Time to generate the first token for successful responses",
-                vec![
-                    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-                    10.0,
-                ],
-            ),
-            per_output_token: histogram(
-                "gen_ai.server.time_per_output_token",
-                "Time per output token generated after the first token for successful responses",
-                vec![0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5],
-            ),
-            duration: histogram(
-                "gen_ai.server.request.duration",
-                "Generative AI server request duration such as time-to-last byte or last output token",
-                (0..14).map(|i| 0.01 * f64::from(1u32 << i)).collect(),
-            ),
-        }
-    }
 }
 
 impl Default for FrontendMetrics {
@@ -350,14 +306,6 @@ pub struct RequestMetrics {
     recorded: bool,
 }
 
-/// How a request ended.
-#[derive(Clone, Copy)]
-enum Status {
-    Success,
-    Error,
-    Cancelled,
-}
-
 impl RequestMetrics {
     /// The prompt's length, for `dynamo_frontend_input_sequence_tokens`.
     ///
@@ -417,7 +365,13 @@ impl RequestMetrics {
         let exemplar = || self.exemplar.clone();
         let duration = self.arrival.elapsed().as_secs_f64();
         inner.duration.get_or_create(&self.model).observe(duration, exemplar(), None);
-        self.record_gen_ai(status, duration, stream);
+        self.metrics.inner.gen_ai.get_or_init(GenAi::new).record(
+            self.endpoint,
+            &self.model.model,
+            status,
+            duration,
+            stream,
+        );
         if let Some(tokens) = self.input_tokens {
             inner.input_tokens.get_or_create(&self.model).observe(tokens as f64, exemplar(), None);
         }
@@ -437,36 +391,6 @@ impl RequestMetrics {
             for _ in 1..count {
                 itl.observe(gap, None, None);
             }
-        }
-    }
-}
-
-impl RequestMetrics {
-    /// The GenAI semantic-convention instruments: duration always, TTFT and time per output
-    /// token for successful responses.
-    fn record_gen_ai(&self, status: Status, duration: f64, stream: Option<&EndedStream<'_>>) {
-        let gen_ai = self.metrics.inner.gen_ai.get_or_init(GenAi::new);
-        let operation = match self.endpoint {
-            "chat_completions" => "chat",
-            "completions" => "text_completion",
-            other => other,
-        };
-        let mut attributes = vec![
-            opentelemetry::KeyValue::new("gen_ai.operation.name", operation),
-            opentelemetry::KeyValue::new("gen_ai.request.model", self.model.model.clone()),
-        ];
-        match status {
-            Status::Success => {}
-            Status::Error => attributes.push(opentelemetry::KeyValue::new("error.type", "_OTHER")),
-            Status::Cancelled => attributes.push(opentelemetry::KeyValue::new("error.type", "cancelled")),
-        }
-        gen_ai.duration.record(duration, &attributes);
-        let (Status::Success, Some(stream)) = (status, stream) else { return };
-        if let Some(ttft_ms) = stream.summary.ttft_ms {
-            gen_ai.ttft.record(ttft_ms / 1e3, &attributes);
-        }
-        if let Some(itl_ms) = stream.summary.avg_itl_ms {
-            gen_ai.per_output_token.record(itl_ms / 1e3, &attributes);
         }
     }
 }

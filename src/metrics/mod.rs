@@ -22,6 +22,7 @@ mod buckets;
 mod exemplar;
 mod exposition;
 mod frontend;
+mod gen_ai;
 mod worker;
 
 pub use buckets::{Buckets, BucketsError, FrontendBuckets};

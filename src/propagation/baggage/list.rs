@@ -1,19 +1,11 @@
-//! W3C Baggage: a strict parser and writer, and its place in the OpenTelemetry `Context`.
-//!
-//! Inbound, the list-members that parse and fit the limits are kept in order, as received; the
-//! request's `Context` gets them as an `opentelemetry::baggage::Baggage` for user code, and
-//! remembers the header text. Outbound, while the context's `Baggage` is still the one received,
-//! that text is written back byte for byte (repeated keys, properties and all); once user code
-//! replaced it, the new `Baggage` is written.
+//! The `baggage` header: a strict parser and a writer.
 
 use std::borrow::Cow;
 
-use opentelemetry::baggage::{Baggage, BaggageExt};
-use opentelemetry::{Context, Key, KeyValue, StringValue};
+use opentelemetry::baggage::Baggage;
+use opentelemetry::{Key, StringValue};
 
-use super::carrier::Carrier;
-use super::hex;
-use super::names::BAGGAGE;
+use crate::propagation::hex;
 
 /// The most list-members a `baggage` header keeps (the spec's minimum to propagate).
 ///
@@ -66,6 +58,11 @@ pub struct BaggageList {
 }
 
 impl BaggageList {
+    /// The header text, taken.
+    pub(super) fn into_header(self) -> String {
+        self.header
+    }
+
     /// Parses the values of every `baggage` header, in order.
     ///
     /// ```
@@ -81,7 +78,10 @@ impl BaggageList {
 
     /// Like [`BaggageList::from_headers`], handing each kept member to `kept` as it is parsed:
     /// one pass for the list and whatever is built from its members.
-    fn parse_with<'a>(values: impl IntoIterator<Item = &'a [u8]>, mut kept: impl FnMut(Member<'_>)) -> Self {
+    pub(super) fn parse_with<'a>(
+        values: impl IntoIterator<Item = &'a [u8]>,
+        mut kept: impl FnMut(Member<'_>),
+    ) -> Self {
         let mut list = Self::default();
         for value in values {
             list.push_header(value, &mut kept);
@@ -224,7 +224,7 @@ impl<'a> Member<'a> {
     }
 
     /// Adds this member to `baggage`: the value decoded, the properties as received.
-    fn insert_into(self, baggage: &mut Baggage) {
+    pub(super) fn insert_into(self, baggage: &mut Baggage) {
         // Within the limits of `Baggage` (64 members, 8192 bytes), as every list is.
         let _ = baggage.insert_with_metadata(
             Key::from(self.key.to_owned()),
@@ -351,7 +351,7 @@ fn class(b: u8, class: u8) -> bool {
 }
 
 /// An RFC 7230 token: one or more of ``!#$%&'*+-.^_`|~``, digits and letters.
-fn is_token(text: &str) -> bool {
+pub(super) fn is_token(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| class(b, TOKEN))
 }
 
@@ -450,266 +450,5 @@ fn percent_encode(value: &str, out: &mut String) {
     }
     if plain_from < value.len() {
         out.push_str(&value[plain_from..]);
-    }
-}
-
-/// The header a context's baggage arrived in, with the context that holds that `Baggage`, so
-/// it can be told whether user code has replaced it since (holding the context keeps the
-/// received `Baggage` alive, so its address identifies it).
-#[derive(Debug)]
-struct ReceivedBaggage {
-    header: String,
-    holder: Context,
-}
-
-/// `cx` with the baggage `carrier` holds: as OpenTelemetry `Baggage` for user code, and as
-/// received for forwarding. `cx` itself when no member is kept.
-///
-/// ```
-/// use opentelemetry::baggage::BaggageExt;
-/// use opentelemetry::{Context, StringValue};
-/// use tokentrace::propagation::extract_baggage;
-///
-/// let mut headers = http::HeaderMap::new();
-/// headers.insert("baggage", "tenant=acme".parse().unwrap());
-/// let cx = extract_baggage(&headers, &Context::new());
-/// assert_eq!(cx.baggage().get("tenant"), Some(&StringValue::from("acme")));
-/// ```
-pub fn extract_baggage<C: Carrier + ?Sized>(carrier: &C, cx: &Context) -> Context {
-    let mut baggage = Baggage::new();
-    let list = BaggageList::parse_with(carrier.get_all(BAGGAGE), |member| member.insert_into(&mut baggage));
-    if list.is_empty() {
-        return cx.clone();
-    }
-    let holder = cx.with_baggage(baggage);
-    holder.with_value(ReceivedBaggage { header: list.header, holder: holder.clone() })
-}
-
-/// Writes the baggage of `cx` as the one `baggage` header, replacing any: the header as
-/// received while nobody replaced the context's `Baggage`, else the `Baggage` written anew
-/// ([`format_baggage`]); no header when it is empty.
-///
-/// ```
-/// use opentelemetry::baggage::BaggageExt;
-/// use opentelemetry::{Context, KeyValue};
-/// use tokentrace::propagation::{extract_baggage, inject_baggage};
-///
-/// let mut inbound = http::HeaderMap::new();
-/// inbound.insert("baggage", "b=2 , a=1;p".parse().unwrap());
-/// let cx = extract_baggage(&inbound, &Context::new());
-///
-/// let mut outbound = http::HeaderMap::new();
-/// inject_baggage(&mut outbound, &cx);
-/// assert_eq!(outbound["baggage"], "b=2 , a=1;p"); // unchanged: byte for byte
-///
-/// let cx = cx.with_baggage([KeyValue::new("tier", "gold")]);
-/// inject_baggage(&mut outbound, &cx);
-/// assert_eq!(outbound["baggage"], "tier=gold"); // replaced: written anew
-/// ```
-pub fn inject_baggage<C: Carrier + ?Sized>(carrier: &mut C, cx: &Context) {
-    let baggage = cx.baggage();
-    if let Some(received) = cx.get::<ReceivedBaggage>() {
-        if std::ptr::eq(received.holder.baggage(), baggage) {
-            carrier.set(BAGGAGE, &received.header);
-            return;
-        }
-    }
-    let header = format_baggage(baggage);
-    if header.is_empty() {
-        carrier.remove_all(BAGGAGE);
-    } else {
-        carrier.set(BAGGAGE, &header);
-    }
-}
-
-/// The most baggage keys a layer copies into span attributes.
-///
-/// ```
-/// use tokentrace::propagation::{RecordedBaggage, MAX_RECORDED_BAGGAGE_KEYS};
-/// let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
-/// assert_eq!(RecordedBaggage::new(keys).keys().count(), MAX_RECORDED_BAGGAGE_KEYS);
-/// ```
-pub const MAX_RECORDED_BAGGAGE_KEYS: usize = 8;
-
-/// The longest baggage value copied into a span attribute, in bytes; a longer one is cut at a
-/// character boundary.
-///
-/// ```
-/// use tokentrace::propagation::MAX_RECORDED_BAGGAGE_VALUE_BYTES;
-/// assert_eq!(MAX_RECORDED_BAGGAGE_VALUE_BYTES, 256);
-/// ```
-pub const MAX_RECORDED_BAGGAGE_VALUE_BYTES: usize = 256;
-
-/// The baggage keys a server layer copies into its span, as `baggage.<key>` attributes. No
-/// other baggage value ever reaches a span or a log line: baggage may carry what the caller
-/// did not mean to be stored.
-///
-/// ```
-/// use opentelemetry::baggage::BaggageExt;
-/// use opentelemetry::{Context, KeyValue};
-/// use tokentrace::propagation::RecordedBaggage;
-///
-/// let recorded = RecordedBaggage::new(["tenant"]);
-/// let cx = Context::new().with_baggage([KeyValue::new("tenant", "acme"), KeyValue::new("secret", "x")]);
-/// assert_eq!(recorded.attributes(&cx), [KeyValue::new("baggage.tenant", "acme")]);
-/// ```
-#[derive(Clone, Debug, Default)]
-pub struct RecordedBaggage {
-    /// `(key, attribute name)`, built once.
-    keys: std::sync::Arc<[(String, Key)]>,
-}
-
-impl RecordedBaggage {
-    /// Records `keys` (the first [`MAX_RECORDED_BAGGAGE_KEYS`]; keys that are not tokens are
-    /// skipped).
-    ///
-    /// ```
-    /// use tokentrace::propagation::RecordedBaggage;
-    /// assert_eq!(RecordedBaggage::new(["tenant", "not a key"]).keys().collect::<Vec<_>>(), ["tenant"]);
-    /// ```
-    pub fn new<I>(keys: I) -> Self
-    where
-        I: IntoIterator,
-        I::Item: Into<String>,
-    {
-        let keys = keys
-            .into_iter()
-            .map(Into::into)
-            .filter(|key| is_token(key))
-            .take(MAX_RECORDED_BAGGAGE_KEYS)
-            .map(|key| {
-                let attribute = Key::from(format!("baggage.{key}"));
-                (key, attribute)
-            })
-            .collect();
-        Self { keys }
-    }
-
-    /// The recorded keys.
-    ///
-    /// ```
-    /// use tokentrace::propagation::RecordedBaggage;
-    /// assert_eq!(RecordedBaggage::default().keys().count(), 0);
-    /// ```
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|(key, _)| key.as_str())
-    }
-
-    /// The attributes for the recorded keys present in the baggage of `cx`.
-    ///
-    /// ```
-    /// use opentelemetry::baggage::BaggageExt;
-    /// use opentelemetry::{Context, KeyValue};
-    /// use tokentrace::propagation::RecordedBaggage;
-    ///
-    /// let long = "é".repeat(200); // 400 bytes
-    /// let cx = Context::new().with_baggage([KeyValue::new("note", long)]);
-    /// let attributes = RecordedBaggage::new(["note", "absent"]).attributes(&cx);
-    /// assert_eq!(attributes.len(), 1);
-    /// assert_eq!(attributes[0].value.as_str().len(), 256);
-    /// ```
-    pub fn attributes(&self, cx: &Context) -> Vec<KeyValue> {
-        if self.keys.is_empty() {
-            return Vec::new();
-        }
-        let baggage = cx.baggage();
-        self.keys
-            .iter()
-            .filter_map(|(key, attribute)| {
-                let value = baggage.get(key)?.as_str();
-                let mut end = value.len().min(MAX_RECORDED_BAGGAGE_VALUE_BYTES);
-                while !value.is_char_boundary(end) {
-                    end -= 1;
-                }
-                Some(KeyValue::new(attribute.clone(), value[..end].to_owned()))
-            })
-            .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn list(headers: &[&str]) -> BaggageList {
-        BaggageList::from_headers(headers.iter().map(|h| h.as_bytes()))
-    }
-
-    #[test]
-    fn members_drop_alone_and_the_rest_is_kept_in_order() {
-        let cases: [(&[&str], &str, usize); 10] = [
-            (&["key1=value1,key2=value2"], "key1=value1,key2=value2", 0),
-            (&["key1 = value1 ,\tkey2=value2"], "key1 = value1 ,\tkey2=value2", 0),
-            (&["a=1,,b=2"], "a=1,b=2", 0),
-            (&["a=1,=2,b=2"], "a=1,b=2", 1),
-            (&["a=1,b=x y,c=3"], "a=1,c=3", 1),
-            (&["a=1,b=%4,c=%41"], "a=1,c=%41", 1),
-            (&["a=1;p;q=2", "b=2;=x"], "a=1;p;q=2", 1),
-            (&["a=1", "a=2"], "a=1,a=2", 0),
-            (&["k\u{e9}=1,b=\"q\""], "", 2),
-            (&["a=1;", "b=2"], "b=2", 1),
-        ];
-        for (headers, forwarded, dropped) in cases {
-            let list = list(headers);
-            assert_eq!(list.header(), forwarded, "{headers:?}");
-            assert_eq!(list.dropped(), dropped, "{headers:?}");
-            assert_eq!(list.members().count(), list.len(), "{headers:?}");
-        }
-    }
-
-    #[test]
-    fn limits_keep_64_members_and_8192_bytes_and_drop_whole_members() {
-        let members: Vec<String> = (0..64).map(|i| format!("key{i:02}={}", "v".repeat(120))).collect();
-        let header = members.join(",");
-        assert!(header.len() <= MAX_BAGGAGE_BYTES);
-        let kept = list(&[&header]);
-        assert_eq!((kept.header(), kept.len(), kept.dropped()), (header.as_str(), 64, 0));
-
-        let over = list(&[&header, "extra=1"]);
-        assert_eq!((over.header(), over.dropped()), (header.as_str(), 1));
-
-        let exact = format!("k={}", "v".repeat(MAX_BAGGAGE_BYTES - 2));
-        assert_eq!(list(&[&exact]).header(), exact);
-        let too_long = format!("k={}", "v".repeat(MAX_BAGGAGE_BYTES - 1));
-        assert!(list(&[&too_long, "a=1"]).header() == "a=1");
-    }
-
-    #[test]
-    fn formatted_baggage_parses_back_to_the_same_baggage() {
-        let mut baggage = Baggage::new();
-        for (key, value) in [("plain", "abc"), ("spaces", "a b"), ("symbols", "%;,\"\\="), ("utf8", "ü€")]
-        {
-            baggage.insert(key, value);
-        }
-        baggage.insert_with_metadata("props", "1", "ttl=60;sensitive");
-        baggage.insert_with_metadata("badprops", "2", "a,b");
-        let parsed = list(&[&format_baggage(&baggage)]);
-        assert_eq!(parsed.dropped(), 0);
-        let again = parsed.to_baggage();
-        assert_eq!(again.len(), baggage.len());
-        for (key, (value, metadata)) in &baggage {
-            let (parsed_value, parsed_metadata) = again.get_with_metadata(key.as_str()).unwrap();
-            assert_eq!(parsed_value, value);
-            let expected = if key.as_str() == "badprops" { "" } else { metadata.as_str() };
-            assert_eq!(parsed_metadata.as_str(), expected);
-        }
-    }
-
-    #[test]
-    fn an_untouched_context_forwards_the_header_and_a_replaced_one_writes_anew() {
-        let mut inbound = http::HeaderMap::new();
-        inbound.append("baggage", "a=1 ,a=2".parse().unwrap());
-        inbound.append("baggage", "b=%41".parse().unwrap());
-        let cx = extract_baggage(&inbound, &Context::new());
-        // Other values added on top keep the received baggage.
-        let cx = cx.with_value(7u32);
-        let mut outbound = http::HeaderMap::new();
-        outbound.append("baggage", "stale=1".parse().unwrap());
-        outbound.append("baggage", "stale=2".parse().unwrap());
-        inject_baggage(&mut outbound, &cx);
-        assert_eq!(outbound.get_all("baggage").iter().collect::<Vec<_>>(), ["a=1 ,a=2,b=%41"]);
-
-        inject_baggage(&mut outbound, &cx.with_cleared_baggage());
-        assert!(outbound.get("baggage").is_none());
     }
 }
