@@ -255,3 +255,44 @@ fn transit_ms<P>(request: &Request<P>) -> Option<f64> {
     let elapsed = unix_nanos().checked_sub(sent)?;
     Some(elapsed as f64 / 1e6)
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::rpc::Metadata;
+
+    /// What the handler reads from its request's metadata and from the current context agree,
+    /// whether the caller sent valid ids, refused ones or none.
+    #[tokio::test]
+    async fn the_handler_sees_one_set_of_ids_in_its_metadata_and_its_context() {
+        let handler = tower::service_fn(|request: Request<Bytes>| async move {
+            let current = RequestIds::current().expect("stored by the layer");
+            assert_eq!(RequestIds::extract(&request.metadata), current, "metadata and context agree");
+            assert_eq!(request.metadata.values("x-request-id").count(), 1);
+            let item = Bytes::from(current.x_request_id.to_string());
+            Ok::<_, RpcError>(futures_util::stream::iter([Ok::<_, RpcError>(item)]))
+        });
+        let worker = ServerLayer::default().layer(handler);
+        let sent: [Metadata; 3] = [
+            Metadata::new(),
+            [("x-request-id", "bad id"), ("request-id", "nope")].into_iter().collect(),
+            [("x-request-id", "req-9"), ("request-id", "123e4567-e89b-42d3-a456-426614174000")]
+                .into_iter()
+                .collect(),
+        ];
+        for (i, metadata) in sent.into_iter().enumerate() {
+            let mut request = Request::new("generate", Bytes::new());
+            request.metadata = metadata;
+            let mut items = worker.clone().oneshot(request).await.unwrap();
+            let seen = futures_util::StreamExt::next(&mut items).await.unwrap().unwrap();
+            if i == 2 {
+                assert_eq!(seen, "req-9", "a valid id is kept");
+            } else {
+                assert_eq!(seen.len(), 36, "a generated id");
+            }
+        }
+    }
+}
