@@ -14,7 +14,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 
 mod support;
 
-#[path = "../examples/serve/receiver.rs"]
+#[path = "../examples/serve/demo/receiver.rs"]
 mod receiver;
 
 const GROUP: &str = "span_end";

@@ -9,7 +9,7 @@
 //! `BENCHMARKS.md`.
 
 #[allow(dead_code)]
-#[path = "../examples/serve/demo.rs"]
+#[path = "../examples/serve/demo/driver.rs"]
 mod demo;
 #[allow(dead_code)]
 #[path = "../examples/serve/engine.rs"]
@@ -20,7 +20,7 @@ mod frontend;
 #[allow(dead_code)]
 #[path = "../examples/serve/protocol.rs"]
 mod protocol;
-#[path = "../examples/serve/receiver.rs"]
+#[path = "../examples/serve/demo/receiver.rs"]
 mod receiver;
 #[allow(dead_code)]
 #[path = "../examples/serve/transport.rs"]

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 pub mod handlers;
-#[path = "../../examples/serve/receiver.rs"]
+#[path = "../../examples/serve/demo/receiver.rs"]
 pub mod otlp;
 mod spans;
 pub mod system;

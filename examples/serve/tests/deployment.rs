@@ -4,12 +4,12 @@
 
 // The example's own modules: the tests drive the deployment with the same code as the demo.
 #[allow(dead_code)]
-#[path = "../demo.rs"]
+#[path = "../demo/driver.rs"]
 mod demo;
 #[allow(dead_code)]
-#[path = "../launcher.rs"]
+#[path = "../demo/launcher.rs"]
 mod launcher;
-#[path = "../receiver.rs"]
+#[path = "../demo/receiver.rs"]
 mod receiver;
 #[path = "../../../tests/support/system.rs"]
 mod system;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokentrace::opentelemetry::trace::{SpanId, TraceId};
 use tokentrace::telemetry::{render_waterfall, WaterfallSpan};
 
-use crate::receiver::{string_value, Received, ReceivedSpan};
+use super::receiver::{string_value, Received, ReceivedSpan};
 
 pub const PROMPTS: [&str; 3] = [
     "Explain distributed tracing in one sentence.",
