@@ -331,10 +331,12 @@ fn compare(
     {
         let rate = |ns: f64| pair.per_iteration as f64 / ns * 1e3;
         println!(
-            "throughput {group}: untraced {:.3} M {unit}/s, traced {:.3} M {unit}/s -> traced/untraced {:.3}",
+            "throughput {group}: untraced {:.3} M {unit}/s, traced {:.3} M {unit}/s -> traced/untraced {:.3}, tracing adds {:.0} ns per {}",
             rate(untraced),
             rate(traced),
-            untraced / traced
+            untraced / traced,
+            (traced - untraced) / pair.per_iteration as f64,
+            unit.trim_end_matches('s')
         );
     }
     support::print_interleaved(group, batch, untraced, traced);
