@@ -91,7 +91,7 @@ async fn oversized_frames_are_refused_without_crashing_either_side() {
     );
 
     // The client refuses to send a frame over its own limit, before writing anything.
-    let client = tcp::Client::connect_with_limit(addr, 1024).await.unwrap();
+    let client = tcp::Client::builder().max_frame_len(1024).connect(addr).await.unwrap();
     let error =
         client.clone().oneshot(Request::new("generate", Bytes::from(vec![b'x'; 4096]))).await.unwrap_err();
     assert!(matches!(error, RpcError::FrameTooLarge { size, max: 1024 } if size > 4096), "{error}");
@@ -360,7 +360,7 @@ async fn a_client_that_stops_reading_makes_the_server_wait_in_bounded_memory() {
             }
         }),
     ));
-    let client = tcp::Client::connect_with_limit(addr, 2 * CHUNK).await.unwrap();
+    let client = tcp::Client::builder().max_frame_len(2 * CHUNK).connect(addr).await.unwrap();
     let before = resident_bytes();
     let mut items = client.send(Request::new("generate", Bytes::new())).await.unwrap();
     assert_eq!(items.next().await.unwrap().unwrap().len(), CHUNK);
@@ -378,4 +378,134 @@ async fn a_client_that_stops_reading_makes_the_server_wait_in_bounded_memory() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the server's handler was not dropped after the client dropped its stream");
+}
+
+/// A handler streaming `{count}` items of `{size}` bytes (the payload says `count:size`), each
+/// beginning with its index; `produced[n]` counts the items request `n` (in call order) made.
+fn sized_items(
+    produced: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicUsize>>>>,
+) -> impl tower::Service<Request<Bytes>, Response = Items, Error = RpcError, Future = impl Send>
+       + Clone
+       + Send
+       + 'static {
+    use std::sync::atomic::AtomicUsize;
+    tower::service_fn(move |request: Request<Bytes>| {
+        let text = String::from_utf8(request.payload.to_vec()).unwrap();
+        let (count, size) = text.split_once(':').unwrap();
+        let (count, size): (u32, usize) = (count.parse().unwrap(), size.parse().unwrap());
+        let counter = Arc::new(AtomicUsize::new(0));
+        produced.lock().unwrap().push(Arc::clone(&counter));
+        let items = stream::iter(0..count).map(move |index| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut item = vec![0u8; size];
+            item[..4].copy_from_slice(&index.to_be_bytes());
+            Ok::<_, RpcError>(Bytes::from(item))
+        });
+        std::future::ready(Ok::<Items, RpcError>(items.boxed()))
+    })
+}
+
+/// Reads `stream` to its end, checking every item's index continues from `next`.
+async fn read_in_order(items: &mut tcp::ResponseStream, mut next: u32, count: u32) {
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(60), items.next()).await.expect("no hang")
+    {
+        let item = item.unwrap();
+        assert_eq!(u32::from_be_bytes(item[..4].try_into().unwrap()), next, "in order");
+        next += 1;
+    }
+    assert_eq!(next, count, "every item delivered");
+}
+
+/// A caller stops reading stream A after one 1 MiB item; stream B of 64 such items on the same
+/// connection still completes; the worker made no more of A than its window allows; A, read
+/// again, delivers every item in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_holds_up_no_other_stream_and_resumes_in_order() {
+    const MIB: usize = 1 << 20;
+    let produced = Arc::default();
+    let (listener, addr) = listen().await;
+    tokio::spawn(tcp::serve(listener, sized_items(Arc::clone(&produced))));
+    let window = 4 * MIB as u32;
+    let client = tcp::Client::builder().stream_window(window).connect(addr).await.unwrap();
+
+    let mut a = client.send(Request::new("generate", Bytes::from(format!("128:{MIB}")))).await.unwrap();
+    assert_eq!(a.next().await.unwrap().unwrap().len(), MIB);
+    let mut b = client.send(Request::new("generate", Bytes::from(format!("64:{MIB}")))).await.unwrap();
+    read_in_order(&mut b, 0, 64).await;
+
+    // Read one, granted four more (its window), and one more waiting for the window.
+    let made_of_a = produced.lock().unwrap()[0].load(Ordering::SeqCst);
+    assert!(
+        made_of_a <= 1 + window as usize / MIB + 1,
+        "the worker made {made_of_a} items of the stalled stream"
+    );
+    read_in_order(&mut a, 1, 128).await;
+}
+
+/// A hundred stalled streams on one connection: the worker makes no more of each than its
+/// window, and another stream still flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_streams_hold_at_most_their_windows() {
+    const ITEM: usize = 16 << 10;
+    const WINDOW: u32 = 64 << 10;
+    let produced = Arc::default();
+    let (listener, addr) = listen().await;
+    tokio::spawn(tcp::serve(listener, sized_items(Arc::clone(&produced))));
+    let client = tcp::Client::builder()
+        .stream_window(WINDOW)
+        .connection_window(128 * WINDOW)
+        .connect(addr)
+        .await
+        .unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        let mut items =
+            client.send(Request::new("generate", Bytes::from(format!("1000:{ITEM}")))).await.unwrap();
+        items.next().await.unwrap().unwrap();
+        stalled.push(items);
+    }
+    let mut flowing =
+        client.send(Request::new("generate", Bytes::from(format!("200:{ITEM}")))).await.unwrap();
+    read_in_order(&mut flowing, 0, 200).await;
+    let per_stream = 1 + WINDOW as usize / ITEM + 1;
+    let made: Vec<usize> = produced.lock().unwrap()[..100].iter().map(|n| n.load(Ordering::SeqCst)).collect();
+    assert!(made.iter().all(|&n| n <= per_stream), "items made per stalled stream: {made:?}");
+    drop(stalled);
+}
+
+/// A client that predates `hello` is told why the worker refuses it; a worker that predates it
+/// (it answers an unknown frame kind with an error on stream 0 and closes) is reported as such.
+#[tokio::test]
+async fn a_peer_of_an_older_wire_version_gets_a_clear_error() {
+    let (listener, addr) = listen().await;
+    tokio::spawn(tcp::serve(listener, counting_handler(1, Duration::ZERO, Duration::ZERO, Arc::default())));
+    // A version-1 request: kind 1, stream 1, endpoint "g", no metadata, no payload.
+    let body = [&[1u8][..], &1u64.to_be_bytes(), &[0, 1, b'g', 0, 0]].concat();
+    let mut old_client = TcpStream::connect(addr).await.unwrap();
+    old_client.write_all(&[&(body.len() as u32).to_be_bytes()[..], &body].concat()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), old_client.read_to_end(&mut reply)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&reply).contains("sent no hello"), "{}", String::from_utf8_lossy(&reply));
+
+    let (old_worker, addr) = listen().await;
+    tokio::spawn(async move {
+        let (mut socket, _) = old_worker.accept().await.unwrap();
+        let mut hello = [0u8; 4 + 9 + 10];
+        socket.read_exact(&mut hello).await.unwrap();
+        let message = b"malformed frame: unknown frame kind 7";
+        let body = [&[4u8][..], &0u64.to_be_bytes(), message].concat();
+        socket.write_all(&[&(body.len() as u32).to_be_bytes()[..], &body].concat()).await.unwrap();
+    });
+    let client = tcp::Client::connect(addr).await.unwrap();
+    let error = loop {
+        match client.send(Request::new("generate", Bytes::new())).await {
+            Ok(mut items) => match items.next().await {
+                Some(Err(error)) => break error,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            Err(error) => break error,
+        }
+    };
+    let text = error.to_string();
+    assert!(text.contains("refused the connection") && text.contains("older than wire version 2"), "{text}");
 }

@@ -112,6 +112,22 @@ proptest! {
     }
 
     #[test]
+    fn rpc_flow_control_frames(stream in any::<u64>(), increment in any::<u32>(), version in any::<u16>(),
+                               windows in (any::<u32>(), any::<u32>()), cut in 0usize..40) {
+        use crate::rpc::tcp::{Frame, FrameCodec};
+        let hello = Frame::Hello { version, stream_window: windows.0, connection_window: windows.1 };
+        for frame in [Frame::Window { stream, increment }, hello] {
+            let mut wire = bytes::BytesMut::new();
+            FrameCodec::new(1 << 16).encode(&frame, &mut wire).unwrap();
+            fuzzing::rpc_frame(&[&[(cut % 256) as u8][..], &wire, &wire].concat());
+            let cut = cut.min(wire.len());
+            let mut partial = bytes::BytesMut::from(&wire[..cut]);
+            let decoded = FrameCodec::new(1 << 16).decode(&mut partial).unwrap();
+            prop_assert_eq!(decoded, (cut == wire.len()).then_some(frame));
+        }
+    }
+
+    #[test]
     fn rpc_frame_valid_frames(stream in any::<u64>(), endpoint in "[a-z_]{0,12}",
                               metadata in proptest::collection::vec(("[a-z-]{1,12}", "[ -~]{0,40}"), 0..8),
                               payload in proptest::collection::vec(any::<u8>(), 0..200), cut in 0usize..400) {

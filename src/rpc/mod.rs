@@ -84,6 +84,7 @@
 
 mod client;
 mod error;
+mod flow;
 mod future;
 mod handlers;
 mod metadata;

@@ -18,16 +18,14 @@ use tokio::sync::mpsc;
 use tower_service::Service;
 
 use super::codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
-use super::frame::Frame;
+use super::frame::{Frame, WIRE_VERSION};
 use super::writer::{send_soon, write_frames, WRITE_QUEUE};
+use crate::rpc::flow::{ReceiveWindow, DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW};
 use crate::rpc::{Request, RpcError};
 
-type ItemSender = mpsc::Sender<Result<Bytes, RpcError>>;
-
-/// Items buffered per stream. Bounded: a caller that stops reading its stream makes the
-/// connection's reader wait, so the server's writes wait too, instead of memory growing (the
-/// connection's other streams wait with it).
-const STREAM_QUEUE: usize = 64;
+/// A stream's items as the connection's reader hands them over: unbounded here, bounded in
+/// bytes by the window the server respects, so the reader never waits on one stream.
+type ItemSender = mpsc::UnboundedSender<Result<Bytes, RpcError>>;
 
 /// What the reader task and the client handles share.
 #[derive(Debug, Default)]
@@ -43,6 +41,13 @@ struct Shared {
     next_stream: AtomicU64,
     codec: FrameCodec,
     peer: SocketAddr,
+    /// The window granted to each stream.
+    stream_window: u32,
+    /// The connection's window, over every stream's items.
+    connection: ReceiveWindow,
+    /// The connection's write queue, for the grants of items nobody will read; weak, so the
+    /// connection closes once the clients and streams are gone.
+    outgoing: mpsc::WeakSender<Bytes>,
 }
 
 impl Shared {
@@ -53,10 +58,23 @@ impl Shared {
     }
 
     /// Fails every open stream and all later calls.
+    /// The consumer took (or dropped) an item of `len` bytes of the connection's window.
+    fn took(&self, len: usize, outgoing: &mpsc::Sender<Bytes>) {
+        if let Some(increment) = self.connection.took(len) {
+            self.grant(0, increment, outgoing);
+        }
+    }
+
+    fn grant(&self, stream: u64, increment: u32, outgoing: &mpsc::Sender<Bytes>) {
+        if let Ok(frame) = self.codec.encode_to_bytes(&Frame::Window { stream, increment }) {
+            send_soon(outgoing, frame);
+        }
+    }
+
     fn fail_all(&self, error: RpcError) {
         let mut streams = self.streams();
         for (_, sender) in streams.open.drain() {
-            send_soon(&sender, Err(error.clone()));
+            let _ = sender.send(Err(error.clone()));
         }
         streams.failed.get_or_insert(error);
     }
@@ -91,7 +109,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects with the default frame limit (8 MiB).
+    /// Connects with the defaults: 8 MiB frames, a 4 MiB window per stream and 64 MiB per
+    /// connection (see [`ClientBuilder`]).
     ///
     /// ```
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -108,44 +127,22 @@ impl Client {
     /// # }).unwrap();
     /// ```
     pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<Self> {
-        Self::connect_with_limit(addr, DEFAULT_MAX_FRAME_LEN).await
+        Self::builder().connect(addr).await
     }
 
-    /// Connects, refusing frames (sent or received) over `max_frame_len` bytes.
+    /// A client with other limits or windows.
     ///
     /// ```
-    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-    /// use bytes::Bytes;
-    /// use tokentrace::rpc::{tcp, Request, RpcError};
-    ///
-    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// let client = tcp::Client::connect_with_limit(listener.local_addr()?, 1024).await?;
-    /// let too_big = Request::new("generate", Bytes::from(vec![0u8; 4096]));
-    /// assert!(matches!(client.send(too_big).await, Err(RpcError::FrameTooLarge { max: 1024, .. })));
-    /// # Ok::<(), std::io::Error>(())
-    /// # }).unwrap();
+    /// use tokentrace::rpc::tcp;
+    /// let builder = tcp::Client::builder().max_frame_len(1 << 20).stream_window(256 << 10);
+    /// # let _ = builder;
     /// ```
-    pub async fn connect_with_limit(addr: impl ToSocketAddrs, max_frame_len: usize) -> io::Result<Self> {
-        let socket = TcpStream::connect(addr).await?;
-        socket.set_nodelay(true)?;
-        let peer = socket.peer_addr()?;
-        let (reader, writer) = socket.into_split();
-        let shared = Arc::new(Shared {
-            streams: Mutex::new(Streams::default()),
-            next_stream: AtomicU64::new(1),
-            codec: FrameCodec::new(max_frame_len),
-            peer,
-        });
-        let (outgoing, queue) = mpsc::channel(WRITE_QUEUE);
-        let writing = Arc::clone(&shared);
-        tokio::spawn(async move {
-            if let Err(error) = write_frames(writer, queue).await {
-                writing
-                    .fail_all(RpcError::ConnectionLost(format!("write to {} failed: {error}", writing.peer)));
-            }
-        });
-        tokio::spawn(read_frames(reader, Arc::clone(&shared)));
-        Ok(Self { shared, outgoing })
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder {
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            stream_window: DEFAULT_STREAM_WINDOW,
+            connection_window: DEFAULT_CONNECTION_WINDOW,
+        }
     }
 
     /// The server's address.
@@ -208,7 +205,7 @@ impl Client {
             payload: request.payload,
         };
         let bytes = self.shared.codec.encode_to_bytes(&frame)?;
-        let (sender, items) = mpsc::channel(STREAM_QUEUE);
+        let (sender, items) = mpsc::unbounded_channel();
         {
             let mut streams = self.shared.streams();
             if let Some(error) = &streams.failed {
@@ -219,11 +216,128 @@ impl Client {
         let response = ResponseStream {
             stream,
             items,
+            window: ReceiveWindow::new(self.shared.stream_window),
             shared: Arc::clone(&self.shared),
             outgoing: self.outgoing.clone(),
             done: false,
         };
         Ok((bytes, response))
+    }
+}
+
+/// How a [`Client`] connects: its frame limit and the flow-control windows it grants the server.
+///
+/// The server sends a stream's items only while they fit the stream's window and the
+/// connection's; the client grants more as each stream's consumer takes items. A stream nobody
+/// reads holds at most its window (an item larger than the window still goes through, alone),
+/// and holds up no other stream until the unread streams together fill the connection's window.
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// use tokentrace::rpc::tcp;
+///
+/// let client = tcp::Client::builder()
+///     .max_frame_len(16 << 20)         // KV-cache chunks of up to 16 MiB
+///     .stream_window(32 << 20)         // two of them in flight per stream
+///     .connection_window(512 << 20)
+///     .connect("127.0.0.1:9000")
+///     .await?;
+/// # let _ = client; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    max_frame_len: usize,
+    stream_window: u32,
+    connection_window: u32,
+}
+
+impl ClientBuilder {
+    /// Refuses frames (sent or received) over `max_frame_len` bytes (default 8 MiB).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use bytes::Bytes;
+    /// use tokentrace::rpc::{tcp, Request, RpcError};
+    ///
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let client = tcp::Client::builder().max_frame_len(1024).connect(listener.local_addr()?).await?;
+    /// let too_big = Request::new("generate", Bytes::from(vec![0u8; 4096]));
+    /// assert!(matches!(client.send(too_big).await, Err(RpcError::FrameTooLarge { max: 1024, .. })));
+    /// # Ok::<(), std::io::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn max_frame_len(mut self, max_frame_len: usize) -> Self {
+        self.max_frame_len = max_frame_len;
+        self
+    }
+
+    /// Bytes of items a stream may have in flight before its consumer takes some (default
+    /// 4 MiB; at least 1, at most 1 GiB).
+    ///
+    /// ```
+    /// let builder = tokentrace::rpc::tcp::Client::builder().stream_window(1 << 20);
+    /// # let _ = builder;
+    /// ```
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.stream_window = bytes;
+        self
+    }
+
+    /// Bytes of items the connection may have in flight over all its streams (default 64 MiB;
+    /// at least 1, at most 1 GiB).
+    ///
+    /// ```
+    /// let builder = tokentrace::rpc::tcp::Client::builder().connection_window(256 << 20);
+    /// # let _ = builder;
+    /// ```
+    pub fn connection_window(mut self, bytes: u32) -> Self {
+        self.connection_window = bytes;
+        self
+    }
+
+    /// Connects, and opens the connection with the `hello` that carries the wire version and
+    /// the windows.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let client = tokentrace::rpc::tcp::Client::builder().connect(listener.local_addr()?).await?;
+    /// # let _ = client;
+    /// # Ok::<(), std::io::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn connect(self, addr: impl ToSocketAddrs) -> io::Result<Client> {
+        let socket = TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        let peer = socket.peer_addr()?;
+        let (reader, writer) = socket.into_split();
+        let (outgoing, queue) = mpsc::channel(WRITE_QUEUE);
+        let connection = ReceiveWindow::for_connection(self.connection_window);
+        let stream_window = ReceiveWindow::new(self.stream_window).size();
+        let hello =
+            Frame::Hello { version: WIRE_VERSION, stream_window, connection_window: connection.size() };
+        let codec = FrameCodec::new(self.max_frame_len);
+        let hello = codec.encode_to_bytes(&hello).map_err(io::Error::other)?;
+        let shared = Arc::new(Shared {
+            streams: Mutex::new(Streams::default()),
+            next_stream: AtomicU64::new(1),
+            codec,
+            peer,
+            stream_window,
+            connection,
+            outgoing: outgoing.downgrade(),
+        });
+        // The first frame of the connection: the queue is empty, so this never waits.
+        send_soon(&outgoing, hello);
+        let writing = Arc::clone(&shared);
+        tokio::spawn(async move {
+            if let Err(error) = write_frames(writer, queue).await {
+                writing
+                    .fail_all(RpcError::ConnectionLost(format!("write to {} failed: {error}", writing.peer)));
+            }
+        });
+        tokio::spawn(read_frames(reader, Arc::clone(&shared)));
+        Ok(Client { shared, outgoing })
     }
 }
 
@@ -261,7 +375,9 @@ impl Service<Request<Bytes>> for Client {
 #[derive(Debug)]
 pub struct ResponseStream {
     stream: u64,
-    items: mpsc::Receiver<Result<Bytes, RpcError>>,
+    items: mpsc::UnboundedReceiver<Result<Bytes, RpcError>>,
+    /// The stream's window: what its consumer took is granted back to the server.
+    window: ReceiveWindow,
     shared: Arc<Shared>,
     outgoing: mpsc::Sender<Bytes>,
     done: bool,
@@ -275,9 +391,16 @@ impl Stream for ResponseStream {
             return Poll::Ready(None);
         }
         let item = std::task::ready!(self.items.poll_recv(cx));
-        // The reader drops the sender at the end of the stream and after an error.
-        if !matches!(item, Some(Ok(_))) {
-            self.done = true;
+        match &item {
+            Some(Ok(payload)) => {
+                let len = payload.len();
+                self.shared.took(len, &self.outgoing);
+                if let Some(increment) = self.window.took(len) {
+                    self.shared.grant(self.stream, increment, &self.outgoing);
+                }
+            }
+            // The reader drops the sender at the end of the stream and after an error.
+            _ => self.done = true,
         }
         Poll::Ready(item)
     }
@@ -290,6 +413,14 @@ impl Drop for ResponseStream {
                 send_soon(&self.outgoing, cancel);
             }
         }
+        // Items received and never read go back to the connection's window; closing first
+        // means none can arrive after the drain (the reader then grants them itself).
+        self.items.close();
+        while let Ok(item) = self.items.try_recv() {
+            if let Ok(payload) = item {
+                self.shared.took(payload.len(), &self.outgoing);
+            }
+        }
     }
 }
 
@@ -299,7 +430,7 @@ async fn read_frames(mut reader: OwnedReadHalf, shared: Arc<Shared>) {
     let mut buffer = BytesMut::with_capacity(8 * 1024);
     let error = loop {
         match codec.decode(&mut buffer) {
-            Ok(Some(frame)) => route(&shared, frame).await,
+            Ok(Some(frame)) => route(&shared, frame),
             Ok(None) => match reader.read_buf(&mut buffer).await {
                 Ok(0) => break RpcError::ConnectionLost(format!("{} closed the connection", shared.peer)),
                 Ok(_) => {}
@@ -316,26 +447,41 @@ async fn read_frames(mut reader: OwnedReadHalf, shared: Arc<Shared>) {
     shared.fail_all(error);
 }
 
-/// Hands a frame to its stream, waiting while the stream's queue is full (backpressure).
-async fn route(shared: &Shared, frame: Frame) {
+/// Hands a frame to its stream without waiting: the server sends a stream's items only within
+/// its window, so a stream nobody reads never holds up the others.
+fn route(shared: &Shared, frame: Frame) {
     match frame {
         Frame::Item { stream, payload } => {
             let sender = shared.streams().open.get(&stream).cloned();
-            if let Some(sender) = sender {
-                // A receiver that is gone (the caller dropped its stream) is not an error.
-                let _ = sender.send(Ok(payload)).await;
+            let unread = match sender {
+                Some(sender) => sender.send(Ok(payload)).err().and_then(|error| error.0.ok()),
+                None => Some(payload),
+            };
+            // Nobody will read it (the caller dropped its stream): its bytes go back at once.
+            if let (Some(payload), Some(outgoing)) = (unread, shared.outgoing.upgrade()) {
+                shared.took(payload.len(), &outgoing);
             }
         }
         Frame::End { stream } => {
             shared.streams().open.remove(&stream);
         }
+        // Stream 0 is no request's: the server refused the connection (a server that predates
+        // flow control refuses the `hello` so), and closes it next.
+        Frame::Error { stream: 0, message } => shared.fail_all(RpcError::ConnectionLost(format!(
+            "{} refused the connection: {message} (a worker older than wire version {WIRE_VERSION}?)",
+            shared.peer
+        ))),
         Frame::Error { stream, message } => {
             let sender = shared.streams().open.remove(&stream);
             if let Some(sender) = sender {
-                let _ = sender.send(Err(RpcError::Remote(message))).await;
+                let _ = sender.send(Err(RpcError::Remote(message)));
             }
         }
         // A TCP server never sends these; ignore rather than trust them.
-        Frame::Request { .. } | Frame::Cancel { .. } | Frame::Heartbeat { .. } => {}
+        Frame::Request { .. }
+        | Frame::Cancel { .. }
+        | Frame::Heartbeat { .. }
+        | Frame::Hello { .. }
+        | Frame::Window { .. } => {}
     }
 }

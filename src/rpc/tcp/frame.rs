@@ -12,7 +12,14 @@
 //!   4 error:   message (UTF-8, the remaining bytes)
 //!   5 cancel:  nothing
 //!   6 heartbeat: nothing (the sender is alive; NATS replies use it, TCP peers ignore it)
+//!   7 hello:   version (u16) | stream window (u32) | connection window (u32); stream id 0
+//!   8 window:  increment (u32): the receiver grants this many more bytes of items on the
+//!              stream (stream id 0: on the connection)
 //! ```
+//!
+//! A TCP client opens with `hello`, [`WIRE_VERSION`] and the flow-control windows it grants;
+//! a server refuses any other first frame with an error frame that says why, and a server that
+//! predates `hello` answers with an error on stream 0 that the client reports as such.
 //!
 //! The NATS transport sends its replies as these same bodies, one per message (NATS delimits
 //! them); there the inbox names the stream, so the u64 carries the frame's sequence number.
@@ -36,6 +43,12 @@ const END: u8 = 3;
 const ERROR: u8 = 4;
 const CANCEL: u8 = 5;
 const HEARTBEAT: u8 = 6;
+const HELLO: u8 = 7;
+const WINDOW: u8 = 8;
+
+/// The version of the wire format a client announces in its `hello`: 2, the first with
+/// flow control (version 1 had no `hello`).
+pub(crate) const WIRE_VERSION: u16 = 2;
 
 /// One frame of the TCP transport.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +94,23 @@ pub enum Frame {
         /// Stream id.
         stream: u64,
     },
+    /// A client's first frame: its wire version and the windows it grants.
+    Hello {
+        /// [`WIRE_VERSION`] of the sender.
+        version: u16,
+        /// Bytes of items a stream may have in flight before the client grants more.
+        stream_window: u32,
+        /// Bytes of items the connection may have in flight before the client grants more.
+        connection_window: u32,
+    },
+    /// The receiver took items: `increment` more bytes may be sent on `stream` (0: the
+    /// connection).
+    Window {
+        /// Stream id, or 0 for the connection.
+        stream: u64,
+        /// Bytes granted.
+        increment: u32,
+    },
 }
 
 impl Frame {
@@ -92,7 +122,9 @@ impl Frame {
             | Self::End { stream }
             | Self::Error { stream, .. }
             | Self::Cancel { stream }
-            | Self::Heartbeat { stream } => *stream,
+            | Self::Heartbeat { stream }
+            | Self::Window { stream, .. } => *stream,
+            Self::Hello { .. } => 0,
         }
     }
 
@@ -147,6 +179,18 @@ impl Frame {
                 out.put_u8(HEARTBEAT);
                 out.put_u64(*stream);
             }
+            Self::Hello { version, stream_window, connection_window } => {
+                out.put_u8(HELLO);
+                out.put_u64(0);
+                out.put_u16(*version);
+                out.put_u32(*stream_window);
+                out.put_u32(*connection_window);
+            }
+            Self::Window { stream, increment } => {
+                out.put_u8(WINDOW);
+                out.put_u64(*stream);
+                out.put_u32(*increment);
+            }
         }
         Ok(())
     }
@@ -184,6 +228,17 @@ impl Frame {
             },
             CANCEL => expect_empty(body, Self::Cancel { stream })?,
             HEARTBEAT => expect_empty(body, Self::Heartbeat { stream })?,
+            HELLO if stream == 0 => {
+                let version = take_u16(&mut body, "version")?;
+                let stream_window = take_u32(&mut body, "stream window")?;
+                let connection_window = take_u32(&mut body, "connection window")?;
+                expect_empty(body, Self::Hello { version, stream_window, connection_window })?
+            }
+            HELLO => return Err(RpcError::Malformed("hello on a stream other than 0".into())),
+            WINDOW => {
+                let increment = take_u32(&mut body, "window increment")?;
+                expect_empty(body, Self::Window { stream, increment })?
+            }
             other => return Err(RpcError::Malformed(format!("unknown frame kind {other}"))),
         };
         Ok(frame)
@@ -204,6 +259,13 @@ fn take_u16(body: &mut Bytes, what: &str) -> Result<u16, RpcError> {
         return Err(RpcError::Malformed(format!("frame ends inside the {what}")));
     }
     Ok(body.get_u16())
+}
+
+fn take_u32(body: &mut Bytes, what: &str) -> Result<u32, RpcError> {
+    if body.len() < 4 {
+        return Err(RpcError::Malformed(format!("frame ends inside the {what}")));
+    }
+    Ok(body.get_u32())
 }
 
 fn take_field(body: &mut Bytes, what: &str) -> Result<String, RpcError> {

@@ -35,7 +35,7 @@ mod frame;
 mod server;
 mod writer;
 
-pub use client::{Client, ResponseStream};
+pub use client::{Client, ClientBuilder, ResponseStream};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use codec::FrameCodec;
 pub use codec::DEFAULT_MAX_FRAME_LEN;

@@ -1,9 +1,10 @@
 //! The server side: serve a `tower::Service` of RPC requests on a TCP listener.
 
+use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
@@ -15,8 +16,9 @@ use tokio::task::JoinSet;
 use tower_service::Service;
 
 use super::codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
-use super::frame::Frame;
+use super::frame::{Frame, WIRE_VERSION};
 use super::writer::{send_soon, write_frames, WRITE_QUEUE};
+use crate::rpc::flow::SendWindow;
 use crate::rpc::handlers::Handlers;
 use crate::rpc::{Request, RpcError};
 
@@ -205,6 +207,22 @@ async fn serve_connection<S, St>(
     let mut decoder = FrameCodec::new(max_frame_len);
     let mut handlers = Handlers::default();
     let mut buffer = BytesMut::with_capacity(8 * 1024);
+    // The client's `hello` comes first: the wire version and the windows it grants.
+    let windows = match hello(next_frame(&mut reader, &mut decoder, &mut buffer).await) {
+        Ok(windows) => windows,
+        Err(refusal) => {
+            // Tell the client why (on the stream it opened, if any), then close.
+            if let Some((stream, message)) = refusal {
+                tracing::warn!(target: "tokentrace", peer, message, "refusing rpc connection");
+                if let Ok(frame) = codec.encode_to_bytes(&Frame::Error { stream, message }) {
+                    send_soon(&outgoing, frame);
+                }
+            }
+            drop(outgoing);
+            let _ = writer.await;
+            return;
+        }
+    };
 
     let graceful = loop {
         tokio::select! {
@@ -212,9 +230,17 @@ async fn serve_connection<S, St>(
                 Ok(Some(Frame::Request { stream, endpoint, metadata, payload })) => {
                     let mut request = Request::new(endpoint, payload);
                     request.metadata = metadata;
-                    handlers.spawn(stream, handle(stream, request, service.clone(), outgoing.clone(), Arc::clone(&codec)));
+                    let sender = Sender {
+                        stream,
+                        outgoing: outgoing.clone(),
+                        codec: Arc::clone(&codec),
+                        window: windows.open(stream),
+                        windows: windows.clone(),
+                    };
+                    handlers.spawn(stream, handle(request, service.clone(), sender));
                 }
                 Ok(Some(Frame::Cancel { stream })) => handlers.cancel(stream),
+                Ok(Some(Frame::Window { stream, increment })) => windows.grant(stream, increment),
                 // A client never sends these; ignore rather than trust them.
                 Ok(Some(_)) => {}
                 Ok(None) => break false,
@@ -260,17 +286,79 @@ async fn next_frame(
     }
 }
 
-/// Ends a stream on the wire however its handler ends: normally, with an error, by panic or
-/// by cancellation (the client ignores frames for streams it dropped).
-struct StreamGuard {
+/// The connection's windows from the client's first frame, or why it is refused: the stream
+/// and message to answer with (none when the client left without a word).
+fn hello(first: Result<Option<Frame>, RpcError>) -> Result<Windows, Option<(u64, String)>> {
+    match first {
+        Ok(Some(Frame::Hello { version: WIRE_VERSION, stream_window, connection_window })) => {
+            Ok(Windows::new(stream_window, connection_window))
+        }
+        Ok(Some(Frame::Hello { version, .. })) => Err(Some((
+            0,
+            format!("wire version {version} is not this worker's ({WIRE_VERSION}): upgrade one side"),
+        ))),
+        Ok(Some(other)) => Err(Some((
+            other.stream(),
+            format!(
+                "the client sent no hello: it speaks an older wire version than this worker's \
+                 ({WIRE_VERSION}); upgrade the client"
+            ),
+        ))),
+        Ok(None) => Err(None),
+        Err(error) => Err(Some((0, error.to_string()))),
+    }
+}
+
+/// The windows of one connection: the connection's, and each open stream's.
+#[derive(Clone, Debug)]
+struct Windows {
+    stream_size: u32,
+    connection: Arc<SendWindow>,
+    streams: Arc<Mutex<HashMap<u64, Arc<SendWindow>>>>,
+}
+
+impl Windows {
+    fn new(stream_window: u32, connection_window: u32) -> Self {
+        Self {
+            stream_size: stream_window,
+            connection: Arc::new(SendWindow::new(connection_window)),
+            streams: Arc::default(),
+        }
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SendWindow>>> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new stream's window.
+    fn open(&self, stream: u64) -> Arc<SendWindow> {
+        let window = Arc::new(SendWindow::new(self.stream_size));
+        self.streams().insert(stream, Arc::clone(&window));
+        window
+    }
+
+    /// The client granted `increment` more bytes on `stream` (0: the connection). A grant for
+    /// a stream that has ended is nothing to act on.
+    fn grant(&self, stream: u64, increment: u32) {
+        if stream == 0 {
+            self.connection.grant(increment);
+        } else if let Some(window) = self.streams().get(&stream) {
+            window.grant(increment);
+        }
+    }
+}
+
+/// What a handler sends its stream's frames through; ends the stream with an error if the
+/// handler stops (or is dropped) before its end, and forgets the stream's window.
+struct Sender {
     stream: u64,
     outgoing: mpsc::Sender<Bytes>,
     codec: Arc<FrameCodec>,
-    finished: bool,
+    window: Arc<SendWindow>,
+    windows: Windows,
 }
 
-impl StreamGuard {
-    /// Queues `frame`, waiting while the connection's queue is full (backpressure).
+impl Sender {
     async fn send(&self, frame: &Frame) -> Result<(), RpcError> {
         let bytes = self.codec.encode_to_bytes(frame)?;
         self.outgoing
@@ -279,36 +367,50 @@ impl StreamGuard {
             .map_err(|_| RpcError::ConnectionLost("connection writer stopped".into()))
     }
 
+    /// Sends an item once it fits the stream's window and the connection's.
+    async fn send_item(&self, payload: Bytes) -> Result<(), RpcError> {
+        self.window.reserve(payload.len()).await;
+        self.windows.connection.reserve(payload.len()).await;
+        self.send(&Frame::Item { stream: self.stream, payload }).await
+    }
+}
+
+/// Ends a stream whichever way its handler finishes.
+struct StreamGuard {
+    sender: Sender,
+    finished: bool,
+}
+
+impl StreamGuard {
     async fn fail(&mut self, message: String) {
         self.finished = true;
-        let _ = self.send(&Frame::Error { stream: self.stream, message }).await;
+        let _ = self.sender.send(&Frame::Error { stream: self.sender.stream, message }).await;
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        self.sender.windows.streams().remove(&self.sender.stream);
         if !self.finished {
             let frame =
-                Frame::Error { stream: self.stream, message: "handler stopped before its end".into() };
-            if let Ok(bytes) = self.codec.encode_to_bytes(&frame) {
-                send_soon(&self.outgoing, bytes);
+                Frame::Error { stream: self.sender.stream, message: "handler stopped before its end".into() };
+            if let Ok(bytes) = self.sender.codec.encode_to_bytes(&frame) {
+                send_soon(&self.sender.outgoing, bytes);
             }
         }
     }
 }
 
-async fn handle<S, St>(
-    stream: u64,
-    request: Request<Bytes>,
-    mut service: S,
-    outgoing: mpsc::Sender<Bytes>,
-    codec: Arc<FrameCodec>,
-) where
+/// Runs one request: calls the service, then sends its items (each within the windows) and
+/// the end, or the error.
+async fn handle<S, St>(request: Request<Bytes>, mut service: S, sender: Sender)
+where
     S: Service<Request<Bytes>, Response = St>,
     S::Error: std::fmt::Display,
     St: Stream<Item = Result<Bytes, RpcError>>,
 {
-    let mut guard = StreamGuard { stream, outgoing, codec, finished: false };
+    let stream = sender.stream;
+    let mut guard = StreamGuard { sender, finished: false };
     if let Err(error) = poll_fn(|cx| service.poll_ready(cx)).await {
         return guard.fail(error.to_string()).await;
     }
@@ -319,7 +421,7 @@ async fn handle<S, St>(
     let mut items = pin!(items);
     while let Some(item) = poll_fn(|cx| items.as_mut().poll_next(cx)).await {
         match item {
-            Ok(payload) => match guard.send(&Frame::Item { stream, payload }).await {
+            Ok(payload) => match guard.sender.send_item(payload).await {
                 Ok(()) => {}
                 Err(error @ RpcError::FrameTooLarge { .. }) => return guard.fail(error.to_string()).await,
                 // The connection is gone: nobody to tell.
@@ -329,5 +431,5 @@ async fn handle<S, St>(
         }
     }
     guard.finished = true;
-    let _ = guard.send(&Frame::End { stream }).await;
+    let _ = guard.sender.send(&Frame::End { stream }).await;
 }
