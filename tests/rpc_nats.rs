@@ -14,7 +14,7 @@ use futures_util::{stream, StreamExt};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::Context;
-use support::handlers::counting_handler;
+use support::handlers::{counting_handler, read_in_order, sized_items};
 use support::system::{KillOnDrop, NatsServer};
 use support::{attr, Spans};
 use tokentrace::rpc::nats::{self, async_nats};
@@ -188,7 +188,9 @@ async fn payloads_over_max_payload_are_refused_never_truncated() {
 
     // A request too large for the server is refused before it is sent.
     let too_big = Request::new("generate", Bytes::from(vec![b'1'; 5000]));
-    assert_eq!(client.send(too_big).await.unwrap_err(), RpcError::FrameTooLarge { size: 5000, max: 4096 });
+    let error = client.send(too_big).await.unwrap_err();
+    // The payload and the flow-control window's header: "NATS/1.0", "tokentrace-window: 4194304".
+    assert_eq!(error, RpcError::FrameTooLarge { size: 5000 + 12 + 17 + 7 + 4, max: 4096 });
     // Headers count too.
     let mut with_headers = Request::new("generate", Bytes::from(vec![b'1'; 4000]));
     with_headers.metadata.append("tenant", "t".repeat(100));
@@ -368,4 +370,53 @@ async fn replies_lost_to_a_slow_caller_are_an_error_never_a_gap() {
     };
     assert!(received < 2_000);
     assert!(matches!(&error, RpcError::ConnectionLost(why) if why.contains("were lost")), "{error}");
+}
+
+/// A caller stops reading stream A after one item near NATS's payload limit, for longer than
+/// its silence limit; stream B of 64 such items on the same client still completes; the worker
+/// made no more of A than its window allows (its items wait at the worker, not in NATS or the
+/// client's buffers); A, read again, delivers every item in order without a silence error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_waits_at_the_worker_and_holds_up_no_other() {
+    let Some(server) = NatsServer::start() else { return };
+    let item = 1_000_000; // NATS's max_payload is 1 MiB (1,048,576 bytes)
+    let window = 4 * item as u32;
+    let produced = Arc::default();
+    let listener = bind(&server, SUBJECT).await;
+    let worker = nats::Server::new(sized_items(Arc::clone(&produced))).heartbeat(Duration::from_millis(100));
+    tokio::spawn(worker.serve_with_shutdown(listener, std::future::pending()));
+    let client = nats::Client::new(connect(&server).await, SUBJECT)
+        .unwrap()
+        .stream_window(window)
+        .silence_limit(Duration::from_millis(300));
+
+    let mut a = client.send(Request::new("generate", Bytes::from(format!("64:{item}")))).await.unwrap();
+    assert_eq!(a.next().await.unwrap().unwrap().len(), item);
+    let mut b = client.send(Request::new("generate", Bytes::from(format!("64:{item}")))).await.unwrap();
+    read_in_order(&mut b, 0, 64).await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // twice the silence limit, A unread
+
+    let made_of_a = produced.lock().unwrap()[0].load(Ordering::SeqCst);
+    assert!(
+        made_of_a <= 1 + window as usize / item + 1,
+        "the worker made {made_of_a} items of the stalled stream"
+    );
+    read_in_order(&mut a, 1, 64).await;
+}
+
+/// A caller older than flow control (no window header) is told so by the worker.
+#[tokio::test]
+async fn a_caller_without_a_window_is_refused_with_the_reason() {
+    let Some(server) = NatsServer::start() else { return };
+    tokio::spawn(nats::serve(
+        bind(&server, SUBJECT).await,
+        counting_handler(1, Duration::ZERO, Duration::ZERO, Arc::default()),
+    ));
+    let nats = connect(&server).await;
+    let inbox = nats.new_inbox();
+    let mut replies = nats.subscribe(inbox.clone()).await.unwrap();
+    nats.publish_with_reply(format!("{SUBJECT}.generate"), inbox, Bytes::new()).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), replies.next()).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&reply.payload);
+    assert!(text.contains("tokentrace-window") && text.contains("upgrade the caller"), "{text}");
 }

@@ -11,7 +11,7 @@ use futures_util::{stream, StreamExt};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use opentelemetry::Context;
-use support::handlers::{counting_handler, Items};
+use support::handlers::{counting_handler, read_in_order, sized_items, Items};
 use support::{attr, Spans};
 use tokentrace::rpc::{self, tcp, Request, RpcError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -378,42 +378,6 @@ async fn a_client_that_stops_reading_makes_the_server_wait_in_bounded_memory() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the server's handler was not dropped after the client dropped its stream");
-}
-
-/// A handler streaming `{count}` items of `{size}` bytes (the payload says `count:size`), each
-/// beginning with its index; `produced[n]` counts the items request `n` (in call order) made.
-fn sized_items(
-    produced: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicUsize>>>>,
-) -> impl tower::Service<Request<Bytes>, Response = Items, Error = RpcError, Future = impl Send>
-       + Clone
-       + Send
-       + 'static {
-    use std::sync::atomic::AtomicUsize;
-    tower::service_fn(move |request: Request<Bytes>| {
-        let text = String::from_utf8(request.payload.to_vec()).unwrap();
-        let (count, size) = text.split_once(':').unwrap();
-        let (count, size): (u32, usize) = (count.parse().unwrap(), size.parse().unwrap());
-        let counter = Arc::new(AtomicUsize::new(0));
-        produced.lock().unwrap().push(Arc::clone(&counter));
-        let items = stream::iter(0..count).map(move |index| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let mut item = vec![0u8; size];
-            item[..4].copy_from_slice(&index.to_be_bytes());
-            Ok::<_, RpcError>(Bytes::from(item))
-        });
-        std::future::ready(Ok::<Items, RpcError>(items.boxed()))
-    })
-}
-
-/// Reads `stream` to its end, checking every item's index continues from `next`.
-async fn read_in_order(items: &mut tcp::ResponseStream, mut next: u32, count: u32) {
-    while let Some(item) = tokio::time::timeout(Duration::from_secs(60), items.next()).await.expect("no hang")
-    {
-        let item = item.unwrap();
-        assert_eq!(u32::from_be_bytes(item[..4].try_into().unwrap()), next, "in order");
-        next += 1;
-    }
-    assert_eq!(next, count, "every item delivered");
 }
 
 /// A caller stops reading stream A after one 1 MiB item; stream B of 64 such items on the same

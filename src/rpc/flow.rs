@@ -6,7 +6,9 @@
 //! An item costs its payload's length, but never more than the window: an item larger than the
 //! window still goes through, alone (it waits until nothing else is in flight).
 
-use std::sync::{Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Semaphore;
 
@@ -30,12 +32,15 @@ pub(crate) fn cost(len: usize, window: u32) -> u32 {
 pub(crate) struct SendWindow {
     size: u32,
     available: Semaphore,
+    /// The total granted so far (the initial window included), for receivers that grant in
+    /// totals ([`SendWindow::grant_total`]).
+    granted: AtomicU64,
 }
 
 impl SendWindow {
     pub(crate) fn new(size: u32) -> Self {
         let size = size.clamp(1, MAX_WINDOW);
-        Self { size, available: Semaphore::new(size as usize) }
+        Self { size, available: Semaphore::new(size as usize), granted: AtomicU64::new(u64::from(size)) }
     }
 
     /// Waits until an item of `len` bytes may be sent, and takes its cost.
@@ -57,10 +62,49 @@ impl SendWindow {
         self.available.add_permits((increment as usize).min(room));
     }
 
+    /// The receiver has granted `total` bytes since the stream began: what a transport that may
+    /// lose a grant sends (the next grant makes a lost one good).
+    pub(crate) fn grant_total(&self, total: u64) {
+        let before = self.granted.fetch_max(total, Ordering::AcqRel);
+        if total > before {
+            self.grant(u32::try_from(total - before).unwrap_or(u32::MAX));
+        }
+    }
+
     /// Bytes sent and not yet granted back.
     #[cfg(test)]
     pub(crate) fn in_flight(&self) -> u32 {
         self.size - self.available.available_permits().min(self.size as usize) as u32
+    }
+}
+
+/// The send windows of a server's open streams, by stream id: granted to as grants arrive,
+/// forgotten as each stream's handler ends.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct StreamWindows {
+    open: Arc<Mutex<HashMap<u64, Arc<SendWindow>>>>,
+}
+
+impl StreamWindows {
+    fn open_streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SendWindow>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new stream's window of `size` bytes.
+    pub(crate) fn open(&self, stream: u64, size: u32) -> Arc<SendWindow> {
+        let window = Arc::new(SendWindow::new(size));
+        self.open_streams().insert(stream, Arc::clone(&window));
+        window
+    }
+
+    /// The stream's window, while it is open.
+    pub(crate) fn get(&self, stream: u64) -> Option<Arc<SendWindow>> {
+        self.open_streams().get(&stream).cloned()
+    }
+
+    /// The stream ended: grants for it are nothing to act on.
+    pub(crate) fn close(&self, stream: u64) {
+        self.open_streams().remove(&stream);
     }
 }
 
@@ -131,6 +175,13 @@ mod tests {
         assert_eq!(window.in_flight(), 100, "it cost the whole window, not its size");
         window.grant(u32::MAX);
         assert_eq!(window.in_flight(), 0, "a grant never lifts the window above its size");
+        let totals = SendWindow::new(100);
+        totals.reserve(100).await;
+        totals.grant_total(130);
+        totals.grant_total(120);
+        assert_eq!(totals.in_flight(), 70, "a total grants what it adds to the largest before");
+        totals.grant_total(200);
+        assert_eq!(totals.in_flight(), 0);
         window.reserve(0).await;
     }
 

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use async_nats::{HeaderMap, HeaderName, HeaderValue, StatusCode, Subscriber};
+use async_nats::{HeaderMap, HeaderName, HeaderValue, StatusCode, Subject, Subscriber};
 use bytes::Bytes;
 use futures_core::Stream;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
+use super::flow::{grant_subject, WINDOW_HEADER};
 use super::subject;
+use crate::rpc::flow::{ReceiveWindow, DEFAULT_STREAM_WINDOW};
 use crate::rpc::metadata::{check_entry_count, Metadata};
 use crate::rpc::tcp::Frame;
 use crate::rpc::{Request, RpcError};
@@ -60,6 +62,7 @@ pub struct Client {
     nats: async_nats::Client,
     subject: Arc<str>,
     silence_limit: Duration,
+    stream_window: u32,
 }
 
 impl Client {
@@ -79,7 +82,12 @@ impl Client {
     pub fn new(nats: async_nats::Client, subject: impl Into<String>) -> io::Result<Self> {
         let subject = subject.into();
         subject::check_config(&subject)?;
-        Ok(Self { nats, subject: subject.into(), silence_limit: DEFAULT_SILENCE_LIMIT })
+        Ok(Self {
+            nats,
+            subject: subject.into(),
+            silence_limit: DEFAULT_SILENCE_LIMIT,
+            stream_window: DEFAULT_STREAM_WINDOW,
+        })
     }
 
     /// How long a stream waits without a word from its worker before it fails with
@@ -96,6 +104,22 @@ impl Client {
     /// ```
     pub fn silence_limit(mut self, limit: Duration) -> Self {
         self.silence_limit = limit;
+        self
+    }
+
+    /// Bytes of items a stream's worker may have sent and its consumer not yet taken (default
+    /// 4 MiB; at least 1, at most 1 GiB): a stream nobody reads holds at most this much, in the
+    /// worker's hands rather than in NATS's or this client's buffers, and holds up no other.
+    /// An item larger than the window still goes through, alone.
+    ///
+    /// ```no_run
+    /// # async fn demo(connection: tokentrace::rpc::nats::async_nats::Client) -> std::io::Result<()> {
+    /// let client = tokentrace::rpc::nats::Client::new(connection, "tokentrace.backend")?
+    ///     .stream_window(8 << 20);
+    /// # Ok(()) }
+    /// ```
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.stream_window = ReceiveWindow::new(bytes).size();
         self
     }
 
@@ -130,7 +154,13 @@ impl Client {
         let endpoint = request.endpoint();
         subject::check(endpoint, "endpoint").map_err(RpcError::Malformed)?;
         let subject = format!("{}.{endpoint}", self.subject);
-        let (headers, headers_len) = headers_of(&request.metadata)?;
+        let (mut headers, headers_len) = headers_of(&request.metadata)?;
+        let window = self.stream_window.to_string();
+        let headers_len = headers_len
+            + WINDOW_HEADER.len()
+            + window.len()
+            + if request.metadata.is_empty() { 16 } else { 4 };
+        headers.insert(WINDOW_HEADER, window.as_str());
         let size = headers_len + request.payload.len();
         let max = self.nats.max_payload();
         if size > max {
@@ -147,6 +177,10 @@ impl Client {
             .map_err(|error| RpcError::ConnectionLost(format!("cannot publish on {subject}: {error}")))?;
         Ok(ResponseStream {
             replies,
+            nats: self.nats.clone(),
+            window: ReceiveWindow::new(self.stream_window),
+            granted: u64::from(self.stream_window),
+            grants_to: None,
             subject,
             next_sequence: 0,
             silence_limit: self.silence_limit,
@@ -208,6 +242,13 @@ impl Service<Request<Bytes>> for Client {
 #[derive(Debug)]
 pub struct ResponseStream {
     replies: Subscriber,
+    nats: async_nats::Client,
+    /// The stream's window: what its consumer took is granted back to the worker.
+    window: ReceiveWindow,
+    /// The total granted so far (the initial window included), as grants carry it.
+    granted: u64,
+    /// Where the worker takes this stream's grants, from its first reply.
+    grants_to: Option<Subject>,
     subject: String,
     next_sequence: u64,
     silence_limit: Duration,
@@ -227,6 +268,9 @@ enum Reply {
 
 impl ResponseStream {
     fn read(&mut self, message: async_nats::Message) -> Reply {
+        if self.grants_to.is_none() {
+            self.grants_to = message.reply.as_deref().map(|watch| Subject::from(grant_subject(watch)));
+        }
         if let Some(status) = message.status {
             return Reply::Item(Err(if status == StatusCode::NO_RESPONDERS {
                 RpcError::Unavailable(self.subject.clone())
@@ -266,6 +310,20 @@ impl ResponseStream {
     }
 }
 
+impl ResponseStream {
+    /// Tells the worker the total granted so far (publishing is async: on a task of its own).
+    fn send_grant(&self) {
+        let (Some(to), Ok(runtime)) = (self.grants_to.clone(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let mut body = bytes::BytesMut::new();
+        if (Frame::Window { stream: self.granted, increment: 0 }).encode(&mut body).is_ok() {
+            let nats = self.nats.clone();
+            runtime.spawn(async move { nats.publish(to, body.freeze()).await });
+        }
+    }
+}
+
 impl Stream for ResponseStream {
     type Item = Result<Bytes, RpcError>;
 
@@ -279,8 +337,21 @@ impl Stream for ResponseStream {
                 Poll::Ready(Some(message)) => {
                     this.heard = true;
                     match this.read(message) {
-                        Reply::Heartbeat => continue,
-                        Reply::Item(Ok(item)) => return Poll::Ready(Some(Ok(item))),
+                        Reply::Heartbeat => {
+                            // The last grant again, in case NATS lost it: a worker held by its
+                            // window beats until the grant comes.
+                            if this.granted > u64::from(this.window.size()) {
+                                this.send_grant();
+                            }
+                            continue;
+                        }
+                        Reply::Item(Ok(item)) => {
+                            if let Some(increment) = this.window.took(item.len()) {
+                                this.granted += u64::from(increment);
+                                this.send_grant();
+                            }
+                            return Poll::Ready(Some(Ok(item)));
+                        }
                         Reply::Item(Err(error)) => {
                             this.done = true;
                             return Poll::Ready(Some(Err(error)));

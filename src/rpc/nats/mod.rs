@@ -11,6 +11,12 @@
 //!   caller, never a hang or a short stream.
 //! - A caller that drops its stream, or dies, unsubscribes its inbox; the worker's next reply
 //!   or heartbeat finds no one there and its handler stops.
+//! - Flow control: the caller grants each stream a window of bytes (4 MiB by default,
+//!   [`Client::stream_window`]) and grants more as its consumer takes items; the worker sends
+//!   no more than that ahead, so a stream nobody reads waits at its worker (still beating), not
+//!   in NATS or the caller's buffers, and holds up no other. A worker refuses a caller that
+//!   grants no window (one older than flow control), saying so; a caller's grants go where an
+//!   older worker does not listen, so it simply streams without flow control.
 //! - A request or item larger than the server's `max_payload` is refused with
 //!   [`RpcError::FrameTooLarge`](crate::rpc::RpcError::FrameTooLarge), never truncated.
 //!
@@ -42,6 +48,7 @@
 //! ```
 
 mod client;
+mod flow;
 mod server;
 mod subject;
 

@@ -4,6 +4,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Message, Subject, Subscriber};
@@ -12,7 +13,9 @@ use futures_core::Stream;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tower_service::Service;
 
+use super::flow::{grant_subject, WINDOW_HEADER};
 use super::subject;
+use crate::rpc::flow::{SendWindow, StreamWindows};
 use crate::rpc::handlers::Handlers;
 use crate::rpc::metadata::{check_entry_count, Metadata};
 use crate::rpc::tcp::Frame;
@@ -75,6 +78,10 @@ pub struct Listener {
     /// "no responders" once the caller's inbox has no subscriber any more.
     gone_prefix: String,
     gone: Subscriber,
+    /// Callers grant flow-control windows on `{gone_prefix}.{stream}.window` (a subject a
+    /// worker that predates flow control does not hear, so it never takes a grant for a
+    /// cancel).
+    grants: Subscriber,
 }
 
 impl Listener {
@@ -119,11 +126,15 @@ impl Listener {
             .subscribe(format!("{gone_prefix}.*"))
             .await
             .map_err(|error| io::Error::other(format!("cannot subscribe to a NATS inbox: {error}")))?;
+        let grants = nats
+            .subscribe(grant_subject(&format!("{gone_prefix}.*")))
+            .await
+            .map_err(|error| io::Error::other(format!("cannot subscribe to a NATS inbox: {error}")))?;
         // The round trip makes sure the server has both subscriptions.
         nats.flush()
             .await
             .map_err(|error| io::Error::other(format!("cannot reach the NATS server: {error}")))?;
-        Ok(Self { nats, subject, requests, gone_prefix, gone })
+        Ok(Self { nats, subject, requests, gone_prefix, gone, grants })
     }
 
     /// The service subject.
@@ -233,7 +244,8 @@ where
         listener: Listener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let Listener { nats, subject, mut requests, gone_prefix, mut gone } = listener;
+        let Listener { nats, subject, mut requests, gone_prefix, mut gone, mut grants } = listener;
+        let windows = StreamWindows::default();
         let endpoint_at = subject.len() + 1;
         let mut handlers = Handlers::default();
         let mut streams = 0u64;
@@ -251,16 +263,21 @@ where
                         continue;
                     };
                     streams += 1;
+                    let request = request_of(message, endpoint_at);
+                    let window = request.as_ref().ok().map(|(_, size)| windows.open(streams, *size));
                     let replies = Replies {
                         nats: nats.clone(),
                         to: reply_to,
                         watch: Subject::from(format!("{gone_prefix}.{streams}")),
                         sequence: 0,
                         finished: false,
+                        stream: streams,
+                        windows: windows.clone(),
                     };
-                    handlers.spawn(streams, handle(request_of(message, endpoint_at), self.service.clone(), replies, self.heartbeat));
+                    handlers.spawn(streams, handle(request.map(|(request, _)| request), window, self.service.clone(), replies, self.heartbeat));
                 }
                 Some(message) = next(&mut gone) => cancel_gone(&mut handlers, &message),
+                Some(message) = next(&mut grants) => grant(&windows, &message),
                 () = handlers.reap_one() => {}
                 () = &mut shutdown => break,
             }
@@ -271,6 +288,7 @@ where
             tokio::select! {
                 () = handlers.reap_one() => {}
                 Some(message) = next(&mut gone) => cancel_gone(&mut handlers, &message),
+                Some(message) = next(&mut grants) => grant(&windows, &message),
             }
         }
         nats.flush()
@@ -290,20 +308,42 @@ fn cancel_gone(handlers: &mut Handlers, message: &Message) {
     }
 }
 
+/// A caller's grant on `{prefix}.{stream}.window`: a `window` frame whose u64 is the total the
+/// caller has granted since the stream began (a lost grant is made good by the next).
+fn grant(windows: &StreamWindows, message: &Message) {
+    let stream = message.subject.rsplit('.').nth(1).and_then(|token| token.parse().ok());
+    if let (Some(window), Ok(Frame::Window { stream: total, .. })) =
+        (stream.and_then(|stream| windows.get(stream)), Frame::decode(message.payload.clone()))
+    {
+        window.grant_total(total);
+    }
+}
+
 /// The request a message carries: the endpoint from its subject, the metadata from its headers.
-fn request_of(message: Message, endpoint_at: usize) -> Result<Request<Bytes>, RpcError> {
+/// The request of `message` and the window its caller grants (the `tokentrace-window` header,
+/// which only callers that speak flow control send).
+fn request_of(message: Message, endpoint_at: usize) -> Result<(Request<Bytes>, u32), RpcError> {
     let endpoint = message.subject.get(endpoint_at..).unwrap_or_default().to_owned();
     let mut request = Request::new(endpoint, message.payload);
+    let mut window = None;
     if let Some(headers) = &message.headers {
+        window = headers.get(WINDOW_HEADER).and_then(|value| value.as_str().parse().ok());
         request.metadata = metadata_of(headers)?;
     }
-    Ok(request)
+    let window = window.ok_or_else(|| {
+        RpcError::Malformed(format!(
+            "the caller sent no {WINDOW_HEADER} header: it speaks an older tokentrace RPC than this worker \
+             (no flow control); upgrade the caller"
+        ))
+    })?;
+    Ok((request, window))
 }
 
 fn metadata_of(headers: &async_nats::HeaderMap) -> Result<Metadata, RpcError> {
-    check_entry_count(headers.iter().map(|(_, values)| values.len()).sum())?;
+    let entries = headers.iter().filter(|(name, _)| AsRef::<str>::as_ref(name) != WINDOW_HEADER);
+    check_entry_count(entries.clone().map(|(_, values)| values.len()).sum())?;
     let mut metadata = Metadata::new();
-    for (name, values) in headers.iter() {
+    for (name, values) in entries {
         for value in values {
             metadata.append(name.as_ref(), value.as_str());
         }
@@ -319,6 +359,9 @@ struct Replies {
     watch: Subject,
     sequence: u64,
     finished: bool,
+    /// The stream's id here, and the windows its window is kept in until it ends.
+    stream: u64,
+    windows: StreamWindows,
 }
 
 impl Replies {
@@ -365,6 +408,7 @@ fn encoded(frame: &Frame) -> Result<Bytes, RpcError> {
 
 impl Drop for Replies {
     fn drop(&mut self) {
+        self.windows.close(self.stream);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         if self.finished {
             return;
@@ -379,6 +423,7 @@ impl Drop for Replies {
 
 async fn handle<S, St>(
     request: Result<Request<Bytes>, RpcError>,
+    window: Option<Arc<SendWindow>>,
     mut service: S,
     mut replies: Replies,
     heartbeat: Duration,
@@ -387,9 +432,10 @@ async fn handle<S, St>(
     S::Error: std::fmt::Display,
     St: Stream<Item = Result<Bytes, RpcError>>,
 {
-    let request = match request {
-        Ok(request) => request,
-        Err(error) => return replies.fail(error.to_string()).await,
+    let (request, window) = match (request, window) {
+        (Ok(request), Some(window)) => (request, window),
+        (Err(error), _) => return replies.fail(error.to_string()).await,
+        (Ok(_), None) => return replies.fail("no flow-control window".into()).await,
     };
     let mut beats = interval_at(Instant::now() + heartbeat, heartbeat);
     beats.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -414,12 +460,23 @@ async fn handle<S, St>(
         tokio::select! {
             biased;
             item = poll_fn(|cx| items.as_mut().poll_next(cx)) => match item {
-                Some(Ok(payload)) => match replies.item(payload).await {
-                    Ok(()) => {}
-                    Err(error @ RpcError::FrameTooLarge { .. }) => return replies.fail(error.to_string()).await,
-                    // The client is closed: nobody to tell.
-                    Err(_) => return replies.finished = true,
-                },
+                Some(Ok(payload)) => {
+                    // A stream held by its window still beats: it is not a dead worker.
+                    let mut reserved = pin!(window.reserve(payload.len()));
+                    loop {
+                        tokio::select! {
+                            biased;
+                            () = &mut reserved => break,
+                            _ = beats.tick() => if replies.heartbeat().await.is_err() { return },
+                        }
+                    }
+                    match replies.item(payload).await {
+                        Ok(()) => {}
+                        Err(error @ RpcError::FrameTooLarge { .. }) => return replies.fail(error.to_string()).await,
+                        // The client is closed: nobody to tell.
+                        Err(_) => return replies.finished = true,
+                    }
+                }
                 Some(Err(error)) => return replies.fail(error.to_string()).await,
                 None => return replies.end().await,
             },

@@ -1,10 +1,9 @@
 //! The server side: serve a `tower::Service` of RPC requests on a TCP listener.
 
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
@@ -18,7 +17,7 @@ use tower_service::Service;
 use super::codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
 use super::frame::{Frame, WIRE_VERSION};
 use super::writer::{send_soon, write_frames, WRITE_QUEUE};
-use crate::rpc::flow::SendWindow;
+use crate::rpc::flow::{SendWindow, StreamWindows};
 use crate::rpc::handlers::Handlers;
 use crate::rpc::{Request, RpcError};
 
@@ -234,7 +233,7 @@ async fn serve_connection<S, St>(
                         stream,
                         outgoing: outgoing.clone(),
                         codec: Arc::clone(&codec),
-                        window: windows.open(stream),
+                        window: windows.streams.open(stream, windows.stream_size),
                         windows: windows.clone(),
                     };
                     handlers.spawn(stream, handle(request, service.clone(), sender));
@@ -314,7 +313,7 @@ fn hello(first: Result<Option<Frame>, RpcError>) -> Result<Windows, Option<(u64,
 struct Windows {
     stream_size: u32,
     connection: Arc<SendWindow>,
-    streams: Arc<Mutex<HashMap<u64, Arc<SendWindow>>>>,
+    streams: StreamWindows,
 }
 
 impl Windows {
@@ -322,27 +321,15 @@ impl Windows {
         Self {
             stream_size: stream_window,
             connection: Arc::new(SendWindow::new(connection_window)),
-            streams: Arc::default(),
+            streams: StreamWindows::default(),
         }
     }
 
-    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SendWindow>>> {
-        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A new stream's window.
-    fn open(&self, stream: u64) -> Arc<SendWindow> {
-        let window = Arc::new(SendWindow::new(self.stream_size));
-        self.streams().insert(stream, Arc::clone(&window));
-        window
-    }
-
-    /// The client granted `increment` more bytes on `stream` (0: the connection). A grant for
-    /// a stream that has ended is nothing to act on.
+    /// The client granted `increment` more bytes on `stream` (0: the connection).
     fn grant(&self, stream: u64, increment: u32) {
         if stream == 0 {
             self.connection.grant(increment);
-        } else if let Some(window) = self.streams().get(&stream) {
+        } else if let Some(window) = self.streams.get(stream) {
             window.grant(increment);
         }
     }
@@ -390,7 +377,7 @@ impl StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.sender.windows.streams().remove(&self.sender.stream);
+        self.sender.windows.streams.close(self.sender.stream);
         if !self.finished {
             let frame =
                 Frame::Error { stream: self.sender.stream, message: "handler stopped before its end".into() };
