@@ -3,7 +3,9 @@
 //! streams, traced and untraced, in one run; gRPC (tonic, through the HTTP layers): per unary
 //! call and items/s of a 256-message server stream, traced and untraced; NATS (a real
 //! `nats-server` on loopback, skipped with a message where none is installed): the same two
-//! rows. Spans go through a batch processor into a discarding exporter. Each traced/untraced
+//! rows. Large items (1 MiB on TCP, 1 MB on NATS, 64 to a stream, in MiB/s or MB/s), traced
+//! and untraced, and with the default flow-control windows against windows made unlimited.
+//! Spans go through a batch processor into a discarding exporter. Each traced/untraced
 //! pair is also run interleaved (alternating rounds), whose median ratio drift between the two
 //! criterion measurements cannot move.
 //!
@@ -39,6 +41,25 @@ fn handler(
         )
     })
 }
+
+/// A handler streaming `count` items of `size` bytes (one buffer, shared).
+fn large_handler(
+    count: usize,
+    size: usize,
+) -> impl Service<Request<Bytes>, Response = Items, Error = RpcError, Future = impl Send> + Clone + Send + 'static
+{
+    let item = Bytes::from(vec![7u8; size]);
+    tower::service_fn(move |_request: Request<Bytes>| {
+        let item = item.clone();
+        async move { Ok::<Items, RpcError>(stream::iter((0..count).map(move |_| Ok(item.clone()))).boxed()) }
+    })
+}
+
+/// Items per stream of the large-item rows, and their size on each transport (NATS's
+/// `max_payload` is 1 MiB, frame header included).
+const LARGE_ITEMS: usize = 64;
+const TCP_LARGE_ITEM: usize = 1 << 20;
+const NATS_LARGE_ITEM: usize = 1_000_000;
 
 async fn drain<S: futures_util::Stream<Item = Result<Bytes, RpcError>> + Unpin>(mut items: S) -> usize {
     let mut n = 0;
@@ -108,6 +129,53 @@ fn tcp_throughput(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider
             || runtime.block_on(calls_at_once(&traced, streams, ITEMS_PER_STREAM)),
         );
     }
+    tcp_large_items(c, runtime, provider);
+}
+
+/// One stream of [`LARGE_ITEMS`] 1 MiB items (a KV cache's size), in MiB/s: traced against
+/// untraced, and the default flow-control windows against windows made unlimited (1 GiB).
+fn tcp_large_items(c: &mut Criterion, runtime: &tokio::runtime::Runtime, provider: &SdkTracerProvider) {
+    let (untraced_addr, traced_addr) = runtime.block_on(async {
+        let untraced = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let traced = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = (untraced.local_addr().unwrap(), traced.local_addr().unwrap());
+        tokio::spawn(tcp::serve(untraced, large_handler(LARGE_ITEMS, TCP_LARGE_ITEM)));
+        let worker = ServiceBuilder::new()
+            .layer(rpc::ServerLayer::with_tracer(provider.tracer("worker")).component("backend"))
+            .service(large_handler(LARGE_ITEMS, TCP_LARGE_ITEM));
+        tokio::spawn(tcp::serve(traced, worker));
+        addrs
+    });
+    let windowed = runtime.block_on(tcp::Client::connect(untraced_addr)).unwrap();
+    let unlimited = runtime
+        .block_on(
+            tcp::Client::builder().stream_window(1 << 30).connection_window(1 << 30).connect(untraced_addr),
+        )
+        .unwrap();
+    let traced = ServiceBuilder::new()
+        .layer(rpc::ClientLayer::with_tracer(provider.tracer("frontend")))
+        .service(runtime.block_on(tcp::Client::connect(traced_addr)).unwrap());
+    let mib = (LARGE_ITEMS * TCP_LARGE_ITEM) >> 20;
+    compare(
+        c,
+        Pair { group: "rpc_tcp/large_items", per_iteration: mib, unit: "MiB", ..Pair::default() },
+        4,
+        || runtime.block_on(calls_at_once(&windowed, 1, LARGE_ITEMS)),
+        || runtime.block_on(calls_at_once(&traced, 1, LARGE_ITEMS)),
+    );
+    compare(
+        c,
+        Pair {
+            group: "rpc_tcp/large_items_windows",
+            per_iteration: mib,
+            unit: "MiB",
+            sides: ("unlimited", "windowed"),
+            ..Pair::default()
+        },
+        4,
+        || runtime.block_on(calls_at_once(&unlimited, 1, LARGE_ITEMS)),
+        || runtime.block_on(calls_at_once(&windowed, 1, LARGE_ITEMS)),
+    );
 }
 
 /// `grpc.health.v1.Health` (tonic-health's generated service): `check` answers at once,
@@ -278,68 +346,137 @@ fn nats(
         let group = format!("rpc_nats/{row}");
         compare(
             c,
-            Pair { group: &group, per_iteration, unit, measurement_time: Some(Duration::from_secs(10)) },
+            Pair {
+                group: &group,
+                per_iteration,
+                unit,
+                measurement_time: Some(Duration::from_secs(10)),
+                ..Pair::default()
+            },
             if calls == 1 { 16 } else { 4 },
             || runtime.block_on(calls_at_once(&untraced, calls, items)),
             || runtime.block_on(calls_at_once(&traced, calls, items)),
         );
     }
+    // One stream of items near the payload limit, in MB/s: traced against untraced, and the
+    // default window against one made unlimited (1 GiB).
+    let serve_large = |subject: &str, traced: bool| {
+        let listener = runtime.block_on(nats::Listener::bind(connect(), subject)).unwrap();
+        let _guard = runtime.enter();
+        let handler = large_handler(LARGE_ITEMS, NATS_LARGE_ITEM);
+        if traced {
+            let worker = ServiceBuilder::new()
+                .layer(rpc::ServerLayer::with_tracer(provider.tracer("worker")).component("backend"))
+                .service(handler);
+            tokio::spawn(nats::serve(listener, worker));
+        } else {
+            tokio::spawn(nats::serve(listener, handler));
+        }
+    };
+    serve_large("bench.large.untraced", false);
+    serve_large("bench.large.traced", true);
+    let windowed = nats::Client::new(connect(), "bench.large.untraced").unwrap();
+    let unlimited = nats::Client::new(connect(), "bench.large.untraced").unwrap().stream_window(1 << 30);
+    let traced = ServiceBuilder::new()
+        .layer(rpc::ClientLayer::with_tracer(provider.tracer("frontend")))
+        .service(nats::Client::new(connect(), "bench.large.traced").unwrap());
+    let mb = LARGE_ITEMS * NATS_LARGE_ITEM / 1_000_000;
+    let large = |group, sides| Pair {
+        group,
+        per_iteration: mb,
+        unit: "MB",
+        measurement_time: Some(Duration::from_secs(10)),
+        sides,
+    };
+    compare(
+        c,
+        large("rpc_nats/large_items", ("untraced", "traced")),
+        4,
+        || runtime.block_on(calls_at_once(&windowed, 1, LARGE_ITEMS)),
+        || runtime.block_on(calls_at_once(&traced, 1, LARGE_ITEMS)),
+    );
+    compare(
+        c,
+        large("rpc_nats/large_items_windows", ("unlimited", "windowed")),
+        4,
+        || runtime.block_on(calls_at_once(&unlimited, 1, LARGE_ITEMS)),
+        || runtime.block_on(calls_at_once(&windowed, 1, LARGE_ITEMS)),
+    );
     Some(server)
 }
 
-/// A traced/untraced pair: its criterion group, what one iteration moves, and (for a noisy row)
-/// a longer measurement than the run's default.
-#[derive(Default)]
+/// A pair of variants: its criterion group, what one iteration moves, which sides it compares
+/// (untraced and traced unless said), and (for a noisy row) a longer measurement than the run's
+/// default.
 struct Pair<'a> {
     group: &'a str,
     per_iteration: usize,
     unit: &'a str,
     measurement_time: Option<Duration>,
+    /// The baseline's name, then the candidate's.
+    sides: (&'a str, &'a str),
 }
 
-/// Measures a pair with criterion, untraced then traced, and prints both rates and their
-/// ratio; then runs it interleaved, `batch` calls a side per round, and prints that ratio.
-/// Nothing of it runs where the command line's filter leaves the pair out.
+impl Default for Pair<'_> {
+    fn default() -> Self {
+        Self { group: "", per_iteration: 0, unit: "", measurement_time: None, sides: ("untraced", "traced") }
+    }
+}
+
+/// Measures a pair with criterion, baseline then candidate, and prints both rates, their ratio
+/// and what the candidate adds per unit; then runs it interleaved, `batch` calls a side per
+/// round, and prints that ratio. Nothing of it runs where the command line's filter leaves the
+/// pair out.
 fn compare(
     c: &mut Criterion,
     pair: Pair<'_>,
     batch: usize,
-    mut untraced: impl FnMut(),
-    mut traced: impl FnMut(),
+    mut baseline: impl FnMut(),
+    mut candidate: impl FnMut(),
 ) {
+    let (baseline_name, candidate_name) = pair.sides;
     let mut group = c.benchmark_group(pair.group);
     group.throughput(Throughput::Elements(pair.per_iteration as u64));
     if let Some(time) = pair.measurement_time {
         group.measurement_time(time);
     }
     let mut measured = false;
-    group.bench_function("untraced", |b| {
+    group.bench_function(baseline_name, |b| {
         measured = true;
-        b.iter(&mut untraced)
+        b.iter(&mut baseline)
     });
-    group.bench_function("traced", |b| {
+    group.bench_function(candidate_name, |b| {
         measured = true;
-        b.iter(&mut traced)
+        b.iter(&mut candidate)
     });
     group.finish();
     if !measured {
         return;
     }
     let (group, unit) = (pair.group, pair.unit);
-    if let (Some(untraced), Some(traced)) =
-        (support::mean_ns(group, "untraced"), support::mean_ns(group, "traced"))
+    if let (Some(base), Some(cand)) =
+        (support::mean_ns(group, baseline_name), support::mean_ns(group, candidate_name))
     {
-        let rate = |ns: f64| pair.per_iteration as f64 / ns * 1e3;
+        let rate = |ns: f64| scaled(pair.per_iteration as f64 / ns * 1e9);
         println!(
-            "throughput {group}: untraced {:.3} M {unit}/s, traced {:.3} M {unit}/s -> traced/untraced {:.3}, tracing adds {:.0} ns per {}",
-            rate(untraced),
-            rate(traced),
-            untraced / traced,
-            (traced - untraced) / pair.per_iteration as f64,
+            "throughput {group}: {baseline_name} {} {unit}/s, {candidate_name} {} {unit}/s -> {candidate_name}/{baseline_name} {:.3}, {candidate_name} adds {:.0} ns per {}",
+            rate(base),
+            rate(cand),
+            base / cand,
+            (cand - base) / pair.per_iteration as f64,
             unit.trim_end_matches('s')
         );
     }
-    support::print_interleaved(group, batch, untraced, traced);
+    support::print_interleaved(group, pair.sides, batch, baseline, candidate);
+}
+
+/// A rate with its SI prefix: `1.234 M`, `56.7 k`, `890`.
+fn scaled(per_second: f64) -> String {
+    match per_second {
+        r if r >= 1e6 => format!("{:.3} M", r / 1e6),
+        r if r >= 1e3 => format!("{:.1} k", r / 1e3),
+        r => format!("{r:.0}"),
+    }
 }
 
 fn main() {

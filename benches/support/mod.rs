@@ -129,12 +129,18 @@ pub fn exporting_traces_to(endpoint: String) -> tokentrace::telemetry::Telemetry
     Telemetry::build(TelemetryConfig::from_vars("bench", vars).unwrap()).unwrap()
 }
 
-/// Runs `untraced` and `traced` alternately, `ROUNDS` rounds of `batch` calls each (the order
-/// swapped every round), and prints the per-round ratio of their times as throughput
-/// traced/untraced: its median and quartiles. On a noisy machine two criterion measurements
+/// Runs `baseline` and `candidate` alternately, `ROUNDS` rounds of `batch` calls each (the
+/// order swapped every round), and prints the per-round ratio of their times as throughput
+/// candidate/baseline (`sides` names them): its median and quartiles. On a noisy machine two criterion measurements
 /// taken one after the other can drift apart (another process, the clock speed); within a
 /// round both sides see the same conditions.
-pub fn print_interleaved(group: &str, batch: usize, mut untraced: impl FnMut(), mut traced: impl FnMut()) {
+pub fn print_interleaved(
+    group: &str,
+    sides: (&str, &str),
+    batch: usize,
+    mut untraced: impl FnMut(),
+    mut traced: impl FnMut(),
+) {
     const ROUNDS: usize = 40;
     let time = |f: &mut dyn FnMut()| {
         let start = std::time::Instant::now();
@@ -157,7 +163,9 @@ pub fn print_interleaved(group: &str, batch: usize, mut untraced: impl FnMut(), 
         .collect();
     ratios.sort_by(f64::total_cmp);
     println!(
-        "interleaved {group}: traced/untraced median {:.3} (quartiles {:.3}-{:.3}) over {ROUNDS} rounds of {batch}",
+        "interleaved {group}: {}/{} median {:.3} (quartiles {:.3}-{:.3}) over {ROUNDS} rounds of {batch}",
+        sides.1,
+        sides.0,
         ratios[ROUNDS / 2],
         ratios[ROUNDS / 4],
         ratios[3 * ROUNDS / 4]
