@@ -603,3 +603,59 @@ fn init_with_a_bad_variable_is_an_error_naming_it_not_a_panic() {
     let stderr = run_scenario("bad-env", &[("OTEL_TRACES_SAMPLER", "bogus")]);
     assert!(stderr.contains("init refused: telemetry configuration: OTEL_TRACES_SAMPLER:"), "{stderr}");
 }
+
+/// `parentbased_traceidratio` samples consistently: a root kept at 0.5 writes `ot=th:8` into the
+/// trace state its outbound calls carry (a dropped one writes none); a child follows a sampled
+/// caller and forwards the caller's threshold and other `ot` keys unchanged.
+#[tokio::test]
+async fn a_ratio_sampler_writes_its_threshold_and_children_keep_the_callers() {
+    use tokentrace::propagation::inject_context;
+    use tower::{Layer, ServiceExt};
+
+    let config = TelemetryConfig::from_vars(
+        "svc",
+        [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.5")],
+    )
+    .unwrap();
+    let telemetry = Telemetry::build(config).unwrap();
+    let handler = tower::service_fn(|_: http::Request<String>| async {
+        let mut outbound = http::HeaderMap::new();
+        inject_context(&mut outbound, &Context::current());
+        let traceparent = outbound["traceparent"].to_str().unwrap().to_owned();
+        let tracestate =
+            outbound.get("tracestate").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(http::Response::new(format!("{traceparent} {tracestate}")))
+    });
+    let service = tokentrace::http::ServerLayer::with_tracer(telemetry.tracer("frontend")).layer(handler);
+    let call = |headers: &[(&'static str, &str)]| {
+        let mut request = http::Request::new(String::new());
+        for (name, value) in headers {
+            request.headers_mut().insert(*name, value.parse().unwrap());
+        }
+        let service = service.clone();
+        async move {
+            let response = service.oneshot(request).await.unwrap();
+            http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes()
+        }
+    };
+    let mut kept = 0;
+    for _ in 0..400 {
+        let body = String::from_utf8(call(&[]).await.to_vec()).unwrap();
+        let (traceparent, tracestate) = body.split_once(' ').unwrap();
+        if traceparent.ends_with("-01") || traceparent.ends_with("-03") {
+            kept += 1;
+            assert_eq!(tracestate, "ot=th:8", "{body}");
+        } else {
+            assert_eq!(tracestate, "", "a dropped trace claims no probability: {body}");
+        }
+    }
+    assert!((120..=280).contains(&kept), "about half of 400 roots kept: {kept}");
+
+    let body = call(&[
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ("tracestate", "ot=th:c;rv:ffffffffffffff;k:v,congo=t61rcWkgMzE"),
+    ])
+    .await;
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    assert!(body.ends_with("-01 ot=th:c;rv:ffffffffffffff;k:v,congo=t61rcWkgMzE"), "{body}");
+}

@@ -34,6 +34,7 @@ pub(crate) struct SendWindow {
     available: Semaphore,
     /// The total granted so far (the initial window included), for receivers that grant in
     /// totals ([`SendWindow::grant_total`]).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // NATS grants in totals
     granted: AtomicU64,
 }
 
@@ -64,6 +65,7 @@ impl SendWindow {
 
     /// The receiver has granted `total` bytes since the stream began: what a transport that may
     /// lose a grant sends (the next grant makes a lost one good).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // NATS grants in totals
     pub(crate) fn grant_total(&self, total: u64) {
         let before = self.granted.fetch_max(total, Ordering::AcqRel);
         if total > before {

@@ -22,7 +22,7 @@
 //! | `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` | default: where traces go |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL` (`grpc`, `http/protobuf`), `_HEADERS`, `_TIMEOUT` | the standard variables, per-signal variants too |
 //! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | the resource |
-//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `parentbased_always_on` by default |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `parentbased_always_on` by default; ratios sample consistently, writing `ot=th:…` |
 //!
 //! Export goes through the OpenTelemetry SDK's batch processors (bounded queues, their own
 //! threads; the `OTEL_BSP_*` and `OTEL_BLRP_*` variables apply) onto a runtime of its own: a
@@ -33,6 +33,7 @@ mod config;
 mod console;
 mod export;
 mod jsonl;
+mod probability;
 mod waterfall;
 
 use std::fmt;
@@ -44,7 +45,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, ShouldSample};
 use opentelemetry_sdk::Resource;
 use tracing::level_filters::LevelFilter;
 use tracing::Subscriber;
@@ -140,12 +141,14 @@ impl fmt::Debug for Telemetry {
     }
 }
 
-fn sampler(config: &SamplerConfig) -> Sampler {
+/// The sampler `config` names; a ratio samples consistently ([`probability`]): the threshold
+/// scheme of OpenTelemetry's TraceState probability sampling, not the SDK's `TraceIdRatioBased`.
+fn sampler(config: &SamplerConfig) -> Box<dyn ShouldSample> {
     match config {
-        SamplerConfig::AlwaysOn => Sampler::AlwaysOn,
-        SamplerConfig::AlwaysOff => Sampler::AlwaysOff,
-        SamplerConfig::TraceIdRatio(ratio) => Sampler::TraceIdRatioBased(*ratio),
-        SamplerConfig::ParentBased(root) => Sampler::ParentBased(Box::new(sampler(root))),
+        SamplerConfig::AlwaysOn => Box::new(Sampler::AlwaysOn),
+        SamplerConfig::AlwaysOff => Box::new(Sampler::AlwaysOff),
+        SamplerConfig::TraceIdRatio(ratio) => Box::new(probability::ConsistentRatio::new(*ratio)),
+        SamplerConfig::ParentBased(root) => Box::new(probability::ParentBased::new(sampler(root))),
     }
 }
 

@@ -39,6 +39,7 @@ pub use client::{Client, ClientBuilder, ResponseStream};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use codec::FrameCodec;
 pub use codec::DEFAULT_MAX_FRAME_LEN;
+#[cfg(any(test, feature = "nats", feature = "fuzzing"))]
 pub(crate) use frame::Frame;
 pub use frame::MAX_FIELD_LEN;
 pub use server::{serve, Server};
