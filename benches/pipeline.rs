@@ -62,7 +62,7 @@ async fn deployment(step: Duration) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let peer = transport::Transport::Tcp.peer(worker_addr.to_string()).await.unwrap();
-    let app = frontend::app(peer, "bench".into(), tokentrace::metrics::FrontendMetrics::new());
+    let app = frontend::app(peer, "bench".into(), tokentrace::metrics::FrontendMetrics::new(), false);
     let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
         let _ = socket.set_nodelay(true);
     });

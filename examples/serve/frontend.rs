@@ -38,8 +38,11 @@ enum Api {
 }
 
 /// The frontend: the OpenAI routes, traced, and `GET /metrics` (Dynamo's `dynamo_frontend_*`
-/// metrics, with trace exemplars), untraced.
-pub fn app(worker: Peer, model: String, metrics: FrontendMetrics) -> Router {
+/// metrics, with trace exemplars), untraced. A `public_endpoint` trusts no caller's trace context
+/// ([`ServerLayer::public_endpoint`](tokentrace::http::ServerLayer::public_endpoint)).
+pub fn app(worker: Peer, model: String, metrics: FrontendMetrics, public_endpoint: bool) -> Router {
+    let layer = tokentrace::http::ServerLayer::default().filter(|_, uri| uri.path() != "/health");
+    let layer = if public_endpoint { layer.public_endpoint() } else { layer };
     let routes = metrics.router();
     let frontend = Arc::new(Frontend { worker, model, metrics });
     Router::new()
@@ -48,7 +51,7 @@ pub fn app(worker: Peer, model: String, metrics: FrontendMetrics) -> Router {
         .route("/v1/models", get(models))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .with_state(frontend)
-        .layer(tokentrace::http::ServerLayer::default().filter(|_, uri| uri.path() != "/health"))
+        .layer(layer)
         .merge(routes)
 }
 

@@ -95,6 +95,16 @@ struct FrontendArgs {
     /// The model name served.
     #[arg(long, default_value = "tokentrace-demo")]
     model: String,
+    /// Trust no caller's trace context: each request starts a trace of its own (linked to the
+    /// caller's), the caller's sampled flag is not obeyed and its baggage is dropped. For a
+    /// frontend that faces the internet, not one behind a gateway that starts the trace.
+    #[arg(
+        long,
+        env = "TOKENTRACE_PUBLIC_ENDPOINT",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    public_endpoint: bool,
     /// Stop when stdin closes (set by `agg`/`disagg` for their children).
     #[arg(long, hide = true)]
     exit_on_stdin_close: bool,
@@ -286,7 +296,7 @@ async fn run_frontend(args: &FrontendArgs) -> Result<(), String> {
     let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
         let _ = socket.set_nodelay(true);
     });
-    axum::serve(listener, frontend::app(peer, model, metrics))
+    axum::serve(listener, frontend::app(peer, model, metrics, args.public_endpoint))
         .with_graceful_shutdown(shutdown_signal(args.exit_on_stdin_close))
         .await
         .map_err(|e| e.to_string())
@@ -370,4 +380,25 @@ async fn run_cuda_worker(
     _: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
     Err("this build has no CUDA engine: rebuild with `--features cuda`".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    fn public_endpoint(args: &[&str]) -> bool {
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Frontend(frontend) => frontend.public_endpoint,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The frontend's public-endpoint mode is off unless the flag or the environment says so.
+    #[test]
+    fn the_public_endpoint_mode_comes_from_the_flag() {
+        assert!(!public_endpoint(&["serve", "frontend", "--worker", "127.0.0.1:9000"]));
+        assert!(public_endpoint(&["serve", "frontend", "--worker", "127.0.0.1:9000", "--public-endpoint"]));
+    }
 }
