@@ -659,3 +659,37 @@ async fn a_ratio_sampler_writes_its_threshold_and_children_keep_the_callers() {
     let body = String::from_utf8(body.to_vec()).unwrap();
     assert!(body.ends_with("-01 ot=th:c;rv:ffffffffffffff;k:v,congo=t61rcWkgMzE"), "{body}");
 }
+
+/// `TOKENTRACE_TRACES_KEEP` and its companions: parsed, or an error naming the variable.
+#[test]
+fn keep_rules_come_from_the_environment_and_bad_ones_name_their_variable() {
+    use tokentrace::telemetry::KeepRules;
+    let config = TelemetryConfig::from_vars(
+        "svc",
+        [
+            ("TOKENTRACE_TRACES_KEEP", "error,cancelled,ttft>500ms,duration>30s,itl_p99>200ms"),
+            ("TOKENTRACE_TRACES_SUMMARY", "true"),
+            ("TOKENTRACE_TRACES_KEEP_MAX_SPANS", "5000"),
+        ],
+    )
+    .unwrap();
+    let rules = config.keep.unwrap();
+    assert_eq!(
+        rules,
+        KeepRules::parse("error, cancelled, ttft>0.5s, duration>30000ms, itl_p99>200ms").unwrap()
+    );
+    assert!(config.keep_summary);
+    assert_eq!((config.keep_max_spans, config.keep_max_bytes), (5000, 128 << 20));
+    let defaults = TelemetryConfig::from_vars("svc", Vec::<(String, String)>::new()).unwrap();
+    assert_eq!(defaults.keep, None, "head sampling only");
+    for (variable, value) in [
+        ("TOKENTRACE_TRACES_KEEP", "slow"),
+        ("TOKENTRACE_TRACES_KEEP", "ttft>soon"),
+        ("TOKENTRACE_TRACES_KEEP", "latency>1s"),
+        ("TOKENTRACE_TRACES_SUMMARY", "maybe"),
+        ("TOKENTRACE_TRACES_KEEP_MAX_BYTES", "0"),
+    ] {
+        let error = TelemetryConfig::from_vars("svc", [(variable, value)]).unwrap_err();
+        assert_eq!(error.variable(), variable, "{value}: {error}");
+    }
+}

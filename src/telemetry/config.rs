@@ -182,6 +182,17 @@ pub struct TelemetryConfig {
     pub sampler: SamplerConfig,
     /// `OTEL_PROPAGATORS` (`tracecontext,baggage` by default).
     pub propagators: crate::propagation::Propagators,
+    /// `TOKENTRACE_TRACES_KEEP`: rules that keep a trace the head sampler dropped, decided when
+    /// the request ends (unset: head sampling only).
+    pub keep: Option<super::KeepRules>,
+    /// `TOKENTRACE_TRACES_SUMMARY`: with keep rules, a dropped request still exports its local
+    /// root span alone, so it can be found by its id.
+    pub keep_summary: bool,
+    /// `TOKENTRACE_TRACES_KEEP_MAX_SPANS`, `TOKENTRACE_TRACES_KEEP_MAX_BYTES`: what may be held
+    /// for undecided requests (default 100,000 spans, 128 MiB).
+    pub keep_max_spans: usize,
+    /// See [`TelemetryConfig::keep_max_spans`].
+    pub keep_max_bytes: usize,
 }
 
 /// A bad environment value; names the variable.
@@ -336,6 +347,14 @@ impl TelemetryConfig {
             sampler: sampler(&vars)?,
             propagators: crate::propagation::Propagators::parse(vars.get("OTEL_PROPAGATORS").unwrap_or(""))
                 .map_err(|error| ConfigError::new("OTEL_PROPAGATORS", error.to_string()))?,
+            keep: vars
+                .get("TOKENTRACE_TRACES_KEEP")
+                .map(super::KeepRules::parse)
+                .transpose()
+                .map_err(|why| ConfigError::new("TOKENTRACE_TRACES_KEEP", why))?,
+            keep_summary: vars.flag("TOKENTRACE_TRACES_SUMMARY")?.unwrap_or(false),
+            keep_max_spans: count(&vars, "TOKENTRACE_TRACES_KEEP_MAX_SPANS", 100_000)?,
+            keep_max_bytes: count(&vars, "TOKENTRACE_TRACES_KEEP_MAX_BYTES", 128 << 20)?,
         })
     }
 }
@@ -486,6 +505,16 @@ fn key_value_list(variable: &str, list: &str) -> Result<Vec<(String, String)>, C
 
 fn percent_decode(value: &str) -> Option<String> {
     String::from_utf8(crate::propagation::percent_decode(value.as_bytes(), true)?).ok()
+}
+
+/// A positive whole number, `default` when unset.
+fn count(vars: &Vars, variable: &str, default: usize) -> Result<usize, ConfigError> {
+    match vars.get(variable) {
+        None => Ok(default),
+        Some(value) => value.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            ConfigError::new(variable, format!("expected a positive whole number, got {value:?}"))
+        }),
+    }
 }
 
 fn sampler(vars: &Vars) -> Result<SamplerConfig, ConfigError> {

@@ -33,6 +33,7 @@ mod config;
 mod console;
 mod export;
 mod jsonl;
+mod keep;
 mod probability;
 mod waterfall;
 
@@ -45,7 +46,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, ShouldSample};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, ShouldSample, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use tracing::level_filters::LevelFilter;
 use tracing::Subscriber;
@@ -56,6 +57,7 @@ use tracing_subscriber::Layer;
 pub use config::{ConfigError, OtlpTarget, Protocol, SamplerConfig, TelemetryConfig, TlsConfig};
 use export::Counts;
 pub use jsonl::JsonLines;
+pub use keep::KeepRules;
 pub use waterfall::{render_waterfall, WaterfallSpan};
 
 /// Why telemetry could not be set up.
@@ -132,6 +134,8 @@ pub struct Telemetry {
     metric_losses: Option<Arc<Counts>>,
     span_losses: Option<Arc<Counts>>,
     log_losses: Option<Arc<Counts>>,
+    /// Requests decided early because the keep rules' held spans reached a bound.
+    keep_overflows: Option<Arc<std::sync::atomic::AtomicU64>>,
     runtime: Option<export::ExportRuntime>,
 }
 
@@ -180,21 +184,37 @@ impl Telemetry {
             None
         };
 
-        let mut traces = SdkTracerProvider::builder()
-            .with_resource(resource.clone())
-            .with_sampler(sampler(&config.sampler));
+        let mut exporters: Vec<Box<dyn SpanProcessor>> = Vec::new();
         let mut span_losses = None;
         if let (true, Some(runtime)) = (config.export_traces, &runtime) {
             let processor =
                 export::Counted::spans(runtime, &config.traces).map_err(TelemetryError::Export)?;
             span_losses = Some(processor.counts());
-            traces = traces.with_span_processor(processor);
+            exporters.push(Box::new(processor));
         }
-
         if config.console_traces {
             let format = if config.jsonl { console::Format::Json } else { console::Format::Text };
-            traces =
-                traces.with_span_processor(console::ConsoleProcessor::new(format, console::Sink::Stderr));
+            exporters.push(Box::new(console::ConsoleProcessor::new(format, console::Sink::Stderr)));
+        }
+        let mut traces = SdkTracerProvider::builder().with_resource(resource.clone());
+        let mut keep_overflows = None;
+        match &config.keep {
+            // Keep rules: every span recorded, each trace decided when it ends (see `keep`).
+            Some(rules) => {
+                let limits = keep::KeepLimits { spans: config.keep_max_spans, bytes: config.keep_max_bytes };
+                let processor =
+                    keep::KeepProcessor::new(rules.clone(), config.keep_summary, limits, exporters);
+                keep_overflows = Some(processor.overflows());
+                traces = traces
+                    .with_sampler(keep::RecordAll(sampler(&config.sampler)))
+                    .with_span_processor(processor);
+            }
+            None => {
+                traces = traces.with_sampler(sampler(&config.sampler));
+                for processor in exporters {
+                    traces = traces.with_span_processor(Exporter(processor));
+                }
+            }
         }
 
         let mut metric_losses = None;
@@ -236,6 +256,7 @@ impl Telemetry {
             metric_losses,
             span_losses,
             log_losses,
+            keep_overflows,
             runtime,
             config,
         })
@@ -382,7 +403,37 @@ impl Telemetry {
             spans: self.span_losses.as_ref().map_or(0, |counts| counts.lost()),
             logs: self.log_losses.as_ref().map_or(0, |counts| counts.lost()),
             metric_exports: self.metric_losses.as_ref().map_or(0, |counts| counts.lost()),
+            keep_overflows: self
+                .keep_overflows
+                .as_ref()
+                .map_or(0, |count| count.load(std::sync::atomic::Ordering::Relaxed)),
         }
+    }
+}
+
+/// A boxed span processor, as the provider takes each processor by its type.
+#[derive(Debug)]
+struct Exporter(Box<dyn SpanProcessor>);
+
+impl SpanProcessor for Exporter {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.0.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
+        self.0.on_end(span);
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
     }
 }
 
@@ -405,6 +456,9 @@ pub struct Lost {
     pub logs: u64,
     /// Metric exports that failed (each carries every metric of one collection).
     pub metric_exports: u64,
+    /// Requests that keep rules decided early (as the head sampler had) because the spans held
+    /// for undecided requests reached `TOKENTRACE_TRACES_KEEP_MAX_SPANS` or `_MAX_BYTES`.
+    pub keep_overflows: u64,
 }
 
 /// Keeps telemetry running; on drop, flushes and shuts down within a bounded time and reports
@@ -452,6 +506,13 @@ impl Drop for TelemetryGuard {
                 eprintln!(
                     "tokentrace: {} spans and {} log records never reached the collector (down, slow or refusing)",
                     lost.spans, lost.logs
+                );
+            }
+            if lost.keep_overflows > 0 {
+                eprintln!(
+                    "tokentrace: {} requests were decided before their end, as head sampling had, because the \
+                     spans held for keep rules reached TOKENTRACE_TRACES_KEEP_MAX_SPANS or _MAX_BYTES",
+                    lost.keep_overflows
                 );
             }
         }

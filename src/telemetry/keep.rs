@@ -1,0 +1,440 @@
+//! Keep rules (`TOKENTRACE_TRACES_KEEP`): decide what to keep when a request is known, not at
+//! its first byte. With rules set, every span is recorded; a span of a trace the head sampler
+//! kept goes straight to the exporters, and the spans of any other trace are held until every
+//! span of that trace in this process has ended, then kept (exported, their local roots marked
+//! `tokentrace.kept_by`) if a rule matches, else dropped (or, in summary mode, reduced to the
+//! local root span, marked `tokentrace.summary`).
+//!
+//! Held spans are bounded in count and bytes: past a bound the oldest undecided trace is decided
+//! as the head sampler decided it (dropped), and counted. The decision is this process's: a
+//! trace kept here is whole here, and the other processes of the trace decide by the same rules
+//! on what they saw.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use opentelemetry::trace::{Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId};
+use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    SamplingDecision, SamplingResult, ShouldSample, Span, SpanData, SpanProcessor,
+};
+use opentelemetry_sdk::Resource;
+
+/// Attribute on the local root spans of a trace a rule kept: the rule.
+pub(crate) const KEPT_BY: &str = "tokentrace.kept_by";
+/// Attribute on the lone local root span exported for a dropped trace in summary mode.
+pub(crate) const SUMMARY: &str = "tokentrace.summary";
+
+/// The rules of `TOKENTRACE_TRACES_KEEP`: a trace is kept when any matches.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokentrace::telemetry::KeepRules;
+///
+/// let rules = KeepRules::parse("error, cancelled, ttft>500ms, duration>30s, itl_p99>0.2s")?;
+/// assert!(rules.error && rules.cancelled);
+/// assert_eq!(rules.ttft, Some(Duration::from_millis(500)));
+/// assert_eq!(rules.itl_p99, Some(Duration::from_millis(200)));
+/// assert_eq!(rules.to_string(), "error,cancelled,ttft>500ms,duration>30000ms,itl_p99>200ms");
+/// assert!(KeepRules::parse("slow").is_err());
+/// # Ok::<(), String>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeepRules {
+    /// `error`: a span failed (a cancellation is not an error here).
+    pub error: bool,
+    /// `cancelled`: a span was abandoned before its end (the client left, a stream was dropped).
+    pub cancelled: bool,
+    /// `ttft>…`: a span's `ttft_ms` exceeds this.
+    pub ttft: Option<Duration>,
+    /// `duration>…`: a local root span (this process's part of the request) lasted longer.
+    pub duration: Option<Duration>,
+    /// `itl_p99>…`: a span's `itl_p99_ms` exceeds this.
+    pub itl_p99: Option<Duration>,
+}
+
+impl KeepRules {
+    /// Parses a comma-separated list: `error`, `cancelled`, `ttft>T`, `duration>T`,
+    /// `itl_p99>T`, each `T` a number with `ms` or `s`. An unknown rule or a malformed value
+    /// is an error that says which.
+    ///
+    /// ```
+    /// use tokentrace::telemetry::KeepRules;
+    /// assert_eq!(KeepRules::parse("ttft>1.5s")?.ttft.unwrap().as_millis(), 1500);
+    /// assert!(KeepRules::parse("ttft>fast").unwrap_err().contains("ttft>fast"));
+    /// # Ok::<(), String>(())
+    /// ```
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut rules = Self::default();
+        for rule in list.split(',').map(str::trim).filter(|rule| !rule.is_empty()) {
+            match rule.split_once('>') {
+                None if rule == "error" => rules.error = true,
+                None if rule == "cancelled" => rules.cancelled = true,
+                Some((name, limit)) => {
+                    let limit = Some(duration(limit.trim()).ok_or_else(|| {
+                        format!("{rule:?}: the limit must be a number with ms or s, such as 500ms or 2s")
+                    })?);
+                    match name.trim() {
+                        "ttft" => rules.ttft = limit,
+                        "duration" => rules.duration = limit,
+                        "itl_p99" => rules.itl_p99 = limit,
+                        other => {
+                            return Err(format!(
+                                "unknown rule {other:?} in {rule:?} (known: ttft, duration, itl_p99)"
+                            ))
+                        }
+                    }
+                }
+                None => {
+                    return Err(format!(
+                        "unknown rule {rule:?} (known: error, cancelled, ttft>T, duration>T, itl_p99>T)"
+                    ))
+                }
+            }
+        }
+        if rules == Self::default() {
+            return Err("no rule given".into());
+        }
+        Ok(rules)
+    }
+
+    /// The first rule the spans of one trace (in this process) match, as written in the list.
+    fn matched(&self, spans: &[SpanData]) -> Option<String> {
+        let cancelled =
+            |span: &SpanData| attribute(span, "cancelled").is_some_and(|v| *v == Value::Bool(true));
+        if self.error
+            && spans.iter().any(|span| matches!(span.status, Status::Error { .. }) && !cancelled(span))
+        {
+            return Some("error".into());
+        }
+        if self.cancelled && spans.iter().any(cancelled) {
+            return Some("cancelled".into());
+        }
+        let over = |key: &str, limit: Option<Duration>| {
+            let limit = limit?;
+            spans
+                .iter()
+                .filter_map(|span| milliseconds(attribute(span, key)?))
+                .any(|ms| ms > limit.as_secs_f64() * 1e3)
+                .then(|| format!("{}>{}ms", key.trim_end_matches("_ms"), limit.as_millis()))
+        };
+        if let Some(rule) = over("ttft_ms", self.ttft) {
+            return Some(rule);
+        }
+        if let Some(limit) = self.duration {
+            let longest = spans
+                .iter()
+                .filter(|span| is_local_root(span))
+                .filter_map(|span| span.end_time.duration_since(span.start_time).ok())
+                .max();
+            if longest.is_some_and(|longest| longest > limit) {
+                return Some(format!("duration>{}ms", limit.as_millis()));
+            }
+        }
+        over("itl_p99_ms", self.itl_p99)
+    }
+}
+
+impl fmt::Display for KeepRules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rules = Vec::new();
+        if self.error {
+            rules.push("error".to_owned());
+        }
+        if self.cancelled {
+            rules.push("cancelled".to_owned());
+        }
+        for (name, limit) in [("ttft", self.ttft), ("duration", self.duration), ("itl_p99", self.itl_p99)] {
+            if let Some(limit) = limit {
+                rules.push(format!("{name}>{}ms", limit.as_millis()));
+            }
+        }
+        f.write_str(&rules.join(","))
+    }
+}
+
+/// `500ms`, `2s`, `1.5s`.
+fn duration(text: &str) -> Option<Duration> {
+    let (number, scale) = match text.strip_suffix("ms") {
+        Some(number) => (number, 1e-3),
+        None => (text.strip_suffix('s')?, 1.0),
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    (value.is_finite() && value >= 0.0).then(|| Duration::from_secs_f64(value * scale))
+}
+
+fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
+    span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value)
+}
+
+fn milliseconds(value: &Value) -> Option<f64> {
+    match value {
+        Value::F64(ms) => Some(*ms),
+        Value::I64(ms) => Some(*ms as f64),
+        _ => None,
+    }
+}
+
+/// This process's part of the request starts here: no parent, or a parent in another process.
+fn is_local_root(span: &SpanData) -> bool {
+    span.parent_span_id == SpanId::INVALID || span.parent_span_is_remote
+}
+
+/// With keep rules, the head sampler's "drop" becomes "record, do not sample": the span is
+/// recorded (and held), and the sampled flag every outbound call carries stays the head
+/// decision, so a process without tokentrace follows head sampling.
+#[derive(Clone, Debug)]
+pub(crate) struct RecordAll(pub(crate) Box<dyn ShouldSample>);
+
+impl ShouldSample for RecordAll {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let mut result = self.0.should_sample(parent_context, trace_id, name, span_kind, attributes, links);
+        if result.decision == SamplingDecision::Drop {
+            result.decision = SamplingDecision::RecordOnly;
+        }
+        result
+    }
+}
+
+/// Bounds on what is held for undecided traces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeepLimits {
+    pub(crate) spans: usize,
+    pub(crate) bytes: usize,
+}
+
+/// Holds the spans of undecided traces, decides each once its spans here have ended, and hands
+/// what is kept to `inner` (the exporters), marked sampled. A dropped span is handed over
+/// unsampled: exporters ignore it, and a processor that counts open spans sees it end.
+pub(crate) struct KeepProcessor {
+    rules: KeepRules,
+    summary: bool,
+    limits: KeepLimits,
+    inner: Vec<Box<dyn SpanProcessor>>,
+    held: Mutex<Held>,
+    overflows: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    /// Recording, unsampled spans started and not yet ended, per trace.
+    open: HashMap<TraceId, usize>,
+    /// Ended spans of undecided traces.
+    traces: HashMap<TraceId, Vec<SpanData>>,
+    /// Undecided traces, oldest first, for the bounds.
+    order: VecDeque<TraceId>,
+    spans: usize,
+    bytes: usize,
+}
+
+impl fmt::Debug for KeepProcessor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeepProcessor")
+            .field("rules", &self.rules)
+            .field("summary", &self.summary)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What deciding a trace hands on: each span, and whether it goes out sampled.
+type Decided = Vec<(SpanData, bool)>;
+
+impl KeepProcessor {
+    pub(crate) fn new(
+        rules: KeepRules,
+        summary: bool,
+        limits: KeepLimits,
+        inner: Vec<Box<dyn SpanProcessor>>,
+    ) -> Self {
+        Self { rules, summary, limits, inner, held: Mutex::default(), overflows: Arc::default() }
+    }
+
+    /// Traces decided early because the held spans reached a bound.
+    pub(crate) fn overflows(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.overflows)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides the trace of `spans` by the rules: kept (local roots marked with the rule) or
+    /// dropped (in summary mode, the local roots kept alone, marked as summaries).
+    fn decide(&self, spans: Vec<SpanData>) -> Decided {
+        let kept_by = self.rules.matched(&spans);
+        spans
+            .into_iter()
+            .map(|mut span| {
+                let root = is_local_root(&span);
+                match &kept_by {
+                    Some(rule) => {
+                        if root {
+                            span.attributes.push(KeyValue::new(KEPT_BY, rule.clone()));
+                        }
+                        (span, true)
+                    }
+                    None if root && self.summary => {
+                        span.attributes.push(KeyValue::new(SUMMARY, true));
+                        (span, true)
+                    }
+                    None => (span, false),
+                }
+            })
+            .collect()
+    }
+
+    /// Decides the oldest held traces as the head sampler did (dropped) until within bounds.
+    fn evict(&self, held: &mut Held, out: &mut Decided) {
+        while held.spans > self.limits.spans || held.bytes > self.limits.bytes {
+            let Some(oldest) = held.order.pop_front() else { break };
+            let spans = take(held, oldest);
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+            out.extend(spans.into_iter().map(|span| (span, false)));
+        }
+    }
+
+    fn hand_on(&self, decided: Decided) {
+        for (mut span, sampled) in decided {
+            let context = &span.span_context;
+            let flags =
+                if sampled { context.trace_flags() | TraceFlags::SAMPLED } else { context.trace_flags() };
+            span.span_context = SpanContext::new(
+                context.trace_id(),
+                context.span_id(),
+                flags,
+                context.is_remote(),
+                context.trace_state().clone(),
+            );
+            self.forward(span);
+        }
+    }
+
+    fn forward(&self, span: SpanData) {
+        if let Some((last, others)) = self.inner.split_last() {
+            for processor in others {
+                processor.on_end(span.clone());
+            }
+            last.on_end(span);
+        }
+    }
+}
+
+/// Removes a trace's held spans from the counts.
+fn take(held: &mut Held, trace_id: TraceId) -> Vec<SpanData> {
+    let spans = held.traces.remove(&trace_id).unwrap_or_default();
+    held.spans -= spans.len();
+    held.bytes -= spans.iter().map(size).sum::<usize>();
+    spans
+}
+
+/// About what a span holds in memory.
+fn size(span: &SpanData) -> usize {
+    let value = |value: &Value| match value {
+        Value::String(text) => text.as_str().len(),
+        _ => 8,
+    };
+    let attributes: usize =
+        span.attributes.iter().map(|kv| kv.key.as_str().len() + value(&kv.value) + 32).sum();
+    let events: usize = span.events.iter().map(|event| event.name.len() + 64).sum();
+    std::mem::size_of::<SpanData>() + span.name.len() + attributes + events
+}
+
+impl SpanProcessor for KeepProcessor {
+    fn on_start(&self, span: &mut Span, cx: &Context) {
+        use opentelemetry::trace::Span as _;
+        let context = span.span_context();
+        if !context.is_sampled() {
+            *self.held().open.entry(context.trace_id()).or_default() += 1;
+        }
+        for processor in &self.inner {
+            processor.on_start(span, cx);
+        }
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if span.span_context.is_sampled() {
+            return self.forward(span);
+        }
+        let trace_id = span.span_context.trace_id();
+        let mut decided = Decided::new();
+        {
+            let mut held = self.held();
+            let held = &mut *held;
+            let still_open = match held.open.get_mut(&trace_id) {
+                Some(open) if *open > 1 => {
+                    *open -= 1;
+                    true
+                }
+                _ => {
+                    held.open.remove(&trace_id);
+                    false
+                }
+            };
+            let spans = held.traces.entry(trace_id).or_default();
+            if spans.is_empty() {
+                held.order.push_back(trace_id);
+            }
+            held.bytes += size(&span);
+            spans.push(span);
+            held.spans += 1;
+            if !still_open {
+                // Traces mostly end in the order they started: the search stops near the front.
+                if let Some(at) = held.order.iter().position(|id| *id == trace_id) {
+                    held.order.remove(at);
+                }
+                let spans = take(held, trace_id);
+                decided = self.decide(spans);
+            }
+            self.evict(held, &mut decided);
+        }
+        self.hand_on(decided);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        for processor in &self.inner {
+            processor.force_flush()?;
+        }
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        // Whatever is still undecided goes as the head sampler decided it.
+        let undecided: Decided = {
+            let mut held = self.held();
+            held.open.clear();
+            let order = std::mem::take(&mut held.order);
+            order.into_iter().flat_map(|id| take(&mut held, id)).map(|span| (span, false)).collect()
+        };
+        self.hand_on(undecided);
+        let mut result = Ok(());
+        for processor in &self.inner {
+            if let Err(error) = processor.shutdown_with_timeout(timeout) {
+                result = Err(error);
+            }
+        }
+        result
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        for processor in &mut self.inner {
+            processor.set_resource(resource);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
