@@ -32,11 +32,12 @@ fn app() -> Router {
     Router::new().route("/v1/completions", post(|| async { "{\"choices\":[]}" }))
 }
 
-fn request() -> http::Request<Body> {
+/// A request whose caller's `traceparent` has these flags (`00`: not sampled).
+fn request_with(flags: &str) -> http::Request<Body> {
     http::Request::post("/v1/completions")
         .header("host", "frontend:8000")
         .header("content-type", "application/json")
-        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header("traceparent", format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"))
         .header("x-request-id", "bench-request-1")
         .body(Body::from("{\"prompt\":\"hi\"}"))
         .unwrap()
@@ -60,8 +61,20 @@ fn subscribers(provider: &SdkTracerProvider) -> (Dispatch, Dispatch) {
     (Dispatch::new(defaults), Dispatch::new(lean))
 }
 
+/// Tracers as `telemetry` sets them up from `vars`, exporting nothing: for the rows whose
+/// requests are not exported (sampled out, or dropped by the keep rules).
+fn telemetry(vars: &[(&str, &str)]) -> tokentrace::telemetry::Telemetry {
+    let vars = [&[("OTEL_TRACES_EXPORTER", "none")][..], vars].concat();
+    let config = tokentrace::telemetry::TelemetryConfig::from_vars("bench", vars).unwrap();
+    tokentrace::telemetry::Telemetry::build(config).unwrap()
+}
+
 fn bench(c: &mut Criterion, provider: &SdkTracerProvider) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // A caller that did not sample: at head sampling the span is not recorded; with keep rules
+    // it is recorded, held until the request ends, and dropped (no rule matches).
+    let head = telemetry(&[]);
+    let keep = telemetry(&[("TOKENTRACE_TRACES_KEEP", "error,cancelled,ttft>500ms")]);
     let (defaults, lean) = subscribers(provider);
     let none = Dispatch::none();
     let otel_axum = || app().layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default());
@@ -70,27 +83,40 @@ fn bench(c: &mut Criterion, provider: &SdkTracerProvider) {
             TraceLayer::new_for_http().make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO)),
         )
     };
-    let variants: [(&str, Router, &Dispatch); 7] = [
-        ("bare", app(), &none),
+    let variants: [(&str, Router, &Dispatch, &str); 9] = [
+        ("bare", app(), &none, "01"),
         (
             "tokentrace",
             app().layer(tokentrace::http::ServerLayer::with_tracer(provider.tracer("tokentrace"))),
             &none,
+            "01",
         ),
         // `ServerLayer::default()`: the tracer of the installed global provider.
-        ("tokentrace_default", app().layer(tokentrace::http::ServerLayer::default()), &none),
-        ("otel_axum_layer", otel_axum(), &defaults),
-        ("otel_axum_layer_lean", otel_axum(), &lean),
-        ("tower_http_trace_layer", trace_layer(), &defaults),
-        ("tower_http_trace_layer_lean", trace_layer(), &lean),
+        ("tokentrace_default", app().layer(tokentrace::http::ServerLayer::default()), &none, "01"),
+        (
+            "tokentrace_sampled_out",
+            app().layer(tokentrace::http::ServerLayer::with_tracer(head.tracer("tokentrace"))),
+            &none,
+            "00",
+        ),
+        (
+            "tokentrace_keep_dropped",
+            app().layer(tokentrace::http::ServerLayer::with_tracer(keep.tracer("tokentrace"))),
+            &none,
+            "00",
+        ),
+        ("otel_axum_layer", otel_axum(), &defaults, "01"),
+        ("otel_axum_layer_lean", otel_axum(), &lean, "01"),
+        ("tower_http_trace_layer", trace_layer(), &defaults, "01"),
+        ("tower_http_trace_layer_lean", trace_layer(), &lean, "01"),
     ];
     let mut group = c.benchmark_group(GROUP);
-    for (name, router, dispatch) in variants {
+    for (name, router, dispatch, flags) in variants {
         tracing::dispatcher::with_default(dispatch, || {
             group.bench_function(name, |b| {
                 b.iter(|| {
                     runtime.block_on(async {
-                        let response = router.clone().oneshot(request()).await.unwrap();
+                        let response = router.clone().oneshot(request_with(flags)).await.unwrap();
                         black_box(response.into_body().collect().await.unwrap());
                     })
                 })
@@ -119,5 +145,8 @@ fn main() {
         support::print_overhead_ratio(GROUP, "bare", "tokentrace", rival);
     }
     support::print_overhead_ratio(GROUP, "bare", "tokentrace_default", "tokentrace");
+    // Budget: a request dropped in keep mode costs no more than one sampled and exported.
+    support::print_overhead_ratio(GROUP, "bare", "tokentrace_keep_dropped", "tokentrace");
+    support::print_overhead_ratio(GROUP, "bare", "tokentrace_sampled_out", "tokentrace");
     let _ = provider.shutdown();
 }
