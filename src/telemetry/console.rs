@@ -3,7 +3,6 @@
 //! once every span of it that this process started has ended (a frontend and its workers in
 //! one process, or a cancelled request whose spans end in any order, still print one tree).
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::Write as _;
 #[cfg(test)]
@@ -11,13 +10,14 @@ use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
-use opentelemetry::trace::{Span as _, Status, TraceId};
+use opentelemetry::trace::{Span as _, Status};
 use opentelemetry::Context;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
 use super::jsonl::{push_json_string, write_rfc3339};
+use super::open_traces::OpenTraces;
 use super::waterfall::{render_waterfall, WaterfallSpan};
 
 /// Spans held while their trace still has open spans here; beyond this, the oldest trace is
@@ -49,18 +49,7 @@ pub(crate) struct ConsoleProcessor {
     format: Format,
     sink: Sink,
     service: String,
-    pending: Mutex<Pending>,
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    /// Spans started and not yet ended, per trace.
-    open: HashMap<TraceId, usize>,
-    /// Ended, sampled spans, per trace.
-    traces: HashMap<TraceId, Vec<SpanData>>,
-    /// Trace ids in arrival order, for the bound.
-    order: VecDeque<TraceId>,
-    spans: usize,
+    pending: Mutex<OpenTraces>,
 }
 
 impl ConsoleProcessor {
@@ -108,54 +97,29 @@ impl ConsoleProcessor {
 
     /// Prints every trace still held (at shutdown).
     fn flush_all(&self) {
-        let traces: Vec<Vec<SpanData>> = {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            let order = std::mem::take(&mut pending.order);
-            pending.spans = 0;
-            order.into_iter().filter_map(|id| pending.traces.remove(&id)).collect()
-        };
-        traces.into_iter().for_each(|spans| self.write(spans));
+        let traces = self.pending().drain();
+        traces.into_iter().filter(|spans| !spans.is_empty()).for_each(|spans| self.write(spans));
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, OpenTraces> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl SpanProcessor for ConsoleProcessor {
     fn on_start(&self, span: &mut Span, _cx: &Context) {
-        let trace_id = span.span_context().trace_id();
-        *self.pending.lock().unwrap_or_else(PoisonError::into_inner).open.entry(trace_id).or_default() += 1;
+        self.pending().started(span.span_context().trace_id());
     }
 
     fn on_end(&self, span: SpanData) {
-        let mut ready = Vec::new();
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            let trace_id = span.span_context.trace_id();
-            let still_open = match pending.open.get_mut(&trace_id) {
-                Some(open) if *open > 1 => {
-                    *open -= 1;
-                    true
-                }
-                _ => {
-                    pending.open.remove(&trace_id);
-                    false
-                }
-            };
-            if span.span_context.is_sampled() {
-                let spans = pending.traces.entry(trace_id).or_default();
-                let first = spans.is_empty();
-                spans.push(span);
-                pending.spans += 1;
-                if first {
-                    pending.order.push_back(trace_id);
-                }
-            }
-            if !still_open {
-                ready.push(pending.take(trace_id));
-            }
-            while pending.spans > MAX_PENDING_SPANS {
-                let Some(oldest) = pending.order.front().copied() else { break };
-                ready.push(pending.take(oldest));
-            }
-        }
+        let ready: Vec<Vec<SpanData>> = {
+            let mut pending = self.pending();
+            // Only sampled spans are printed; the others count down their trace's open spans.
+            let sampled = span.span_context.is_sampled();
+            let mut ready: Vec<_> = pending.ended(span, sampled).into_iter().collect();
+            ready.extend(pending.evict_while(|spans, _| spans > MAX_PENDING_SPANS));
+            ready
+        };
         ready.into_iter().filter(|spans| !spans.is_empty()).for_each(|spans| self.write(spans));
     }
 
@@ -173,15 +137,6 @@ impl SpanProcessor for ConsoleProcessor {
             .get(&opentelemetry::Key::from_static_str("service.name"))
             .map(|value| value.as_str().into_owned())
             .unwrap_or_default();
-    }
-}
-
-impl Pending {
-    fn take(&mut self, trace_id: TraceId) -> Vec<SpanData> {
-        self.order.retain(|id| *id != trace_id);
-        let spans = self.traces.remove(&trace_id).unwrap_or_default();
-        self.spans -= spans.len();
-        spans
     }
 }
 

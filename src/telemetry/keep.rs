@@ -10,7 +10,6 @@
 //! trace kept here is whole here, and the other processes of the trace decide by the same rules
 //! on what they saw.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,6 +22,8 @@ use opentelemetry_sdk::trace::{
     SamplingDecision, SamplingResult, ShouldSample, Span, SpanData, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
+
+use super::open_traces::OpenTraces;
 
 /// Attribute on the local root spans of a trace a rule kept: the rule.
 pub(crate) const KEPT_BY: &str = "tokentrace.kept_by";
@@ -224,20 +225,8 @@ pub(crate) struct KeepProcessor {
     summary: bool,
     limits: KeepLimits,
     inner: Vec<Box<dyn SpanProcessor>>,
-    held: Mutex<Held>,
+    held: Mutex<OpenTraces>,
     overflows: Arc<AtomicU64>,
-}
-
-#[derive(Debug, Default)]
-struct Held {
-    /// Recording, unsampled spans started and not yet ended, per trace.
-    open: HashMap<TraceId, usize>,
-    /// Ended spans of undecided traces.
-    traces: HashMap<TraceId, Vec<SpanData>>,
-    /// Undecided traces, oldest first, for the bounds.
-    order: VecDeque<TraceId>,
-    spans: usize,
-    bytes: usize,
 }
 
 impl fmt::Debug for KeepProcessor {
@@ -268,7 +257,7 @@ impl KeepProcessor {
         Arc::clone(&self.overflows)
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+    fn held(&self) -> std::sync::MutexGuard<'_, OpenTraces> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -298,10 +287,9 @@ impl KeepProcessor {
     }
 
     /// Decides the oldest held traces as the head sampler did (dropped) until within bounds.
-    fn evict(&self, held: &mut Held, out: &mut Decided) {
-        while held.spans > self.limits.spans || held.bytes > self.limits.bytes {
-            let Some(oldest) = held.order.pop_front() else { break };
-            let spans = take(held, oldest);
+    fn evict(&self, held: &mut OpenTraces, out: &mut Decided) {
+        let limits = self.limits;
+        for spans in held.evict_while(|spans, bytes| spans > limits.spans || bytes > limits.bytes) {
             self.overflows.fetch_add(1, Ordering::Relaxed);
             out.extend(spans.into_iter().map(|span| (span, false)));
         }
@@ -333,32 +321,12 @@ impl KeepProcessor {
     }
 }
 
-/// Removes a trace's held spans from the counts.
-fn take(held: &mut Held, trace_id: TraceId) -> Vec<SpanData> {
-    let spans = held.traces.remove(&trace_id).unwrap_or_default();
-    held.spans -= spans.len();
-    held.bytes -= spans.iter().map(size).sum::<usize>();
-    spans
-}
-
-/// About what a span holds in memory.
-fn size(span: &SpanData) -> usize {
-    let value = |value: &Value| match value {
-        Value::String(text) => text.as_str().len(),
-        _ => 8,
-    };
-    let attributes: usize =
-        span.attributes.iter().map(|kv| kv.key.as_str().len() + value(&kv.value) + 32).sum();
-    let events: usize = span.events.iter().map(|event| event.name.len() + 64).sum();
-    std::mem::size_of::<SpanData>() + span.name.len() + attributes + events
-}
-
 impl SpanProcessor for KeepProcessor {
     fn on_start(&self, span: &mut Span, cx: &Context) {
         use opentelemetry::trace::Span as _;
         let context = span.span_context();
         if !context.is_sampled() {
-            *self.held().open.entry(context.trace_id()).or_default() += 1;
+            self.held().started(context.trace_id());
         }
         for processor in &self.inner {
             processor.on_start(span, cx);
@@ -369,37 +337,13 @@ impl SpanProcessor for KeepProcessor {
         if span.span_context.is_sampled() {
             return self.forward(span);
         }
-        let trace_id = span.span_context.trace_id();
         let mut decided = Decided::new();
         {
             let mut held = self.held();
-            let held = &mut *held;
-            let still_open = match held.open.get_mut(&trace_id) {
-                Some(open) if *open > 1 => {
-                    *open -= 1;
-                    true
-                }
-                _ => {
-                    held.open.remove(&trace_id);
-                    false
-                }
-            };
-            let spans = held.traces.entry(trace_id).or_default();
-            if spans.is_empty() {
-                held.order.push_back(trace_id);
-            }
-            held.bytes += size(&span);
-            spans.push(span);
-            held.spans += 1;
-            if !still_open {
-                // Traces mostly end in the order they started: the search stops near the front.
-                if let Some(at) = held.order.iter().position(|id| *id == trace_id) {
-                    held.order.remove(at);
-                }
-                let spans = take(held, trace_id);
+            if let Some(spans) = held.ended(span, true) {
                 decided = self.decide(spans);
             }
-            self.evict(held, &mut decided);
+            self.evict(&mut held, &mut decided);
         }
         self.hand_on(decided);
     }
@@ -413,12 +357,8 @@ impl SpanProcessor for KeepProcessor {
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         // Whatever is still undecided goes as the head sampler decided it.
-        let undecided: Decided = {
-            let mut held = self.held();
-            held.open.clear();
-            let order = std::mem::take(&mut held.order);
-            order.into_iter().flat_map(|id| take(&mut held, id)).map(|span| (span, false)).collect()
-        };
+        let undecided: Decided =
+            self.held().drain().into_iter().flatten().map(|span| (span, false)).collect();
         self.hand_on(undecided);
         let mut result = Ok(());
         for processor in &self.inner {

@@ -34,6 +34,7 @@ mod console;
 mod export;
 mod jsonl;
 mod keep;
+mod open_traces;
 mod probability;
 mod waterfall;
 
