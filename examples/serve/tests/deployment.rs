@@ -1109,3 +1109,73 @@ fn a_launch_script_whose_worker_cannot_start_stops_with_its_message() {
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", frontend)).is_err(), "no frontend was started");
 }
+
+/// Head sampling at 0 with keep rules (`duration>200ms,cancelled`), over real processes: short
+/// requests leave no span at the receiver; long and cancelled ones arrive as whole traces, from
+/// both processes, their local roots saying which rule kept them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_rules_keep_long_and_cancelled_requests_whole_at_a_ratio_of_zero() {
+    let receiver = receiver::grpc().await;
+    let keep = |service| {
+        let mut env = export_env(&receiver, service);
+        env.extend(
+            [
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0"),
+                ("TOKENTRACE_TRACES_KEEP", "duration>200ms,cancelled"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        env
+    };
+    let worker = spawn("worker", &["worker", "--role", "agg", "--step-ms", "20"], keep("dynamo-worker-vllm"));
+    let frontend = spawn(
+        "frontend",
+        &["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr],
+        keep("dynamo-frontend"),
+    );
+    let addr: SocketAddr = frontend.addr.parse().unwrap();
+    for n in 0..4 {
+        demo::stream_chat(addr, &format!("short-{n}"), "hi", 2).await.unwrap(); // ~40 ms
+    }
+    demo::stream_chat(addr, "long-1", "hi", 20).await.unwrap(); // ~400 ms
+    let mut body = open_stream(addr, "gone-2", 500).await;
+    for _ in 0..3 {
+        body.frame().await.unwrap().unwrap();
+    }
+    drop(body);
+    receiver
+        .received
+        .wait_for("the cancelled request's worker spans", |r| {
+            has_spans(r, "gone-2", &["handle_payload", "decode"])
+        })
+        .await;
+    stop(vec![frontend, worker]).await;
+    demo::wait_for_traces(&receiver.received, &["long-1".to_owned()], 6).await;
+
+    for (id, rule) in [("long-1", "duration>200ms"), ("gone-2", "cancelled")] {
+        let spans = demo::trace_of(&receiver.received, id);
+        let names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
+        for name in ["http-request", "handle_payload", "decode"] {
+            assert!(names.contains(&name), "{id}: {names:?}");
+        }
+        assert_eq!(
+            attr(one(&spans, "http-request", "dynamo-frontend"), "tokentrace.kept_by").as_deref(),
+            Some(rule)
+        );
+        assert_eq!(
+            attr(one(&spans, "handle_payload", "dynamo-worker-vllm"), "tokentrace.kept_by").as_deref(),
+            Some(rule)
+        );
+    }
+    for n in 0..4 {
+        assert!(
+            demo::trace_of(&receiver.received, &format!("short-{n}")).is_empty(),
+            "short-{n} was dropped"
+        );
+    }
+    let traces: std::collections::HashSet<Vec<u8>> =
+        receiver.received.spans().into_iter().map(|s| s.span.trace_id.clone()).collect();
+    assert_eq!(traces.len(), 2, "only the two kept traces arrived");
+    receiver.stop().await;
+}
