@@ -56,7 +56,7 @@ fn main() {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let receiver = runtime.block_on(receiver::grpc());
-    let telemetry = support::exporting_traces_to(receiver.endpoint());
+    let telemetry = support::exporting_traces_to(receiver.endpoint(), &[]);
     let sdk = SdkTracerProvider::builder().with_batch_exporter(support::DiscardExporter).build();
 
     let mut c = support::criterion()

@@ -1,7 +1,10 @@
 //! End to end: streamed chat completions over real loopback HTTP (the example's frontend) and
 //! RPC (its worker, CPU engine), at concurrency 1, 16 and 64, tracing off (the no-op tracer)
 //! against tracing on (100% sampled, exported over OTLP/gRPC to a receiver in this process),
-//! interleaved in one run. Reports tokens/s and client-side TTFT p50/p99, in two regimes:
+//! instrumented but not exported, and 1% head sampling with keep rules (exported to a receiver
+//! of its own, whose share of the spans is printed), one after the other in one run, on the
+//! same deployment: the example's layers start each span with the global tracer provider, which
+//! each measurement installs first. Reports tokens/s and client-side TTFT p50/p99, in two regimes:
 //! `step 0 ms`, where the 2-core machine is saturated by HTTP, RPC and the engine, so every
 //! cycle tracing takes shows (the worst case), and `step 5 ms`, a GPU-like inter-token latency.
 //!
@@ -41,6 +44,9 @@ use tokentrace::telemetry::{Telemetry, TelemetryConfig};
 mod support;
 
 const MAX_TOKENS: u32 = 32;
+
+/// Installs one mode's tracer provider as the global one.
+type Install = Box<dyn Fn()>;
 const MEASURE: Duration = Duration::from_secs(3);
 
 /// Starts a worker and a frontend whose layers take their tracers from the current global
@@ -148,36 +154,49 @@ fn main() {
     runtime.block_on(async {
         let receiver = receiver::grpc().await;
         let steps = [Duration::ZERO, Duration::from_millis(5)];
-        opentelemetry::global::set_tracer_provider(NoopTracerProvider::new());
-        let mut untraced = Vec::new();
+        // The example's layers start each span with the global tracer provider installed at that
+        // moment, so one deployment per step serves every mode: each measurement installs its
+        // mode's provider first.
+        let mut deployments = Vec::new();
         for step in steps {
-            untraced.push(deployment(step).await);
+            deployments.push(deployment(step).await);
         }
-
-        let telemetry = support::exporting_traces_to(receiver.endpoint());
-        opentelemetry::global::set_tracer_provider(telemetry.tracer_provider().clone());
-        let mut traced = Vec::new();
-        for step in steps {
-            traced.push(deployment(step).await);
-        }
+        let telemetry = support::exporting_traces_to(receiver.endpoint(), &[]);
         // Instrumented and sampled, but exported nowhere: separates the layers' own cost from
         // the export's (conversion, gRPC, and the receiver decoding on the same two cores).
         let unexported = Telemetry::build(TelemetryConfig::from_vars("bench", Vec::<(String, String)>::new()).unwrap()).unwrap();
-        opentelemetry::global::set_tracer_provider(unexported.tracer_provider().clone());
-        let mut instrumented = Vec::new();
-        for step in steps {
-            instrumented.push(deployment(step).await);
-        }
+        // 1% head sampling plus keep rules that an ordinary request does not match: every
+        // request recorded and held until it ends, about 1% exported.
+        let rules_receiver = receiver::grpc().await;
+        let rules = support::exporting_traces_to(
+            rules_receiver.endpoint(),
+            &[
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+                ("TOKENTRACE_TRACES_KEEP", "error,cancelled,ttft>500ms"),
+            ],
+        );
+        let install = |provider: &opentelemetry_sdk::trace::SdkTracerProvider| {
+            let provider = provider.clone();
+            Box::new(move || opentelemetry::global::set_tracer_provider(provider.clone())) as Install
+        };
+        let modes: [(&str, Install); 4] = [
+            ("off", Box::new(|| opentelemetry::global::set_tracer_provider(NoopTracerProvider::new()))),
+            ("on", install(telemetry.tracer_provider())),
+            ("on, not exported", install(unexported.tracer_provider())),
+            ("1% + keep rules", install(rules.tracer_provider())),
+        ];
 
         println!("| step | concurrency | tracing | requests | tokens/s | TTFT p50 ms | TTFT p99 ms |");
         println!("|---:|---:|---|---:|---:|---:|---:|");
         let mut ratios = Vec::new();
+        let mut rules_requests = 0;
         for (index, step) in steps.iter().enumerate() {
             for concurrency in [1, 16, 64] {
-                let off = measure(untraced[index], concurrency).await;
-                let on = measure(traced[index], concurrency).await;
-                let silent = measure(instrumented[index], concurrency).await;
-                for (label, run) in [("off", &off), ("on", &on), ("on, not exported", &silent)] {
+                let mut runs = Vec::new();
+                for (label, install) in &modes {
+                    install();
+                    let run = measure(deployments[index], concurrency).await;
                     println!(
                         "| {} ms | {concurrency} | {label} | {} | {:.0} | {:.2} | {:.2} |",
                         step.as_millis(),
@@ -186,17 +205,36 @@ fn main() {
                         run.ttft_p50_ms,
                         run.ttft_p99_ms
                     );
+                    runs.push(run);
                 }
-                ratios.push((step.as_millis(), concurrency, on.tokens_per_s / off.tokens_per_s, silent.tokens_per_s / off.tokens_per_s));
+                rules_requests += runs[3].requests;
+                let off = runs[0].tokens_per_s;
+                ratios.push((step.as_millis(), concurrency, runs[1].tokens_per_s / off, runs[2].tokens_per_s / off, runs[3].tokens_per_s / off));
             }
         }
-        for (step, concurrency, ratio, unexported) in ratios {
+        opentelemetry::global::set_tracer_provider(NoopTracerProvider::new());
+        for (step, concurrency, ratio, unexported, rules) in ratios {
             println!(
-                "ratio pipeline/step{step}ms/c{concurrency}: traced/untraced tokens/s = {ratio:.3} (instrumented, not exported: {unexported:.3})"
+                "ratio pipeline/step{step}ms/c{concurrency}: traced/untraced tokens/s = {ratio:.3} (instrumented, not exported: {unexported:.3}; 1% + keep rules: {rules:.3})"
             );
         }
+        drop(modes);
         let lost = tokio::task::spawn_blocking(move || telemetry.shutdown()).await.unwrap();
         println!("spans received: {}, lost: {}", receiver.received.spans().len(), lost.spans);
+        let _ = tokio::task::spawn_blocking(move || rules.shutdown()).await.unwrap();
+        // Six spans a request (http-request, the RPC client span, handle_payload, queue,
+        // prefill, decode), two processes' worth in one.
+        let exported = rules_received(&rules_receiver);
+        println!(
+            "exported-span fraction, 1% + keep rules: {exported} of {} spans = {:.4}",
+            rules_requests * 6,
+            exported as f64 / (rules_requests * 6) as f64
+        );
         receiver.stop().await;
+        rules_receiver.stop().await;
     });
+}
+
+fn rules_received(receiver: &receiver::Receiver) -> usize {
+    receiver.received.spans().len()
 }

@@ -123,9 +123,13 @@ pub fn install_tracing_opentelemetry(provider: &opentelemetry_sdk::trace::SdkTra
 /// Telemetry that exports traces over OTLP/gRPC to `endpoint` (logs stay local), as
 /// `telemetry::init` would with those two variables set.
 #[cfg(feature = "telemetry")]
-pub fn exporting_traces_to(endpoint: String) -> tokentrace::telemetry::Telemetry {
+pub fn exporting_traces_to(endpoint: String, more: &[(&str, &str)]) -> tokentrace::telemetry::Telemetry {
     use tokentrace::telemetry::{Telemetry, TelemetryConfig};
-    let vars = [("OTEL_EXPORT_ENABLED", "true".to_owned()), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)];
+    let mut vars = vec![
+        ("OTEL_EXPORT_ENABLED".to_owned(), "true".to_owned()),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".to_owned(), endpoint),
+    ];
+    vars.extend(more.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     Telemetry::build(TelemetryConfig::from_vars("bench", vars).unwrap()).unwrap()
 }
 
