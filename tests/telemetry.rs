@@ -346,6 +346,22 @@ fn scenario_child() {
             });
             drop(guard); // flushes to the collector
         }
+        "keep-overflow" => {
+            let guard = tokentrace::telemetry::init("dynamo-frontend").expect("init");
+            let tracer = opentelemetry::global::tracer("child");
+            // Requests whose roots stay open, each with an ended child: more than the two spans
+            // the keep rules may hold.
+            let roots: Vec<Context> = (0..5)
+                .map(|_| {
+                    let cx = Context::new().with_span(tracer.start("http-request"));
+                    opentelemetry::trace::Span::end(&mut tracer.start_with_context("decode", &cx));
+                    cx
+                })
+                .collect();
+            assert_eq!(guard.losses().keep_overflows, 3);
+            drop(roots);
+            drop(guard); // flushes the metrics
+        }
         "console" => {
             let guard = tokentrace::telemetry::init("dynamo-frontend").expect("init");
             let tracer = opentelemetry::global::tracer("child");
@@ -503,6 +519,36 @@ fn the_console_exporter_prints_each_trace_without_a_collector() {
     )
     .unwrap();
     assert!(both.export_traces && both.console_traces);
+}
+
+/// Keep rules that overflow their bound count each request decided early, in `Lost` and as the
+/// `tokentrace.traces.keep.overflows` metric at a real OTLP receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_rule_overflows_are_counted_and_exported_as_a_metric() {
+    let receiver = otlp::grpc().await;
+    let endpoint = receiver.endpoint();
+    tokio::task::spawn_blocking(move || {
+        run_scenario(
+            "keep-overflow",
+            &[
+                ("OTEL_METRICS_EXPORTER", "otlp"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+                ("OTEL_TRACES_SAMPLER", "always_off"),
+                ("TOKENTRACE_TRACES_KEEP", "error"),
+                ("TOKENTRACE_TRACES_KEEP_MAX_SPANS", "2"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let received = receiver.received.clone();
+    received
+        .wait_for("the overflow counter", |r| {
+            r.metric_names().iter().any(|(_, name)| name == "tokentrace.traces.keep.overflows")
+        })
+        .await;
+    receiver.stop().await;
 }
 
 /// `OTEL_METRICS_EXPORTER=otlp`: the frontend's measures reach a real OTLP receiver under the

@@ -29,6 +29,8 @@ use super::open_traces::OpenTraces;
 pub(crate) const KEPT_BY: &str = "tokentrace.kept_by";
 /// Attribute on the lone local root span exported for a dropped trace in summary mode.
 pub(crate) const SUMMARY: &str = "tokentrace.summary";
+/// The counter of requests decided early because the held spans reached a bound.
+pub(crate) const OVERFLOWS: &str = "tokentrace.traces.keep.overflows";
 
 /// The rules of `TOKENTRACE_TRACES_KEEP`: a trace is kept when any matches.
 ///
@@ -227,6 +229,9 @@ pub(crate) struct KeepProcessor {
     inner: Vec<Box<dyn SpanProcessor>>,
     held: Mutex<OpenTraces>,
     overflows: Arc<AtomicU64>,
+    /// `tokentrace.traces.keep.overflows`, made at the first overflow from the global meter
+    /// provider (which `telemetry::init` installs after building this processor).
+    overflow_counter: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>>,
 }
 
 impl fmt::Debug for KeepProcessor {
@@ -249,7 +254,15 @@ impl KeepProcessor {
         limits: KeepLimits,
         inner: Vec<Box<dyn SpanProcessor>>,
     ) -> Self {
-        Self { rules, summary, limits, inner, held: Mutex::default(), overflows: Arc::default() }
+        Self {
+            rules,
+            summary,
+            limits,
+            inner,
+            held: Mutex::default(),
+            overflows: Arc::default(),
+            overflow_counter: std::sync::OnceLock::new(),
+        }
     }
 
     /// Traces decided early because the held spans reached a bound.
@@ -291,6 +304,16 @@ impl KeepProcessor {
         let limits = self.limits;
         for spans in held.evict_while(|spans, bytes| spans > limits.spans || bytes > limits.bytes) {
             self.overflows.fetch_add(1, Ordering::Relaxed);
+            self.overflow_counter
+                .get_or_init(|| {
+                    opentelemetry::global::meter("tokentrace")
+                        .u64_counter(OVERFLOWS)
+                        .with_description(
+                            "Requests decided before their end, as head sampling had, because the spans held for keep rules reached a bound",
+                        )
+                        .build()
+                })
+                .add(1, &[]);
             out.extend(spans.into_iter().map(|span| (span, false)));
         }
     }
