@@ -308,6 +308,24 @@ fn run_scenario(scenario: &str, env: &[(&str, &str)]) -> String {
 
 /// The child side of the `init` scenarios. Run directly (no scenario variable), it has
 /// nothing to do.
+/// Runs one scenario (see [`run_scenario`]) exporting to a real OTLP receiver started for it,
+/// with `env` besides the receiver's endpoint; returns the receiver.
+async fn run_scenario_exporting(
+    scenario: &'static str,
+    env: &'static [(&'static str, &'static str)],
+) -> otlp::Receiver {
+    let receiver = otlp::grpc().await;
+    let endpoint = receiver.endpoint();
+    tokio::task::spawn_blocking(move || {
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        env.push(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint));
+        run_scenario(scenario, &env)
+    })
+    .await
+    .unwrap();
+    receiver
+}
+
 #[test]
 fn scenario_child() {
     let Ok(scenario) = std::env::var("TOKENTRACE_TEST_SCENARIO") else { return };
@@ -456,20 +474,11 @@ fn init_installs_jsonl_logs_with_trace_ids_in_a_fresh_process() {
 /// were built before `init` or after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layers_built_before_or_after_init_export_through_its_provider() {
-    let receiver = otlp::grpc().await;
-    let endpoint = receiver.endpoint();
-    tokio::task::spawn_blocking(move || {
-        run_scenario(
-            "default-layers",
-            &[
-                ("OTEL_EXPORT_ENABLED", "true"),
-                ("OTEL_EXPORT_LOGS_ENABLED", "false"),
-                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let receiver = run_scenario_exporting(
+        "default-layers",
+        &[("OTEL_EXPORT_ENABLED", "true"), ("OTEL_EXPORT_LOGS_ENABLED", "false")],
+    )
+    .await;
     let received = receiver.received.clone();
     received.wait_for("both server spans", |r| r.spans().len() >= 2).await;
     let spans = received.spans();
@@ -525,23 +534,17 @@ fn the_console_exporter_prints_each_trace_without_a_collector() {
 /// `tokentrace.traces.keep.overflows` metric at a real OTLP receiver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_rule_overflows_are_counted_and_exported_as_a_metric() {
-    let receiver = otlp::grpc().await;
-    let endpoint = receiver.endpoint();
-    tokio::task::spawn_blocking(move || {
-        run_scenario(
-            "keep-overflow",
-            &[
-                ("OTEL_METRICS_EXPORTER", "otlp"),
-                ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
-                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
-                ("OTEL_TRACES_SAMPLER", "always_off"),
-                ("TOKENTRACE_TRACES_KEEP", "error"),
-                ("TOKENTRACE_TRACES_KEEP_MAX_SPANS", "2"),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let receiver = run_scenario_exporting(
+        "keep-overflow",
+        &[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+            ("TOKENTRACE_TRACES_KEEP", "error"),
+            ("TOKENTRACE_TRACES_KEEP_MAX_SPANS", "2"),
+        ],
+    )
+    .await;
     let received = receiver.received.clone();
     received
         .wait_for("the overflow counter", |r| {
@@ -555,20 +558,11 @@ async fn keep_rule_overflows_are_counted_and_exported_as_a_metric() {
 /// GenAI semantic-convention names; the metrics endpoint defaults to the traces endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_metrics_carry_the_gen_ai_names() {
-    let receiver = otlp::grpc().await;
-    let endpoint = receiver.endpoint();
-    tokio::task::spawn_blocking(move || {
-        run_scenario(
-            "otlp-metrics",
-            &[
-                ("OTEL_METRICS_EXPORTER", "otlp"),
-                ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
-                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let receiver = run_scenario_exporting(
+        "otlp-metrics",
+        &[("OTEL_METRICS_EXPORTER", "otlp"), ("OTEL_METRIC_EXPORT_INTERVAL", "200")],
+    )
+    .await;
     let received = receiver.received.clone();
     received.wait_for("the GenAI metrics", |r| r.metric_names().len() >= 3).await;
     let mut names: Vec<(String, String)> = received.metric_names();
