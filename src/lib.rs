@@ -96,6 +96,7 @@ macro_rules! inner_accessors {
 pub(crate) use inner_accessors;
 
 mod active_span;
+mod decisions;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -116,7 +116,8 @@ proptest! {
                                windows in (any::<u32>(), any::<u32>()), cut in 0usize..40) {
         use crate::rpc::tcp::{Frame, FrameCodec};
         let hello = Frame::Hello { version, stream_window: windows.0, connection_window: windows.1 };
-        for frame in [Frame::Window { stream, increment }, hello] {
+        let end = Frame::End { stream, kept_by: Some(format!("ttft>{increment}ms")) };
+        for frame in [Frame::Window { stream, increment }, hello, end] {
             let mut wire = bytes::BytesMut::new();
             FrameCodec::new(1 << 16).encode(&frame, &mut wire).unwrap();
             fuzzing::rpc_frame(&[&[(cut % 256) as u8][..], &wire, &wire].concat());

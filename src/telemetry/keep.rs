@@ -6,9 +6,11 @@
 //! local root span, marked `tokentrace.summary`).
 //!
 //! Held spans are bounded in count and bytes: past a bound the oldest undecided trace is decided
-//! as the head sampler decided it (dropped), and counted. The decision is this process's: a
-//! trace kept here is whole here, and the other processes of the trace decide by the same rules
-//! on what they saw.
+//! as the head sampler decided it (dropped), and counted. Each process decides on what it saw,
+//! and a worker's decision travels up: over the crate's TCP and NATS transports a worker that
+//! kept a request's trace says so in the stream's end, and its caller keeps its own part too
+//! (`crate::decisions`). A caller's decision does not yet reach the workers it called, and an
+//! HTTP or gRPC hop carries no decision.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +26,7 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 
 use super::open_traces::OpenTraces;
+use crate::decisions::Decisions;
 
 /// Attribute on the local root spans of a trace a rule kept: the rule.
 pub(crate) const KEPT_BY: &str = "tokentrace.kept_by";
@@ -232,6 +235,8 @@ pub(crate) struct KeepProcessor {
     /// `tokentrace.traces.keep.overflows`, made at the first overflow from the global meter
     /// provider (which `telemetry::init` installs after building this processor).
     overflow_counter: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>>,
+    /// What was kept here, and what peers said they kept.
+    decisions: Arc<Decisions>,
 }
 
 impl fmt::Debug for KeepProcessor {
@@ -262,6 +267,7 @@ impl KeepProcessor {
             held: Mutex::default(),
             overflows: Arc::default(),
             overflow_counter: std::sync::OnceLock::new(),
+            decisions: Arc::default(),
         }
     }
 
@@ -270,14 +276,25 @@ impl KeepProcessor {
         Arc::clone(&self.overflows)
     }
 
+    /// The traces kept here and those peers said they kept, for the transports to carry.
+    pub(crate) fn decisions(&self) -> Arc<Decisions> {
+        Arc::clone(&self.decisions)
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, OpenTraces> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Decides the trace of `spans` by the rules: kept (local roots marked with the rule) or
-    /// dropped (in summary mode, the local roots kept alone, marked as summaries).
+    /// Decides the trace of `spans`: kept (local roots marked with the rule) when a peer kept it
+    /// or a rule matches here, else dropped (in summary mode, the local roots kept alone,
+    /// marked as summaries).
     fn decide(&self, spans: Vec<SpanData>) -> Decided {
-        let kept_by = self.rules.matched(&spans);
+        let trace_id = spans.first().map(|span| span.span_context.trace_id());
+        let told = trace_id.and_then(|trace_id| self.decisions.told_rule(trace_id));
+        let kept_by = told.map(|rule| rule.to_string()).or_else(|| self.rules.matched(&spans));
+        if let (Some(trace_id), Some(rule)) = (trace_id, &kept_by) {
+            self.decisions.record_kept(trace_id, rule);
+        }
         spans
             .into_iter()
             .map(|mut span| {

@@ -137,6 +137,8 @@ pub struct Telemetry {
     log_losses: Option<Arc<Counts>>,
     /// Requests decided early because the keep rules' held spans reached a bound.
     keep_overflows: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The keep rules' decisions, which the transports carry once installed.
+    keep_decisions: Option<Arc<crate::decisions::Decisions>>,
     runtime: Option<export::ExportRuntime>,
 }
 
@@ -199,6 +201,7 @@ impl Telemetry {
         }
         let mut traces = SdkTracerProvider::builder().with_resource(resource.clone());
         let mut keep_overflows = None;
+        let mut keep_decisions = None;
         match &config.keep {
             // Keep rules: every span recorded, each trace decided when it ends (see `keep`).
             Some(rules) => {
@@ -206,6 +209,7 @@ impl Telemetry {
                 let processor =
                     keep::KeepProcessor::new(rules.clone(), config.keep_summary, limits, exporters);
                 keep_overflows = Some(processor.overflows());
+                keep_decisions = Some(processor.decisions());
                 traces = traces
                     .with_sampler(keep::RecordAll(sampler(&config.sampler)))
                     .with_span_processor(processor);
@@ -258,6 +262,7 @@ impl Telemetry {
             span_losses,
             log_losses,
             keep_overflows,
+            keep_decisions,
             runtime,
             config,
         })
@@ -360,6 +365,9 @@ impl Telemetry {
         opentelemetry::global::set_tracer_provider(self.tracer_provider.clone());
         if let Some(meters) = &self.meter_provider {
             opentelemetry::global::set_meter_provider(meters.clone());
+        }
+        if let Some(decisions) = &self.keep_decisions {
+            crate::decisions::install(Arc::clone(decisions));
         }
         Ok(TelemetryGuard { telemetry: Some(self) })
     }

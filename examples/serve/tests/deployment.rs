@@ -1179,3 +1179,49 @@ async fn keep_rules_keep_long_and_cancelled_requests_whole_at_a_ratio_of_zero() 
     assert_eq!(traces.len(), 2, "only the two kept traces arrived");
     receiver.stop().await;
 }
+
+/// A worker's keep decision travels up to its caller: only the worker has a rule the request
+/// matches (`duration>200ms`; the frontend keeps on `error` alone), yet the long request arrives
+/// whole, the frontend's part marked with the worker's rule. Over TCP, and over NATS where a
+/// nats-server is installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_keep_decision_reaches_its_caller() {
+    let nats = system::NatsServer::start();
+    let mut transports = vec![None];
+    transports.extend(nats.as_ref().map(|nats| Some(nats.url.clone())));
+    for nats_url in transports {
+        let receiver = receiver::grpc().await;
+        let env = |service, rules: &str| {
+            let mut env = export_env(&receiver, service);
+            env.extend(
+                [
+                    ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "0"),
+                    ("TOKENTRACE_TRACES_KEEP", rules),
+                ]
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            );
+            env
+        };
+        let over_nats: Vec<&str> = match &nats_url {
+            Some(url) => vec!["--transport", "nats", "--nats-url", url],
+            None => Vec::new(),
+        };
+        let worker_args = [&["worker", "--role", "agg", "--step-ms", "20"][..], &over_nats].concat();
+        let worker = spawn("worker", &worker_args, env("dynamo-worker-vllm", "duration>200ms"));
+        let frontend_args =
+            [&["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr][..], &over_nats].concat();
+        let frontend = spawn("frontend", &frontend_args, env("dynamo-frontend", "error"));
+        let addr: SocketAddr = frontend.addr.parse().unwrap();
+        demo::stream_chat(addr, "short-1", "hi", 2).await.unwrap();
+        demo::stream_chat(addr, "long-2", "hi", 20).await.unwrap();
+        stop(vec![frontend, worker]).await;
+        demo::wait_for_traces(&receiver.received, &["long-2".to_owned()], 6).await;
+        let spans = demo::trace_of(&receiver.received, "long-2");
+        let http = one(&spans, "http-request", "dynamo-frontend");
+        assert_eq!(attr(http, "tokentrace.kept_by").as_deref(), Some("duration>200ms"), "{nats_url:?}");
+        assert_eq!(spans.len(), 6, "whole: {:?}", spans.iter().map(|s| &s.span.name).collect::<Vec<_>>());
+        assert!(demo::trace_of(&receiver.received, "short-1").is_empty());
+        receiver.stop().await;
+    }
+}

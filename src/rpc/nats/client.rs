@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use super::flow::{grant_subject, WINDOW_HEADER};
 use super::subject;
+use crate::decisions;
 use crate::rpc::flow::{ReceiveWindow, DEFAULT_STREAM_WINDOW};
 use crate::rpc::metadata::{check_entry_count, Metadata};
 use crate::rpc::tcp::Frame;
@@ -154,6 +155,7 @@ impl Client {
         let endpoint = request.endpoint();
         subject::check(endpoint, "endpoint").map_err(RpcError::Malformed)?;
         let subject = format!("{}.{endpoint}", self.subject);
+        let trace = decisions::trace_of(&request.metadata);
         let (mut headers, headers_len) = headers_of(&request.metadata)?;
         let window = self.stream_window.to_string();
         let headers_len = headers_len
@@ -181,6 +183,7 @@ impl Client {
             window: ReceiveWindow::new(self.stream_window),
             granted: u64::from(self.stream_window),
             grants_to: None,
+            trace,
             subject,
             next_sequence: 0,
             silence_limit: self.silence_limit,
@@ -249,6 +252,8 @@ pub struct ResponseStream {
     granted: u64,
     /// Where the worker takes this stream's grants, from its first reply.
     grants_to: Option<Subject>,
+    /// The trace the request continues (a worker that kept it says so at the end).
+    trace: Option<opentelemetry::trace::TraceId>,
     subject: String,
     next_sequence: u64,
     silence_limit: Duration,
@@ -303,7 +308,12 @@ impl ResponseStream {
         match frame {
             Frame::Item { payload, .. } => Reply::Item(Ok(payload)),
             Frame::Heartbeat { .. } => Reply::Heartbeat,
-            Frame::End { .. } => Reply::End,
+            Frame::End { kept_by, .. } => {
+                if let Some(rule) = kept_by {
+                    decisions::kept_by_peer(self.trace, &rule);
+                }
+                Reply::End
+            }
             Frame::Error { message, .. } => Reply::Item(Err(RpcError::Remote(message))),
             other => Reply::Item(Err(RpcError::Malformed(format!("a worker does not reply with {other:?}")))),
         }

@@ -15,6 +15,7 @@ use tower_service::Service;
 
 use super::flow::{grant_subject, WINDOW_HEADER};
 use super::subject;
+use crate::decisions;
 use crate::rpc::flow::{SendWindow, StreamWindows};
 use crate::rpc::handlers::Handlers;
 use crate::rpc::metadata::{check_entry_count, Metadata};
@@ -388,9 +389,11 @@ impl Replies {
         self.send(|stream| Frame::Heartbeat { stream }).await
     }
 
-    async fn end(mut self) {
+    /// Ends the stream, saying whether this process's keep rules kept the request's trace.
+    async fn end(mut self, trace: Option<opentelemetry::trace::TraceId>) {
         self.finished = true;
-        let _ = self.send(|stream| Frame::End { stream }).await;
+        let kept_by = decisions::kept_here(trace).map(|rule| rule.to_string());
+        let _ = self.send(|stream| Frame::End { stream, kept_by }).await;
     }
 
     async fn fail(mut self, message: String) {
@@ -437,6 +440,7 @@ async fn handle<S, St>(
         (Err(error), _) => return replies.fail(error.to_string()).await,
         (Ok(_), None) => return replies.fail("no flow-control window".into()).await,
     };
+    let trace = decisions::trace_of(&request.metadata);
     let mut beats = interval_at(Instant::now() + heartbeat, heartbeat);
     beats.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let called = async {
@@ -478,7 +482,7 @@ async fn handle<S, St>(
                     }
                 }
                 Some(Err(error)) => return replies.fail(error.to_string()).await,
-                None => return replies.end().await,
+                None => return replies.end(trace).await,
             },
             _ = beats.tick() => if replies.heartbeat().await.is_err() { return },
         }

@@ -11,6 +11,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
+use opentelemetry::trace::TraceId;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpStream, ToSocketAddrs};
@@ -20,6 +21,7 @@ use tower_service::Service;
 use super::codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
 use super::frame::{Frame, WIRE_VERSION};
 use super::writer::{send_soon, write_frames, WRITE_QUEUE};
+use crate::decisions;
 use crate::rpc::flow::{ReceiveWindow, DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW};
 use crate::rpc::{Request, RpcError};
 
@@ -28,9 +30,17 @@ use crate::rpc::{Request, RpcError};
 type ItemSender = mpsc::UnboundedSender<Result<Bytes, RpcError>>;
 
 /// What the reader task and the client handles share.
+/// A stream waiting for its items: where they go, and the trace its request continues (a
+/// worker that kept that trace says so at the stream's end).
+#[derive(Debug)]
+struct OpenStream {
+    items: ItemSender,
+    trace: Option<TraceId>,
+}
+
 #[derive(Debug, Default)]
 struct Streams {
-    open: HashMap<u64, ItemSender>,
+    open: HashMap<u64, OpenStream>,
     /// Set once the connection is gone: every later call fails with it.
     failed: Option<RpcError>,
 }
@@ -73,7 +83,7 @@ impl Shared {
 
     fn fail_all(&self, error: RpcError) {
         let mut streams = self.streams();
-        for (_, sender) in streams.open.drain() {
+        for (_, OpenStream { items: sender, .. }) in streams.open.drain() {
             let _ = sender.send(Err(error.clone()));
         }
         streams.failed.get_or_insert(error);
@@ -198,6 +208,7 @@ impl Client {
     /// Registers a new stream for `request`: its encoded frame and its response items.
     fn open(&self, request: Request<Bytes>) -> Result<(Bytes, ResponseStream), RpcError> {
         let stream = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
+        let trace = decisions::trace_of(&request.metadata);
         let frame = Frame::Request {
             stream,
             endpoint: request.endpoint().to_owned(),
@@ -211,7 +222,7 @@ impl Client {
             if let Some(error) = &streams.failed {
                 return Err(error.clone());
             }
-            streams.open.insert(stream, sender);
+            streams.open.insert(stream, OpenStream { items: sender, trace });
         }
         let response = ResponseStream {
             stream,
@@ -452,7 +463,7 @@ async fn read_frames(mut reader: OwnedReadHalf, shared: Arc<Shared>) {
 fn route(shared: &Shared, frame: Frame) {
     match frame {
         Frame::Item { stream, payload } => {
-            let sender = shared.streams().open.get(&stream).cloned();
+            let sender = shared.streams().open.get(&stream).map(|open| open.items.clone());
             let unread = match sender {
                 Some(sender) => sender.send(Ok(payload)).err().and_then(|error| error.0.ok()),
                 None => Some(payload),
@@ -462,8 +473,11 @@ fn route(shared: &Shared, frame: Frame) {
                 shared.took(payload.len(), &outgoing);
             }
         }
-        Frame::End { stream } => {
-            shared.streams().open.remove(&stream);
+        Frame::End { stream, kept_by } => {
+            let open = shared.streams().open.remove(&stream);
+            if let (Some(open), Some(rule)) = (open, kept_by) {
+                decisions::kept_by_peer(open.trace, &rule);
+            }
         }
         // Stream 0 is no request's: the server refused the connection (a server that predates
         // flow control refuses the `hello` so), and closes it next.
@@ -472,7 +486,7 @@ fn route(shared: &Shared, frame: Frame) {
             shared.peer
         ))),
         Frame::Error { stream, message } => {
-            let sender = shared.streams().open.remove(&stream);
+            let sender = shared.streams().open.remove(&stream).map(|open| open.items);
             if let Some(sender) = sender {
                 let _ = sender.send(Err(RpcError::Remote(message)));
             }

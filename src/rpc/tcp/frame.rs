@@ -8,7 +8,8 @@
 //!   1 request: endpoint (u16 len + UTF-8) | metadata count (u16) | per entry: name (u16 len +
 //!              UTF-8), value (u16 len + UTF-8) | payload (the remaining bytes)
 //!   2 item:    payload (the remaining bytes)
-//!   3 end:     nothing
+//!   3 end:     the keep rule that kept the trace at the sender (UTF-8, the remaining bytes;
+//!              none: nothing)
 //!   4 error:   message (UTF-8, the remaining bytes)
 //!   5 cancel:  nothing
 //!   6 heartbeat: nothing (the sender is alive; NATS replies use it, TCP peers ignore it)
@@ -76,6 +77,9 @@ pub enum Frame {
     End {
         /// Stream id.
         stream: u64,
+        /// The keep rule that kept the request's trace at the worker, if one did: the caller
+        /// keeps its part of the trace too.
+        kept_by: Option<String>,
     },
     /// The response stream failed.
     Error {
@@ -119,7 +123,7 @@ impl Frame {
         match self {
             Self::Request { stream, .. }
             | Self::Item { stream, .. }
-            | Self::End { stream }
+            | Self::End { stream, .. }
             | Self::Error { stream, .. }
             | Self::Cancel { stream }
             | Self::Heartbeat { stream }
@@ -162,9 +166,10 @@ impl Frame {
                 out.put_u64(*stream);
                 out.put_slice(payload);
             }
-            Self::End { stream } => {
+            Self::End { stream, kept_by } => {
                 out.put_u8(END);
                 out.put_u64(*stream);
+                out.put_slice(kept_by.as_deref().unwrap_or_default().as_bytes());
             }
             Self::Error { stream, message } => {
                 out.put_u8(ERROR);
@@ -220,7 +225,13 @@ impl Frame {
                 Self::Request { stream, endpoint, metadata, payload: body }
             }
             ITEM => Self::Item { stream, payload: body },
-            END => expect_empty(body, Self::End { stream })?,
+            END => Self::End {
+                stream,
+                kept_by: (!body.is_empty())
+                    .then(|| String::from_utf8(body.to_vec()))
+                    .transpose()
+                    .map_err(|_| RpcError::Malformed("keep rule is not UTF-8".into()))?,
+            },
             ERROR => Self::Error {
                 stream,
                 message: String::from_utf8(body.to_vec())

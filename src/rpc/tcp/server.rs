@@ -17,6 +17,7 @@ use tower_service::Service;
 use super::codec::{FrameCodec, DEFAULT_MAX_FRAME_LEN};
 use super::frame::{Frame, WIRE_VERSION};
 use super::writer::{send_soon, write_frames, WRITE_QUEUE};
+use crate::decisions;
 use crate::rpc::flow::{SendWindow, StreamWindows};
 use crate::rpc::handlers::Handlers;
 use crate::rpc::{Request, RpcError};
@@ -397,6 +398,7 @@ where
     St: Stream<Item = Result<Bytes, RpcError>>,
 {
     let stream = sender.stream;
+    let trace = decisions::trace_of(&request.metadata);
     let mut guard = StreamGuard { sender, finished: false };
     if let Err(error) = poll_fn(|cx| service.poll_ready(cx)).await {
         return guard.fail(error.to_string()).await;
@@ -418,5 +420,7 @@ where
         }
     }
     guard.finished = true;
-    let _ = guard.sender.send(&Frame::End { stream }).await;
+    // The handler's spans have ended: if keep rules kept its trace here, the caller hears it.
+    let kept_by = decisions::kept_here(trace).map(|rule| rule.to_string());
+    let _ = guard.sender.send(&Frame::End { stream, kept_by }).await;
 }
