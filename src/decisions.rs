@@ -29,8 +29,10 @@ pub(crate) fn install(decisions: Arc<Decisions>) {
     *INSTALLED.write().unwrap_or_else(PoisonError::into_inner) = Some(decisions);
 }
 
-/// The trace a request's metadata (or headers) continues, if it carries a valid `traceparent`.
+/// The trace a request's metadata (or headers) continues, if it carries a valid `traceparent`
+/// and decisions are installed to carry (else the parse is skipped: it is on every call).
 pub(crate) fn trace_of<C: Carrier + ?Sized>(carrier: &C) -> Option<TraceId> {
+    INSTALLED.read().unwrap_or_else(PoisonError::into_inner).as_ref()?;
     let traceparent = TraceParent::parse(carrier.get_single(TRACEPARENT)?).ok()?;
     Some(traceparent.trace_id())
 }

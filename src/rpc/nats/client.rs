@@ -156,13 +156,8 @@ impl Client {
         subject::check(endpoint, "endpoint").map_err(RpcError::Malformed)?;
         let subject = format!("{}.{endpoint}", self.subject);
         let trace = decisions::trace_of(&request.metadata);
-        let (mut headers, headers_len) = headers_of(&request.metadata)?;
-        let window = self.stream_window.to_string();
-        let headers_len = headers_len
-            + WINDOW_HEADER.len()
-            + window.len()
-            + if request.metadata.is_empty() { 16 } else { 4 };
-        headers.insert(WINDOW_HEADER, window.as_str());
+        // The caller's window rides with the metadata, as one more header.
+        let (headers, headers_len) = headers_of(&request.metadata, self.stream_window)?;
         let size = headers_len + request.payload.len();
         let max = self.nats.max_payload();
         if size > max {
@@ -196,12 +191,14 @@ impl Client {
 
 /// The request's metadata as NATS headers, and their size on the wire (what `max_payload`
 /// counts besides the payload).
-fn headers_of(metadata: &Metadata) -> Result<(HeaderMap, usize), RpcError> {
+fn headers_of(metadata: &Metadata, window: u32) -> Result<(HeaderMap, usize), RpcError> {
     check_entry_count(metadata.len())?;
     let mut headers = HeaderMap::new();
     // "NATS/1.0\r\n", then "name: value\r\n" per entry, then "\r\n".
-    let mut len = if metadata.is_empty() { 0 } else { 12 };
-    for (name, value) in metadata.iter() {
+    let mut len = 12;
+    let window = window.to_string();
+    let entries = metadata.iter().chain([(WINDOW_HEADER, window.as_str())]);
+    for (name, value) in entries {
         let header = HeaderName::try_from(name)
             .map_err(|_| RpcError::Malformed(format!("metadata name {name:?} is not a valid NATS header")))?;
         let value: HeaderValue = value

@@ -264,8 +264,8 @@ where
                         continue;
                     };
                     streams += 1;
-                    let request = request_of(message, endpoint_at);
-                    let window = request.as_ref().ok().map(|(_, size)| windows.open(streams, *size));
+                    let request = request_of(message, endpoint_at)
+                        .map(|(request, size)| (request, windows.open(streams, size)));
                     let replies = Replies {
                         nats: nats.clone(),
                         to: reply_to,
@@ -275,7 +275,7 @@ where
                         stream: streams,
                         windows: windows.clone(),
                     };
-                    handlers.spawn(streams, handle(request.map(|(request, _)| request), window, self.service.clone(), replies, self.heartbeat));
+                    handlers.spawn(streams, handle(request, self.service.clone(), replies, self.heartbeat));
                 }
                 Some(message) = next(&mut gone) => cancel_gone(&mut handlers, &message),
                 Some(message) = next(&mut grants) => grant(&windows, &message),
@@ -425,8 +425,7 @@ impl Drop for Replies {
 }
 
 async fn handle<S, St>(
-    request: Result<Request<Bytes>, RpcError>,
-    window: Option<Arc<SendWindow>>,
+    request: Result<(Request<Bytes>, Arc<SendWindow>), RpcError>,
     mut service: S,
     mut replies: Replies,
     heartbeat: Duration,
@@ -435,10 +434,9 @@ async fn handle<S, St>(
     S::Error: std::fmt::Display,
     St: Stream<Item = Result<Bytes, RpcError>>,
 {
-    let (request, window) = match (request, window) {
-        (Ok(request), Some(window)) => (request, window),
-        (Err(error), _) => return replies.fail(error.to_string()).await,
-        (Ok(_), None) => return replies.fail("no flow-control window".into()).await,
+    let (request, window) = match request {
+        Ok(request_and_window) => request_and_window,
+        Err(error) => return replies.fail(error.to_string()).await,
     };
     let trace = decisions::trace_of(&request.metadata);
     let mut beats = interval_at(Instant::now() + heartbeat, heartbeat);

@@ -29,7 +29,6 @@ use crate::rpc::{Request, RpcError};
 /// bytes by the window the server respects, so the reader never waits on one stream.
 type ItemSender = mpsc::UnboundedSender<Result<Bytes, RpcError>>;
 
-/// What the reader task and the client handles share.
 /// A stream waiting for its items: where they go, and the trace its request continues (a
 /// worker that kept that trace says so at the stream's end).
 #[derive(Debug)]
@@ -38,6 +37,7 @@ struct OpenStream {
     trace: Option<TraceId>,
 }
 
+/// What the reader task and the client handles share.
 #[derive(Debug, Default)]
 struct Streams {
     open: HashMap<u64, OpenStream>,
@@ -67,7 +67,6 @@ impl Shared {
         self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Fails every open stream and all later calls.
     /// The consumer took (or dropped) an item of `len` bytes of the connection's window.
     fn took(&self, len: usize, outgoing: &mpsc::Sender<Bytes>) {
         if let Some(increment) = self.connection.took(len) {
@@ -75,12 +74,14 @@ impl Shared {
         }
     }
 
+    /// Grants the server `increment` more bytes on `stream` (0: the connection).
     fn grant(&self, stream: u64, increment: u32, outgoing: &mpsc::Sender<Bytes>) {
         if let Ok(frame) = self.codec.encode_to_bytes(&Frame::Window { stream, increment }) {
             send_soon(outgoing, frame);
         }
     }
 
+    /// Fails every open stream and all later calls.
     fn fail_all(&self, error: RpcError) {
         let mut streams = self.streams();
         for (_, OpenStream { items: sender, .. }) in streams.open.drain() {
