@@ -1,38 +1,88 @@
-//! Keep decisions that travel between processes: the traces this process's keep rules kept
-//! (a worker says so in its reply's end), and the traces a peer said it kept (a caller that
-//! hears so keeps its own part too, whatever its own rules say).
+//! Keep decisions that travel between processes, both ways along the calls of a trace:
+//!
+//! - **up**: a worker whose keep rules kept a request's trace says so at the end of its reply,
+//!   and its caller keeps its own part too, whatever its own rules say;
+//! - **down**: a caller that keeps a trace tells every peer it called for that trace (a notice
+//!   the transport sends after the call); a peer keeps its part if it still holds it (in its
+//!   grace buffer, or not yet ended).
 //!
 //! Global, as the tracer provider is: the transports are built without a handle to the
-//! telemetry that `telemetry::init` sets up, and the two meet only at a trace id. Bounded: the
-//! most recent [`REMEMBERED`] decisions of each kind.
+//! telemetry that `telemetry::init` sets up, and the two meet only at a trace id. The keep
+//! rules' span processor implements [`Decisions`]; with no keep rules nothing is installed and
+//! the transports skip all of this at the cost of one read lock per call.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use opentelemetry::trace::TraceId;
 
 use crate::propagation::{names::TRACEPARENT, Carrier, TraceParent};
 
 /// Decisions remembered of each kind: more than the requests a process has in flight.
-const REMEMBERED: usize = 4096;
+pub(crate) const REMEMBERED: usize = 4096;
 
-static INSTALLED: RwLock<Option<Arc<Decisions>>> = RwLock::new(None);
+/// Tells one peer this process called that the trace it served was kept, by a rule: a
+/// transport makes one per connection (TCP) or per worker (NATS), and sends the notice
+/// without waiting (it may run inside a span's end).
+#[derive(Clone)]
+pub(crate) struct Callee(Arc<dyn Fn(TraceId, &str) + Send + Sync>);
 
-/// The decisions of the process's installed telemetry, when it has keep rules.
-pub(crate) fn installed() -> Option<Arc<Decisions>> {
+impl Callee {
+    pub(crate) fn new(tell: impl Fn(TraceId, &str) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(tell))
+    }
+
+    /// Tells the peer that `trace_id` was kept by `rule`.
+    pub(crate) fn tell(&self, trace_id: TraceId, rule: &str) {
+        (self.0)(trace_id, rule);
+    }
+
+    /// Whether both tell the same peer.
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for Callee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Callee")
+    }
+}
+
+/// What the keep rules of a process decide, and hear from its peers.
+pub(crate) trait Decisions: Send + Sync + fmt::Debug {
+    /// The rule that kept `trace_id` here, if one did.
+    fn kept(&self, trace_id: TraceId) -> Option<Arc<str>>;
+    /// A peer (caller or callee) kept `trace_id` by `rule`: keep this process's part too.
+    fn told(&self, trace_id: TraceId, rule: &str);
+    /// This process called `callee` for `trace_id`: tell it if the trace is kept here.
+    fn calling(&self, trace_id: TraceId, callee: &Callee);
+}
+
+static INSTALLED: RwLock<Option<Arc<dyn Decisions>>> = RwLock::new(None);
+
+fn installed() -> Option<Arc<dyn Decisions>> {
     INSTALLED.read().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 /// Makes `decisions` the process's (by `telemetry::init`).
 #[cfg_attr(not(feature = "telemetry"), allow(dead_code))]
-pub(crate) fn install(decisions: Arc<Decisions>) {
+pub(crate) fn install(decisions: Arc<dyn Decisions>) {
     *INSTALLED.write().unwrap_or_else(PoisonError::into_inner) = Some(decisions);
+}
+
+/// Whether decisions are installed: the transports skip their work when none are.
+pub(crate) fn active() -> bool {
+    INSTALLED.read().unwrap_or_else(PoisonError::into_inner).is_some()
 }
 
 /// The trace a request's metadata (or headers) continues, if it carries a valid `traceparent`
 /// and decisions are installed to carry (else the parse is skipped: it is on every call).
 pub(crate) fn trace_of<C: Carrier + ?Sized>(carrier: &C) -> Option<TraceId> {
-    INSTALLED.read().unwrap_or_else(PoisonError::into_inner).as_ref()?;
+    if !active() {
+        return None;
+    }
     let traceparent = TraceParent::parse(carrier.get_single(TRACEPARENT)?).ok()?;
     Some(traceparent.trace_id())
 }
@@ -49,53 +99,52 @@ pub(crate) fn kept_by_peer(trace_id: Option<TraceId>, rule: &str) {
     }
 }
 
-/// Recent decisions, each kind in a bounded, oldest-first memory.
-#[derive(Debug, Default)]
-pub(crate) struct Decisions {
-    kept: Mutex<Remembered>,
-    told: Mutex<Remembered>,
+/// This process calls `callee` for `trace_id`: it hears if the trace is kept here.
+pub(crate) fn calling(trace_id: Option<TraceId>, callee: &Callee) {
+    if let (Some(decisions), Some(trace_id)) = (installed(), trace_id) {
+        decisions.calling(trace_id, callee);
+    }
 }
 
-#[derive(Debug, Default)]
-struct Remembered {
-    rules: HashMap<TraceId, Arc<str>>,
+/// A bounded memory of something per trace: the most recent [`REMEMBERED`] traces.
+#[derive(Debug)]
+pub(crate) struct Remembered<V> {
+    values: HashMap<TraceId, V>,
     order: VecDeque<TraceId>,
 }
 
-impl Remembered {
-    fn remember(&mut self, trace_id: TraceId, rule: &str) {
-        if self.rules.insert(trace_id, rule.into()).is_none() {
-            self.order.push_back(trace_id);
-        }
-        while self.order.len() > REMEMBERED {
-            if let Some(oldest) = self.order.pop_front() {
-                self.rules.remove(&oldest);
-            }
-        }
+impl<V> Default for Remembered<V> {
+    fn default() -> Self {
+        Self { values: HashMap::new(), order: VecDeque::new() }
     }
 }
 
-impl Decisions {
-    /// This process's keep rules kept `trace_id` by `rule`.
-    #[cfg_attr(not(feature = "telemetry"), allow(dead_code))]
-    pub(crate) fn record_kept(&self, trace_id: TraceId, rule: &str) {
-        self.kept.lock().unwrap_or_else(PoisonError::into_inner).remember(trace_id, rule);
+impl<V> Remembered<V> {
+    /// The value for `trace_id`, made by `new` if there is none (forgetting the oldest trace
+    /// past the bound).
+    pub(crate) fn entry(&mut self, trace_id: TraceId, new: impl FnOnce() -> V) -> &mut V {
+        if !self.values.contains_key(&trace_id) {
+            while self.order.len() >= REMEMBERED {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.values.remove(&oldest);
+                }
+            }
+            self.order.push_back(trace_id);
+        }
+        self.values.entry(trace_id).or_insert_with(new)
     }
 
-    /// The rule that kept `trace_id` here, if one did.
-    pub(crate) fn kept(&self, trace_id: TraceId) -> Option<Arc<str>> {
-        self.kept.lock().unwrap_or_else(PoisonError::into_inner).rules.get(&trace_id).cloned()
+    pub(crate) fn get(&self, trace_id: TraceId) -> Option<&V> {
+        self.values.get(&trace_id)
     }
 
-    /// A peer said it kept `trace_id` by `rule`.
-    pub(crate) fn told(&self, trace_id: TraceId, rule: &str) {
-        self.told.lock().unwrap_or_else(PoisonError::into_inner).remember(trace_id, rule);
-    }
-
-    /// The rule a peer kept `trace_id` by, if one said so.
-    #[cfg_attr(not(feature = "telemetry"), allow(dead_code))]
-    pub(crate) fn told_rule(&self, trace_id: TraceId) -> Option<Arc<str>> {
-        self.told.lock().unwrap_or_else(PoisonError::into_inner).rules.get(&trace_id).cloned()
+    /// Takes the value for `trace_id` (its place in the order is freed when it comes up).
+    pub(crate) fn take(&mut self, trace_id: TraceId) -> Option<V> {
+        let value = self.values.remove(&trace_id)?;
+        if let Some(at) = self.order.iter().rposition(|id| *id == trace_id) {
+            self.order.remove(at);
+        }
+        Some(value)
     }
 }
 
@@ -104,15 +153,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decisions_are_remembered_within_their_bound() {
-        let decisions = Decisions::default();
+    fn the_most_recent_traces_are_remembered() {
+        let mut kept = Remembered::default();
         for n in 0..REMEMBERED as u128 + 10 {
-            decisions.record_kept(TraceId::from(n + 1), "error");
+            *kept.entry(TraceId::from(n + 1), || "") = "error";
         }
-        assert_eq!(decisions.kept(TraceId::from(1)), None, "the oldest forgotten");
-        assert_eq!(decisions.kept(TraceId::from(REMEMBERED as u128 + 10)).as_deref(), Some("error"));
-        decisions.told(TraceId::from(7), "cancelled");
-        assert_eq!(decisions.told_rule(TraceId::from(7)).as_deref(), Some("cancelled"));
-        assert_eq!(decisions.told_rule(TraceId::from(8)), None);
+        assert_eq!(kept.get(TraceId::from(1)), None, "the oldest forgotten");
+        assert_eq!(kept.get(TraceId::from(REMEMBERED as u128 + 10)), Some(&"error"));
+        assert_eq!(kept.take(TraceId::from(REMEMBERED as u128 + 10)), Some("error"));
+        assert_eq!(kept.get(TraceId::from(REMEMBERED as u128 + 10)), None);
+        *kept.entry(TraceId::from(1), || "") = "cancelled";
+        assert_eq!(kept.values.len(), REMEMBERED, "taking one made room for another");
     }
 }

@@ -193,6 +193,12 @@ pub struct TelemetryConfig {
     pub keep_max_spans: usize,
     /// See [`TelemetryConfig::keep_max_spans`].
     pub keep_max_bytes: usize,
+    /// `TOKENTRACE_TRACES_KEEP_GRACE` (`500ms`, `30s`; default 30 s, `0s` for none): how long a
+    /// request whose caller is another process is held after it ended here, undecided, so that
+    /// the caller's decision to keep it still finds it. Set it above the longest time between a
+    /// worker's part ending and the whole request ending (a disaggregated prefill ends at the
+    /// first token).
+    pub keep_grace: std::time::Duration,
 }
 
 /// A bad environment value; names the variable.
@@ -355,6 +361,15 @@ impl TelemetryConfig {
             keep_summary: vars.flag("TOKENTRACE_TRACES_SUMMARY")?.unwrap_or(false),
             keep_max_spans: count(&vars, "TOKENTRACE_TRACES_KEEP_MAX_SPANS", 100_000)?,
             keep_max_bytes: count(&vars, "TOKENTRACE_TRACES_KEEP_MAX_BYTES", 128 << 20)?,
+            keep_grace: match vars.get("TOKENTRACE_TRACES_KEEP_GRACE") {
+                None => std::time::Duration::from_secs(30),
+                Some(value) => super::keep::duration(value.trim()).ok_or_else(|| {
+                    ConfigError::new(
+                        "TOKENTRACE_TRACES_KEEP_GRACE",
+                        format!("expected a time with ms or s, such as 500ms or 30s, got {value:?}"),
+                    )
+                })?,
+            },
         })
     }
 }

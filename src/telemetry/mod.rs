@@ -138,7 +138,7 @@ pub struct Telemetry {
     /// Requests decided early because the keep rules' held spans reached a bound.
     keep_overflows: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The keep rules' decisions, which the transports carry once installed.
-    keep_decisions: Option<Arc<crate::decisions::Decisions>>,
+    keep_decisions: Option<Arc<dyn crate::decisions::Decisions>>,
     runtime: Option<export::ExportRuntime>,
 }
 
@@ -205,7 +205,16 @@ impl Telemetry {
         match &config.keep {
             // Keep rules: every span recorded, each trace decided when it ends (see `keep`).
             Some(rules) => {
-                let limits = keep::KeepLimits { spans: config.keep_max_spans, bytes: config.keep_max_bytes };
+                let limits = keep::KeepLimits {
+                    spans: config.keep_max_spans,
+                    bytes: config.keep_max_bytes,
+                    grace: config.keep_grace,
+                };
+                // The keep processor shares its exporters with the transports: they get the
+                // resource now, not from the provider.
+                for exporter in &mut exporters {
+                    exporter.set_resource(&resource);
+                }
                 let processor =
                     keep::KeepProcessor::new(rules.clone(), config.keep_summary, limits, exporters);
                 keep_overflows = Some(processor.overflows());

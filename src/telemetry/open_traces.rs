@@ -2,6 +2,7 @@
 //! ended: what the console prints as one tree, and what keep rules decide on as one request.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use opentelemetry::trace::TraceId;
 use opentelemetry::Value;
@@ -17,6 +18,9 @@ pub(crate) struct OpenTraces {
     held: HashMap<TraceId, Vec<SpanData>>,
     /// Traces with held spans, oldest first, for the bounds.
     order: VecDeque<TraceId>,
+    /// Traces whose spans here have all ended, held for a peer's decision, with when each
+    /// began to wait, oldest first.
+    waiting: VecDeque<(Instant, TraceId)>,
     /// Spans held, and about the memory they hold.
     spans: usize,
     bytes: usize,
@@ -54,11 +58,15 @@ impl OpenTraces {
         if still_open {
             return None;
         }
+        self.forget_order(trace_id);
+        Some(self.take(trace_id))
+    }
+
+    fn forget_order(&mut self, trace_id: TraceId) {
         // Traces mostly end in the order they started: the search stops near the front.
         if let Some(at) = self.order.iter().position(|id| *id == trace_id) {
             self.order.remove(at);
         }
-        Some(self.take(trace_id))
     }
 
     /// The oldest held traces, taken while `over(spans, bytes)` says the holdings are too large.
@@ -71,9 +79,53 @@ impl OpenTraces {
         evicted
     }
 
+    /// Holds the spans of a trace whose spans here have all ended, from `now`, until
+    /// [`take_waiting`](Self::take_waiting) or [`waited`](Self::waited) takes them (or a bound
+    /// evicts them: they count with the other held spans).
+    pub(crate) fn wait(&mut self, trace_id: TraceId, spans: Vec<SpanData>, now: Instant) {
+        if spans.is_empty() {
+            return;
+        }
+        self.spans += spans.len();
+        self.bytes += spans.iter().map(size).sum::<usize>();
+        let held = self.held.entry(trace_id).or_default();
+        if held.is_empty() {
+            self.order.push_back(trace_id);
+        }
+        held.extend(spans);
+        self.waiting.push_back((now, trace_id));
+    }
+
+    /// The spans of `trace_id` if it is waiting (complete here and held).
+    pub(crate) fn take_waiting(&mut self, trace_id: TraceId) -> Option<Vec<SpanData>> {
+        if self.open.contains_key(&trace_id) || !self.held.contains_key(&trace_id) {
+            return None;
+        }
+        self.forget_order(trace_id);
+        Some(self.take(trace_id))
+    }
+
+    /// The traces that began to wait before `since` and still wait, oldest first.
+    pub(crate) fn waited(&mut self, since: Instant) -> Vec<Vec<SpanData>> {
+        let mut done = Vec::new();
+        while let Some(&(began, trace_id)) = self.waiting.front() {
+            if began >= since {
+                break;
+            }
+            self.waiting.pop_front();
+            // Taken already (a peer's decision, a bound), or open again (another call of
+            // the same trace, decided at its own end): nothing to do here.
+            if let Some(spans) = self.take_waiting(trace_id) {
+                done.push(spans);
+            }
+        }
+        done
+    }
+
     /// Every held trace, oldest first (at shutdown).
     pub(crate) fn drain(&mut self) -> Vec<Vec<SpanData>> {
         self.open.clear();
+        self.waiting.clear();
         let order = std::mem::take(&mut self.order);
         order.into_iter().map(|trace_id| self.take(trace_id)).collect()
     }

@@ -13,7 +13,7 @@ use futures_core::Stream;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::flow::{grant_subject, WINDOW_HEADER};
+use super::flow::{grant_subject, kept_subject, WINDOW_HEADER};
 use super::subject;
 use crate::decisions;
 use crate::rpc::flow::{ReceiveWindow, DEFAULT_STREAM_WINDOW};
@@ -271,7 +271,12 @@ enum Reply {
 impl ResponseStream {
     fn read(&mut self, message: async_nats::Message) -> Reply {
         if self.grants_to.is_none() {
-            self.grants_to = message.reply.as_deref().map(|watch| Subject::from(grant_subject(watch)));
+            if let Some(watch) = message.reply.as_deref() {
+                self.grants_to = Some(Subject::from(grant_subject(watch)));
+                if self.trace.is_some() {
+                    decisions::calling(self.trace, &kept_notice(&self.nats, kept_subject(watch)));
+                }
+            }
         }
         if let Some(status) = message.status {
             return Reply::Item(Err(if status == StatusCode::NO_RESPONDERS {
@@ -315,6 +320,21 @@ impl ResponseStream {
             other => Reply::Item(Err(RpcError::Malformed(format!("a worker does not reply with {other:?}")))),
         }
     }
+}
+
+/// Tells the worker serving a stream (on `to`, below its watch subject) that this process kept
+/// the stream's trace.
+fn kept_notice(nats: &async_nats::Client, to: String) -> decisions::Callee {
+    let (nats, to) = (nats.clone(), Subject::from(to));
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    decisions::Callee::new(move |trace_id, rule| {
+        let frame = Frame::Kept { trace_id: trace_id.to_bytes(), rule: rule.to_owned() };
+        let mut body = bytes::BytesMut::new();
+        if let (Some(runtime), Ok(())) = (&runtime, frame.encode(&mut body)) {
+            let (nats, to) = (nats.clone(), to.clone());
+            runtime.spawn(async move { nats.publish(to, body.freeze()).await });
+        }
+    })
 }
 
 impl ResponseStream {

@@ -13,7 +13,7 @@ use futures_core::Stream;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tower_service::Service;
 
-use super::flow::{grant_subject, WINDOW_HEADER};
+use super::flow::{caller_subjects, WINDOW_HEADER};
 use super::subject;
 use crate::decisions;
 use crate::rpc::flow::{SendWindow, StreamWindows};
@@ -81,8 +81,8 @@ pub struct Listener {
     gone: Subscriber,
     /// Callers grant flow-control windows on `{gone_prefix}.{stream}.window` (a subject a
     /// worker that predates flow control does not hear, so it never takes a grant for a
-    /// cancel).
-    grants: Subscriber,
+    /// cancel) and send keep notices on `{gone_prefix}.{stream}.kept`.
+    callers: Subscriber,
 }
 
 impl Listener {
@@ -127,15 +127,15 @@ impl Listener {
             .subscribe(format!("{gone_prefix}.*"))
             .await
             .map_err(|error| io::Error::other(format!("cannot subscribe to a NATS inbox: {error}")))?;
-        let grants = nats
-            .subscribe(grant_subject(&format!("{gone_prefix}.*")))
+        let callers = nats
+            .subscribe(caller_subjects(&gone_prefix))
             .await
             .map_err(|error| io::Error::other(format!("cannot subscribe to a NATS inbox: {error}")))?;
         // The round trip makes sure the server has both subscriptions.
         nats.flush()
             .await
             .map_err(|error| io::Error::other(format!("cannot reach the NATS server: {error}")))?;
-        Ok(Self { nats, subject, requests, gone_prefix, gone, grants })
+        Ok(Self { nats, subject, requests, gone_prefix, gone, callers })
     }
 
     /// The service subject.
@@ -245,7 +245,7 @@ where
         listener: Listener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let Listener { nats, subject, mut requests, gone_prefix, mut gone, mut grants } = listener;
+        let Listener { nats, subject, mut requests, gone_prefix, mut gone, mut callers } = listener;
         let windows = StreamWindows::default();
         let endpoint_at = subject.len() + 1;
         let mut handlers = Handlers::default();
@@ -278,7 +278,7 @@ where
                     handlers.spawn(streams, handle(request, self.service.clone(), replies, self.heartbeat));
                 }
                 Some(message) = next(&mut gone) => cancel_gone(&mut handlers, &message),
-                Some(message) = next(&mut grants) => grant(&windows, &message),
+                Some(message) = next(&mut callers) => caller_says(&windows, &message),
                 () = handlers.reap_one() => {}
                 () = &mut shutdown => break,
             }
@@ -289,7 +289,7 @@ where
             tokio::select! {
                 () = handlers.reap_one() => {}
                 Some(message) = next(&mut gone) => cancel_gone(&mut handlers, &message),
-                Some(message) = next(&mut grants) => grant(&windows, &message),
+                Some(message) = next(&mut callers) => caller_says(&windows, &message),
             }
         }
         nats.flush()
@@ -309,14 +309,22 @@ fn cancel_gone(handlers: &mut Handlers, message: &Message) {
     }
 }
 
-/// A caller's grant on `{prefix}.{stream}.window`: a `window` frame whose u64 is the total the
-/// caller has granted since the stream began (a lost grant is made good by the next).
-fn grant(windows: &StreamWindows, message: &Message) {
-    let stream = message.subject.rsplit('.').nth(1).and_then(|token| token.parse().ok());
-    if let (Some(window), Ok(Frame::Window { stream: total, .. })) =
-        (stream.and_then(|stream| windows.get(stream)), Frame::decode(message.payload.clone()))
-    {
-        window.grant_total(total);
+/// A caller's message below a stream's watch subject: a grant on `{prefix}.{stream}.window`
+/// (a `window` frame whose u64 is the total the caller has granted since the stream began, so
+/// a lost grant is made good by the next), or a keep notice on `{prefix}.{stream}.kept`.
+fn caller_says(windows: &StreamWindows, message: &Message) {
+    match Frame::decode(message.payload.clone()) {
+        Ok(Frame::Window { stream: total, .. }) => {
+            let stream = message.subject.rsplit('.').nth(1).and_then(|token| token.parse().ok());
+            if let Some(window) = stream.and_then(|stream| windows.get(stream)) {
+                window.grant_total(total);
+            }
+        }
+        Ok(Frame::Kept { trace_id, rule }) => {
+            decisions::kept_by_peer(Some(opentelemetry::trace::TraceId::from_bytes(trace_id)), &rule);
+        }
+        // Nothing else comes this way; ignore rather than trust it.
+        _ => {}
     }
 }
 

@@ -58,6 +58,8 @@ struct Shared {
     /// The connection's write queue, for the grants of items nobody will read; weak, so the
     /// connection closes once the clients and streams are gone.
     outgoing: mpsc::WeakSender<Bytes>,
+    /// Tells the server that this process kept a trace it was called for (with keep rules).
+    callee: decisions::Callee,
 }
 
 impl Shared {
@@ -210,6 +212,7 @@ impl Client {
     fn open(&self, request: Request<Bytes>) -> Result<(Bytes, ResponseStream), RpcError> {
         let stream = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
         let trace = decisions::trace_of(&request.metadata);
+        decisions::calling(trace, &self.shared.callee);
         let frame = Frame::Request {
             stream,
             endpoint: request.endpoint().to_owned(),
@@ -330,6 +333,7 @@ impl ClientBuilder {
             Frame::Hello { version: WIRE_VERSION, stream_window, connection_window: connection.size() };
         let codec = FrameCodec::new(self.max_frame_len);
         let hello = codec.encode_to_bytes(&hello).map_err(io::Error::other)?;
+        let callee = kept_notice(outgoing.downgrade(), self.max_frame_len);
         let shared = Arc::new(Shared {
             streams: Mutex::new(Streams::default()),
             next_stream: AtomicU64::new(1),
@@ -338,6 +342,7 @@ impl ClientBuilder {
             stream_window,
             connection,
             outgoing: outgoing.downgrade(),
+            callee,
         });
         // The first frame of the connection: the queue is empty, so this never waits.
         send_soon(&outgoing, hello);
@@ -436,6 +441,17 @@ impl Drop for ResponseStream {
     }
 }
 
+/// Sends the server a `kept` frame for a trace this process kept, while the connection lives.
+fn kept_notice(outgoing: mpsc::WeakSender<Bytes>, max_frame_len: usize) -> decisions::Callee {
+    let codec = FrameCodec::new(max_frame_len);
+    decisions::Callee::new(move |trace_id: TraceId, rule: &str| {
+        let frame = Frame::Kept { trace_id: trace_id.to_bytes(), rule: rule.to_owned() };
+        if let (Some(outgoing), Ok(frame)) = (outgoing.upgrade(), codec.encode_to_bytes(&frame)) {
+            send_soon(&outgoing, frame);
+        }
+    })
+}
+
 /// Reads frames and routes them to their streams until the connection ends.
 async fn read_frames(mut reader: OwnedReadHalf, shared: Arc<Shared>) {
     let mut codec = FrameCodec::new(shared.codec.max_frame_len());
@@ -497,6 +513,7 @@ fn route(shared: &Shared, frame: Frame) {
         | Frame::Cancel { .. }
         | Frame::Heartbeat { .. }
         | Frame::Hello { .. }
-        | Frame::Window { .. } => {}
+        | Frame::Window { .. }
+        | Frame::Kept { .. } => {}
     }
 }

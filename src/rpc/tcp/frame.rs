@@ -16,6 +16,8 @@
 //!   7 hello:   version (u16) | stream window (u32) | connection window (u32); stream id 0
 //!   8 window:  increment (u32): the receiver grants this many more bytes of items on the
 //!              stream (stream id 0: on the connection)
+//!   9 kept:    trace id (16 bytes) | keep rule (UTF-8, the remaining bytes); stream id 0: the
+//!              client's keep rules kept a trace it called the server for
 //! ```
 //!
 //! A TCP client opens with `hello`, [`WIRE_VERSION`] and the flow-control windows it grants;
@@ -46,6 +48,7 @@ const CANCEL: u8 = 5;
 const HEARTBEAT: u8 = 6;
 const HELLO: u8 = 7;
 const WINDOW: u8 = 8;
+const KEPT: u8 = 9;
 
 /// The version of the wire format a client announces in its `hello`: 2, the first with
 /// flow control (version 1 had no `hello`).
@@ -115,6 +118,14 @@ pub enum Frame {
         /// Bytes granted.
         increment: u32,
     },
+    /// The client kept a trace (by its keep rules, or because a peer did) that it called the
+    /// server for: the server keeps its part too.
+    Kept {
+        /// The trace, as its 16 bytes.
+        trace_id: [u8; 16],
+        /// The rule that kept it.
+        rule: String,
+    },
 }
 
 impl Frame {
@@ -128,7 +139,7 @@ impl Frame {
             | Self::Cancel { stream }
             | Self::Heartbeat { stream }
             | Self::Window { stream, .. } => *stream,
-            Self::Hello { .. } => 0,
+            Self::Hello { .. } | Self::Kept { .. } => 0,
         }
     }
 
@@ -196,6 +207,12 @@ impl Frame {
                 out.put_u64(*stream);
                 out.put_u32(*increment);
             }
+            Self::Kept { trace_id, rule } => {
+                out.put_u8(KEPT);
+                out.put_u64(0);
+                out.put_slice(trace_id);
+                out.put_slice(rule.as_bytes());
+            }
         }
         Ok(())
     }
@@ -250,6 +267,17 @@ impl Frame {
                 let increment = take_u32(&mut body, "window increment")?;
                 expect_empty(body, Self::Window { stream, increment })?
             }
+            KEPT if stream == 0 => {
+                if body.len() < 16 {
+                    return Err(RpcError::Malformed("frame ends inside the trace id".into()));
+                }
+                let mut trace_id = [0; 16];
+                body.copy_to_slice(&mut trace_id);
+                let rule = String::from_utf8(body.to_vec())
+                    .map_err(|_| RpcError::Malformed("keep rule is not UTF-8".into()))?;
+                Self::Kept { trace_id, rule }
+            }
+            KEPT => return Err(RpcError::Malformed("kept on a stream other than 0".into())),
             other => return Err(RpcError::Malformed(format!("unknown frame kind {other}"))),
         };
         Ok(frame)

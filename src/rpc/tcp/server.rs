@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
+use opentelemetry::trace::TraceId;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -241,6 +242,9 @@ async fn serve_connection<S, St>(
                 }
                 Ok(Some(Frame::Cancel { stream })) => handlers.cancel(stream),
                 Ok(Some(Frame::Window { stream, increment })) => windows.grant(stream, increment),
+                Ok(Some(Frame::Kept { trace_id, rule })) => {
+                    decisions::kept_by_peer(Some(TraceId::from_bytes(trace_id)), &rule);
+                }
                 // A client never sends these; ignore rather than trust them.
                 Ok(Some(_)) => {}
                 Ok(None) => break false,
