@@ -26,7 +26,9 @@ pub(crate) const REMEMBERED: usize = 4096;
 /// transport makes one per connection (TCP) or per worker (NATS), and sends the notice
 /// without waiting (it may run inside a span's end).
 #[derive(Clone)]
-pub(crate) struct Callee(Arc<dyn Fn(TraceId, &str) + Send + Sync>);
+pub(crate) struct Callee(Arc<Tell>);
+
+type Tell = dyn Fn(TraceId, &str) + Send + Sync;
 
 impl Callee {
     pub(crate) fn new(tell: impl Fn(TraceId, &str) + Send + Sync + 'static) -> Self {
