@@ -32,11 +32,11 @@ use crate::decisions::{Callee, Decisions, Remembered};
 
 mod rules;
 
-pub use rules::KeepRules;
-pub(crate) use rules::duration;
-use rules::is_local_root;
 #[cfg(test)]
 use rules::attribute;
+pub(crate) use rules::duration;
+use rules::is_local_root;
+pub use rules::KeepRules;
 
 /// Attribute on the local root spans of a trace a rule kept: the rule.
 pub(crate) const KEPT_BY: &str = "tokentrace.kept_by";

@@ -3,6 +3,7 @@
 //! every service, logs correlated, a client that goes away, a worker that dies.
 
 // The example's own modules: the tests drive the deployment with the same code as the demo.
+mod common;
 #[allow(dead_code)]
 #[path = "../demo/driver.rs"]
 mod demo;
@@ -15,92 +16,13 @@ mod receiver;
 mod system;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::*;
 use http_body_util::{BodyExt, Full};
-use launcher::Component;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use receiver::{string_value, ReceivedSpan};
-
-/// The `serve` binary cargo built for these tests.
-fn serve_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_serve"))
-}
-
-fn export_env(receiver: &receiver::Receiver, service: &str) -> Vec<(String, String)> {
-    [
-        ("OTEL_EXPORT_ENABLED", "true".to_owned()),
-        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint()),
-        ("OTEL_SERVICE_NAME", service.to_owned()),
-        ("DYN_LOG", "info".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
-fn spawn(name: &'static str, args: &[&str], env: Vec<(String, String)>) -> Component {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    Component::spawn_program(&serve_exe(), name, &args, &env, true).unwrap()
-}
-
-/// An aggregated worker (`step_ms` per token) and a frontend in front of it.
-fn aggregated(receiver: &receiver::Receiver, step_ms: &str) -> (Component, Component, SocketAddr) {
-    let worker = spawn(
-        "worker",
-        &["worker", "--role", "agg", "--step-ms", step_ms],
-        export_env(receiver, "dynamo-worker-vllm"),
-    );
-    let frontend = spawn(
-        "frontend",
-        &["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr],
-        export_env(receiver, "dynamo-frontend"),
-    );
-    let addr = frontend.addr.parse().unwrap();
-    (worker, frontend, addr)
-}
-
-/// Stops components (which flushes their telemetry) off the async runtime.
-async fn stop(components: Vec<Component>) {
-    tokio::task::spawn_blocking(move || components.into_iter().for_each(Component::stop)).await.unwrap();
-}
-
-fn named<'a>(spans: &'a [ReceivedSpan], name: &str) -> Vec<&'a ReceivedSpan> {
-    spans.iter().filter(|s| s.span.name == name).collect()
-}
-
-/// Whether the trace of `request_id` has a span of each of `names` yet.
-fn has_spans(received: &receiver::Received, request_id: &str, names: &[&str]) -> bool {
-    let spans = demo::trace_of(received, request_id);
-    names.iter().all(|name| spans.iter().any(|s| s.span.name == *name))
-}
-
-fn one<'a>(spans: &'a [ReceivedSpan], name: &str, service: &str) -> &'a ReceivedSpan {
-    let found: Vec<_> = named(spans, name).into_iter().filter(|s| s.service == service).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "one {name} in {service}; have {:?}",
-        spans.iter().map(|s| (&s.span.name, &s.service)).collect::<Vec<_>>()
-    );
-    found[0]
-}
-
-fn assert_child(parent: &ReceivedSpan, child: &ReceivedSpan) {
-    assert_eq!(
-        child.span.parent_span_id, parent.span.span_id,
-        "{} is a child of {}",
-        child.span.name, parent.span.name
-    );
-    assert_eq!(child.span.trace_id, parent.span.trace_id);
-}
-
-fn attr(span: &ReceivedSpan, key: &str) -> Option<String> {
-    string_value(&span.span.attributes, key)
-}
 
 const SERVER: i32 = SpanKind::Server as i32;
 const CLIENT: i32 = SpanKind::Client as i32;
@@ -423,20 +345,6 @@ async fn prometheus_scrapes_the_frontend_and_its_exemplars_open_the_traces() {
     }
     receiver.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Starts a streamed request and returns its response body, headers read.
-async fn open_stream(addr: SocketAddr, id: &str, max_tokens: u32) -> hyper::body::Incoming {
-    let client = demo::http_client();
-    let body = serde_json::json!({"messages": [{"role": "user", "content": "go"}], "max_tokens": max_tokens, "stream": true});
-    let request = http::Request::post(format!("http://{addr}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .header("x-request-id", id)
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.into_body()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1108,120 +1016,4 @@ fn a_launch_script_whose_worker_cannot_start_stops_with_its_message() {
         "no curl offered for a broken deployment"
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", frontend)).is_err(), "no frontend was started");
-}
-
-/// Head sampling at 0 with keep rules (`duration>200ms,cancelled`), over real processes: short
-/// requests leave no span at the receiver; long and cancelled ones arrive as whole traces, from
-/// both processes, their local roots saying which rule kept them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keep_rules_keep_long_and_cancelled_requests_whole_at_a_ratio_of_zero() {
-    let receiver = receiver::grpc().await;
-    let keep = |service| {
-        let mut env = export_env(&receiver, service);
-        env.extend(
-            [
-                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-                ("OTEL_TRACES_SAMPLER_ARG", "0"),
-                ("TOKENTRACE_TRACES_KEEP", "duration>200ms,cancelled"),
-            ]
-            .map(|(k, v)| (k.to_owned(), v.to_owned())),
-        );
-        env
-    };
-    let worker = spawn("worker", &["worker", "--role", "agg", "--step-ms", "20"], keep("dynamo-worker-vllm"));
-    let frontend = spawn(
-        "frontend",
-        &["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr],
-        keep("dynamo-frontend"),
-    );
-    let addr: SocketAddr = frontend.addr.parse().unwrap();
-    for n in 0..4 {
-        demo::stream_chat(addr, &format!("short-{n}"), "hi", 2).await.unwrap(); // ~40 ms
-    }
-    demo::stream_chat(addr, "long-1", "hi", 20).await.unwrap(); // ~400 ms
-    let mut body = open_stream(addr, "gone-2", 500).await;
-    for _ in 0..3 {
-        body.frame().await.unwrap().unwrap();
-    }
-    drop(body);
-    receiver
-        .received
-        .wait_for("the cancelled request's worker spans", |r| {
-            has_spans(r, "gone-2", &["handle_payload", "decode"])
-        })
-        .await;
-    stop(vec![frontend, worker]).await;
-    demo::wait_for_traces(&receiver.received, &["long-1".to_owned()], 6).await;
-
-    for (id, rule) in [("long-1", "duration>200ms"), ("gone-2", "cancelled")] {
-        let spans = demo::trace_of(&receiver.received, id);
-        let names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
-        for name in ["http-request", "handle_payload", "decode"] {
-            assert!(names.contains(&name), "{id}: {names:?}");
-        }
-        assert_eq!(
-            attr(one(&spans, "http-request", "dynamo-frontend"), "tokentrace.kept_by").as_deref(),
-            Some(rule)
-        );
-        assert_eq!(
-            attr(one(&spans, "handle_payload", "dynamo-worker-vllm"), "tokentrace.kept_by").as_deref(),
-            Some(rule)
-        );
-    }
-    for n in 0..4 {
-        assert!(
-            demo::trace_of(&receiver.received, &format!("short-{n}")).is_empty(),
-            "short-{n} was dropped"
-        );
-    }
-    let traces: std::collections::HashSet<Vec<u8>> =
-        receiver.received.spans().into_iter().map(|s| s.span.trace_id.clone()).collect();
-    assert_eq!(traces.len(), 2, "only the two kept traces arrived");
-    receiver.stop().await;
-}
-
-/// A worker's keep decision travels up to its caller: only the worker has a rule the request
-/// matches (`duration>200ms`; the frontend keeps on `error` alone), yet the long request arrives
-/// whole, the frontend's part marked with the worker's rule. Over TCP, and over NATS where a
-/// nats-server is installed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_workers_keep_decision_reaches_its_caller() {
-    let nats = system::NatsServer::start();
-    let mut transports = vec![None];
-    transports.extend(nats.as_ref().map(|nats| Some(nats.url.clone())));
-    for nats_url in transports {
-        let receiver = receiver::grpc().await;
-        let env = |service, rules: &str| {
-            let mut env = export_env(&receiver, service);
-            env.extend(
-                [
-                    ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-                    ("OTEL_TRACES_SAMPLER_ARG", "0"),
-                    ("TOKENTRACE_TRACES_KEEP", rules),
-                ]
-                .map(|(k, v)| (k.to_owned(), v.to_owned())),
-            );
-            env
-        };
-        let over_nats: Vec<&str> = match &nats_url {
-            Some(url) => vec!["--transport", "nats", "--nats-url", url],
-            None => Vec::new(),
-        };
-        let worker_args = [&["worker", "--role", "agg", "--step-ms", "20"][..], &over_nats].concat();
-        let worker = spawn("worker", &worker_args, env("dynamo-worker-vllm", "duration>200ms"));
-        let frontend_args =
-            [&["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr][..], &over_nats].concat();
-        let frontend = spawn("frontend", &frontend_args, env("dynamo-frontend", "error"));
-        let addr: SocketAddr = frontend.addr.parse().unwrap();
-        demo::stream_chat(addr, "short-1", "hi", 2).await.unwrap();
-        demo::stream_chat(addr, "long-2", "hi", 20).await.unwrap();
-        stop(vec![frontend, worker]).await;
-        demo::wait_for_traces(&receiver.received, &["long-2".to_owned()], 6).await;
-        let spans = demo::trace_of(&receiver.received, "long-2");
-        let http = one(&spans, "http-request", "dynamo-frontend");
-        assert_eq!(attr(http, "tokentrace.kept_by").as_deref(), Some("duration>200ms"), "{nats_url:?}");
-        assert_eq!(spans.len(), 6, "whole: {:?}", spans.iter().map(|s| &s.span.name).collect::<Vec<_>>());
-        assert!(demo::trace_of(&receiver.received, "short-1").is_empty());
-        receiver.stop().await;
-    }
 }

@@ -265,7 +265,9 @@ fn the_peers_called_for_a_kept_trace_hear_it() {
     let heard = Arc::new(Mutex::new(Vec::new()));
     let callee = |name: &'static str| {
         let heard = Arc::clone(&heard);
-        crate::decisions::Callee::new(move |trace, rule| heard.lock().unwrap().push((name, trace, rule.to_owned())))
+        crate::decisions::Callee::new(move |trace, rule| {
+            heard.lock().unwrap().push((name, trace, rule.to_owned()))
+        })
     };
     let (prefill, decode) = (callee("prefill"), callee("decode"));
     let tracer = setup.provider.tracer("t");
