@@ -4,9 +4,10 @@ use std::pin::Pin;
 use std::task::{ready, Context as TaskContext, Poll};
 
 use http_body::{Body, Frame, SizeHint};
+use opentelemetry::trace::TraceId;
 use pin_project_lite::pin_project;
 
-use super::grpc;
+use super::{grpc, keep};
 use crate::active_span::ActiveSpan;
 
 pin_project! {
@@ -34,6 +35,13 @@ pin_project! {
         attach: bool,
         // A gRPC response whose status is still to come, in its trailers: the span's side.
         grpc: Option<grpc::Side>,
+        // With keep rules installed: the trace whose keep decision the trailers carry (a server
+        // writes it, a client reads it).
+        keep: Option<(grpc::Side, TraceId)>,
+        // Trailers still to send after the inner body's end (a server's keep decision).
+        trailers: Option<http::HeaderMap>,
+        // The inner body has ended: it is not polled again.
+        done: bool,
     }
 
     impl<B: Body> PinnedDrop for TracedBody<B> {
@@ -54,12 +62,14 @@ pin_project! {
 impl<B: Body> TracedBody<B> {
     /// Wraps `response`'s body so that `span` ends with it. For a gRPC call (`grpc`: the span's
     /// side), the status is recorded now when the response is trailers-only, else read from
-    /// the trailers when they come.
+    /// the trailers when they come. `keep`: the side and trace of a hop whose trailers carry a
+    /// keep decision.
     pub(crate) fn wrap(
         response: http::Response<B>,
         span: Option<ActiveSpan>,
         attach: bool,
         grpc: Option<grpc::Side>,
+        keep: Option<(grpc::Side, TraceId)>,
     ) -> http::Response<Self> {
         let grpc = match (grpc, span.as_ref()) {
             (Some(side), Some(span)) => match grpc::status(response.headers()) {
@@ -71,7 +81,7 @@ impl<B: Body> TracedBody<B> {
             },
             _ => None,
         };
-        response.map(|inner| Self { inner, span, attach, grpc })
+        response.map(|inner| Self { inner, span, attach, grpc, keep, trailers: None, done: false })
     }
 }
 
@@ -87,8 +97,11 @@ where
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
+        if *this.done {
+            return Poll::Ready(this.trailers.take().map(|trailers| Ok(Frame::trailers(trailers))));
+        }
         let attached = this.span.as_ref().filter(|_| *this.attach).map(ActiveSpan::attach);
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let mut frame = ready!(this.inner.as_mut().poll_frame(cx));
         let ended = match &frame {
             None | Some(Err(_)) => true,
             Some(Ok(frame)) => frame.is_trailers() || this.inner.is_end_stream(),
@@ -105,17 +118,43 @@ where
                 _ => {}
             }
         }
+        match (*this.keep, frame.as_mut()) {
+            (Some((grpc::Side::Client, trace_id)), Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    keep::heard(trace_id, trailers);
+                }
+            }
+            // The span has ended, so the keep rules have decided if it was the last of its
+            // trace here: a kept trace's rule goes into the trailers, or trailers of its own.
+            (Some((grpc::Side::Server, trace_id)), frame) if ended && !matches!(frame, Some(Err(_))) => {
+                let kept = crate::decisions::kept_here(Some(trace_id));
+                if let Some(kept) = kept.as_deref().and_then(keep::kept_trailers) {
+                    match frame.and_then(|frame| frame.as_mut().ok()).and_then(Frame::trailers_mut) {
+                        Some(trailers) => trailers.extend(kept),
+                        None => *this.trailers = Some(kept),
+                    }
+                }
+            }
+            _ => {}
+        }
         if ended {
             // Nothing runs in this body any more: the last poll (the one that sees `None`
             // after a body that announced its end) need not attach the context again.
             drop(attached);
             *this.attach = false;
+            *this.done = true;
+            if frame.is_none() {
+                return Poll::Ready(this.trailers.take().map(|trailers| Ok(Frame::trailers(trailers))));
+            }
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        if self.done {
+            return self.trailers.is_none();
+        }
+        self.inner.is_end_stream() && self.keep.is_none_or(|(side, _)| side == grpc::Side::Client)
     }
 
     fn size_hint(&self) -> SizeHint {

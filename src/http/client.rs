@@ -7,16 +7,17 @@ use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
 
 use http::{Request, Response};
-use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::trace::{SpanKind, TraceContextExt, TraceId, Tracer};
 use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::TracedBody;
-use super::grpc;
+use super::{grpc, keep};
 use super::semconv;
 use crate::active_span::{record_request_ids, ActiveSpan};
+use crate::decisions;
 use crate::propagation::{inject_context, RequestIds};
 use crate::DefaultTracer;
 
@@ -139,8 +140,10 @@ crate::inner_accessors!(
 
 impl<S, T, ReqBody, ResBody> Service<Request<ReqBody>> for ClientService<S, T>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
     S::Error: fmt::Display,
+    ReqBody: Default + Send + 'static,
     ResBody: http_body::Body,
     T: Tracer + Send + Sync + 'static,
     T::Span: Send + Sync + 'static,
@@ -184,9 +187,34 @@ where
 
         inject_context(request.headers_mut(), &cx);
         ids.inject(request.headers_mut());
+        let keep = self.keep_decisions(&mut request, &cx);
 
         let inner = self.inner.call(request);
-        ClientFuture { inner, span: Some(ActiveSpan::new(cx)), grpc: side }
+        ClientFuture { inner, span: Some(ActiveSpan::new(cx)), grpc: side, keep }
+    }
+}
+
+impl<S, T> ClientService<S, T> {
+    /// With keep rules installed: asks for trailers (where the server says it kept the trace),
+    /// and registers the server to hear if this process keeps it. The trace, for the response.
+    fn keep_decisions<B>(&self, request: &mut Request<B>, cx: &Context) -> Option<(grpc::Side, TraceId)>
+    where
+        S: Service<Request<B>> + Clone + Send + 'static,
+        S::Future: Send,
+        B: Default + Send + 'static,
+    {
+        if !decisions::active() {
+            return None;
+        }
+        let trace_id = cx.span().span_context().trace_id();
+        if trace_id == TraceId::INVALID {
+            return None;
+        }
+        request.headers_mut().insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        if let Some(callee) = keep::callee(&self.inner, request.uri()) {
+            decisions::calling(Some(trace_id), &callee);
+        }
+        Some((grpc::Side::Client, trace_id))
     }
 }
 
@@ -222,6 +250,8 @@ pin_project! {
         span: Option<ActiveSpan>,
         // A gRPC call: its status comes in the response headers or trailers.
         grpc: Option<grpc::Side>,
+        // With keep rules: the trace whose decision the response's trailers may carry.
+        keep: Option<(grpc::Side, TraceId)>,
     }
 }
 
@@ -251,7 +281,7 @@ where
                     status,
                     status.is_client_error() || status.is_server_error(),
                 );
-                Ok(TracedBody::wrap(response, span, false, *this.grpc))
+                Ok(TracedBody::wrap(response, span, false, *this.grpc, *this.keep))
             }
             Err(error) => {
                 if let Some(span) = span.as_mut() {

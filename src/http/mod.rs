@@ -14,6 +14,7 @@
 mod body;
 mod client;
 mod grpc;
+mod keep;
 mod semconv;
 mod server;
 

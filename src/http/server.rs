@@ -9,16 +9,17 @@ use std::task::{ready, Context as TaskContext, Poll};
 use std::time::Instant;
 
 use http::{HeaderName, HeaderValue, Request, Response};
-use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId, Tracer};
 use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::TracedBody;
-use super::grpc;
+use super::{grpc, keep};
 use super::semconv;
 use crate::active_span::{record_request_ids, ActiveSpan};
+use crate::decisions;
 use crate::propagation::{
     mark_random_trace, names, with_received_request, Inbound, RecordedBaggage, RequestIds,
 };
@@ -342,7 +343,7 @@ impl<S, T, ReqBody, ResBody> Service<Request<ReqBody>> for ServerService<S, T>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Error: fmt::Display,
-    ResBody: http_body::Body,
+    ResBody: http_body::Body + Default,
     T: Tracer + Send + Sync + 'static,
     T::Span: Send + Sync + 'static,
 {
@@ -355,6 +356,14 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // A caller's keep notice is answered here, not by the application (a public endpoint
+        // takes none: see `keep`).
+        if !self.layer.public_endpoint && decisions::active() {
+            if let Some((trace_id, rule)) = keep::notice(&request) {
+                decisions::kept_by_peer(Some(trace_id), &rule);
+                return ResponseFuture::noticed();
+            }
+        }
         let arrival = Instant::now();
         let ids = RequestIds::receive(request.headers_mut());
         let grpc = grpc::is_grpc(request.headers()).then_some(grpc::Side::Server);
@@ -371,11 +380,16 @@ where
             None => ActiveSpan::untraced(cx),
         };
         request.extensions_mut().insert(scope.context().clone());
+        // With keep rules, the response's trailers say whether this process kept the trace.
+        let keep = decisions::active()
+            .then(|| scope.context().span().span_context().trace_id())
+            .filter(|trace_id| *trace_id != TraceId::INVALID)
+            .map(|trace_id| (grpc::Side::Server, trace_id));
         let inner = {
             let _attached = scope.attach();
             self.inner.call(request)
         };
-        ResponseFuture { inner, scope: Some(scope), x_request_id: Some(x_request_id), grpc }
+        ResponseFuture { inner: Some(inner), scope: Some(scope), x_request_id: Some(x_request_id), grpc, keep }
     }
 }
 
@@ -400,8 +414,9 @@ pin_project! {
     /// # });
     /// ```
     pub struct ResponseFuture<F> {
+        // None: a keep notice, answered at once.
         #[pin]
-        inner: F,
+        inner: Option<F>,
         // The request's context, attached while `inner` runs, and its span (if traced); taken
         // by the response body.
         scope: Option<ActiveSpan>,
@@ -409,6 +424,14 @@ pin_project! {
         x_request_id: Option<HeaderValue>,
         // A gRPC call: its status comes in the response headers or trailers.
         grpc: Option<grpc::Side>,
+        // With keep rules: the trace whose decision the response's trailers carry.
+        keep: Option<(grpc::Side, TraceId)>,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    fn noticed() -> Self {
+        Self { inner: None, scope: None, x_request_id: None, grpc: None, keep: None }
     }
 }
 
@@ -422,15 +445,18 @@ impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: fmt::Display,
-    B: http_body::Body,
+    B: http_body::Body + Default,
 {
     type Output = Result<Response<TracedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(Ok(TracedBody::wrap(keep::noticed(), None, false, None, None)));
+        };
         let result = {
             let _attached = this.scope.as_ref().map(ActiveSpan::attach);
-            ready!(this.inner.poll(task))
+            ready!(inner.poll(task))
         };
         // Untraced, `scope` holds only the context: recording on it does nothing.
         let mut scope = this.scope.take();
@@ -444,7 +470,7 @@ where
                         .headers_mut()
                         .insert(const { HeaderName::from_static(names::X_REQUEST_ID) }, x_request_id);
                 }
-                Ok(TracedBody::wrap(response, scope, true, *this.grpc))
+                Ok(TracedBody::wrap(response, scope, true, *this.grpc, *this.keep))
             }
             Err(error) => {
                 if let Some(scope) = scope.as_mut() {
