@@ -14,8 +14,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::TracedBody;
-use super::{grpc, keep};
 use super::semconv;
+use super::{grpc, keep};
 use crate::active_span::{record_request_ids, ActiveSpan};
 use crate::decisions;
 use crate::propagation::{inject_context, RequestIds};

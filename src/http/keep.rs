@@ -4,7 +4,8 @@
 //! - **up**: a server that kept the request's trace says so in a response trailer,
 //!   `tokentrace-kept-by: <rule>`, and the client keeps its part too. HTTP/1.1 carries
 //!   trailers only in a chunked response to a request that says `te: trailers` (the client
-//!   layer says so when keep rules are installed); gRPC always has them.
+//!   layer says so when keep rules are installed) and whose head announces them
+//!   (`trailer: tokentrace-kept-by`, which the server layer adds); gRPC always has them.
 //! - **down**: a client whose process keeps the trace afterwards sends the server a notice, a
 //!   `POST /.well-known/tokentrace/kept` with `tokentrace-kept: <trace id> <rule>`, through the
 //!   same inner service; the server layer answers it (204) without calling the application,
@@ -25,7 +26,8 @@ use tower_service::Service;
 use crate::decisions::{self, Callee};
 
 /// The response trailer naming the rule that kept the trace at the server.
-pub(crate) const KEPT_BY: HeaderName = HeaderName::from_static("tokentrace-kept-by");
+pub(crate) const KEPT_BY_NAME: &str = "tokentrace-kept-by";
+const KEPT_BY: HeaderName = HeaderName::from_static(KEPT_BY_NAME);
 /// The request header of a notice: the trace id (32 hex digits), a space, the rule.
 const KEPT: HeaderName = HeaderName::from_static("tokentrace-kept");
 /// The path a notice is sent to.

@@ -16,8 +16,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::TracedBody;
-use super::{grpc, keep};
 use super::semconv;
+use super::{grpc, keep};
 use crate::active_span::{record_request_ids, ActiveSpan};
 use crate::decisions;
 use crate::propagation::{
@@ -389,7 +389,13 @@ where
             let _attached = scope.attach();
             self.inner.call(request)
         };
-        ResponseFuture { inner: Some(inner), scope: Some(scope), x_request_id: Some(x_request_id), grpc, keep }
+        ResponseFuture {
+            inner: Some(inner),
+            scope: Some(scope),
+            x_request_id: Some(x_request_id),
+            grpc,
+            keep,
+        }
     }
 }
 
@@ -469,6 +475,12 @@ where
                     response
                         .headers_mut()
                         .insert(const { HeaderName::from_static(names::X_REQUEST_ID) }, x_request_id);
+                }
+                if this.keep.is_some() {
+                    // HTTP/1.1 sends only the trailers the response announces.
+                    response
+                        .headers_mut()
+                        .append(http::header::TRAILER, HeaderValue::from_static(keep::KEPT_BY_NAME));
                 }
                 Ok(TracedBody::wrap(response, scope, true, *this.grpc, *this.keep))
             }

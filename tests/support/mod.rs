@@ -8,4 +8,5 @@ pub mod otlp;
 mod spans;
 pub mod system;
 
+#[allow(unused_imports)] // not every test crate uses them
 pub use spans::*;
