@@ -75,6 +75,14 @@ fn bench(c: &mut Criterion, provider: &SdkTracerProvider) {
     // it is recorded, held until the request ends, and dropped (no rule matches).
     let head = telemetry(&[]);
     let keep = telemetry(&[("TOKENTRACE_TRACES_KEEP", "error,cancelled,ttft>500ms")]);
+    // A request a rule keeps: held, decided, then handed to a batch exporter (whose exports,
+    // every 5 s, to a port nobody listens on, fail off the request path).
+    let kept = telemetry(&[
+        ("OTEL_EXPORT_ENABLED", "true"),
+        ("OTEL_TRACES_EXPORTER", "otlp"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9"),
+        ("TOKENTRACE_TRACES_KEEP", "duration>0ms"),
+    ]);
     let (defaults, lean) = subscribers(provider);
     let none = Dispatch::none();
     let otel_axum = || app().layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default());
@@ -83,7 +91,7 @@ fn bench(c: &mut Criterion, provider: &SdkTracerProvider) {
             TraceLayer::new_for_http().make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO)),
         )
     };
-    let variants: [(&str, Router, &Dispatch, &str); 9] = [
+    let variants: [(&str, Router, &Dispatch, &str); 10] = [
         ("bare", app(), &none, "01"),
         (
             "tokentrace",
@@ -102,6 +110,12 @@ fn bench(c: &mut Criterion, provider: &SdkTracerProvider) {
         (
             "tokentrace_keep_dropped",
             app().layer(tokentrace::http::ServerLayer::with_tracer(keep.tracer("tokentrace"))),
+            &none,
+            "00",
+        ),
+        (
+            "tokentrace_keep_kept",
+            app().layer(tokentrace::http::ServerLayer::with_tracer(kept.tracer("tokentrace"))),
             &none,
             "00",
         ),
@@ -147,6 +161,7 @@ fn main() {
     support::print_overhead_ratio(GROUP, "bare", "tokentrace_default", "tokentrace");
     // Budget: a request dropped in keep mode costs no more than one sampled and exported.
     support::print_overhead_ratio(GROUP, "bare", "tokentrace_keep_dropped", "tokentrace");
+    support::print_overhead_ratio(GROUP, "bare", "tokentrace_keep_kept", "tokentrace");
     support::print_overhead_ratio(GROUP, "bare", "tokentrace_sampled_out", "tokentrace");
     let _ = provider.shutdown();
 }

@@ -4,7 +4,9 @@
 //!   and its caller keeps its own part too, whatever its own rules say;
 //! - **down**: a caller that keeps a trace tells every peer it called for that trace (a notice
 //!   the transport sends after the call); a peer keeps its part if it still holds it (in its
-//!   grace buffer, or not yet ended).
+//!   grace buffer, or not yet ended). A caller announces it will send notices with
+//!   [`WILL_TELL`] in the request's metadata or headers: only such a request's part waits for
+//!   one after it ended, so a caller without keep rules costs its callee nothing.
 //!
 //! Global, as the tracer provider is: the transports are built without a handle to the
 //! telemetry that `telemetry::init` sets up, and the two meet only at a trace id. The keep
@@ -18,6 +20,12 @@ use std::sync::{Arc, PoisonError, RwLock};
 use opentelemetry::trace::TraceId;
 
 use crate::propagation::{names::TRACEPARENT, Carrier, TraceParent};
+
+/// The metadata entry (or header) by which a caller with keep rules announces that it will
+/// tell the callee if it keeps the request's trace.
+pub(crate) const WILL_TELL: &str = "tokentrace-keep";
+/// Its value.
+pub(crate) const WILL_TELL_VALUE: &str = "notify";
 
 /// Decisions remembered of each kind: more than the requests a process has in flight.
 pub(crate) const REMEMBERED: usize = 4096;
@@ -60,6 +68,9 @@ pub(crate) trait Decisions: Send + Sync + fmt::Debug {
     fn told(&self, trace_id: TraceId, rule: &str);
     /// This process called `callee` for `trace_id`: tell it if the trace is kept here.
     fn calling(&self, trace_id: TraceId, callee: &Callee);
+    /// The caller of this process's part of `trace_id` will tell if it keeps the trace: hold
+    /// the part a grace time after it ends.
+    fn caller_will_tell(&self, trace_id: TraceId);
 }
 
 static INSTALLED: RwLock<Option<Arc<dyn Decisions>>> = RwLock::new(None);
@@ -87,6 +98,18 @@ pub(crate) fn trace_of<C: Carrier + ?Sized>(carrier: &C) -> Option<TraceId> {
     }
     let traceparent = TraceParent::parse(carrier.get_single(TRACEPARENT)?).ok()?;
     Some(traceparent.trace_id())
+}
+
+/// The trace of a request this process serves (as [`trace_of`]), noting whether its caller
+/// announced it will tell its decision.
+pub(crate) fn served<C: Carrier + ?Sized>(carrier: &C) -> Option<TraceId> {
+    let trace_id = trace_of(carrier)?;
+    if carrier.get_single(WILL_TELL) == Some(WILL_TELL_VALUE.as_bytes()) {
+        if let Some(decisions) = installed() {
+            decisions.caller_will_tell(trace_id);
+        }
+    }
+    Some(trace_id)
 }
 
 /// The rule that kept `trace_id` here, if the installed keep rules kept it.

@@ -210,7 +210,13 @@ impl<S, T> ClientService<S, T> {
         if trace_id == TraceId::INVALID {
             return None;
         }
-        request.headers_mut().insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        let headers = request.headers_mut();
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        // The server waits for this process's decision.
+        headers.insert(
+            http::HeaderName::from_static(decisions::WILL_TELL),
+            http::HeaderValue::from_static(decisions::WILL_TELL_VALUE),
+        );
         if let Some(callee) = keep::callee(&self.inner, request.uri()) {
             decisions::calling(Some(trace_id), &callee);
         }

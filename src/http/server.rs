@@ -381,9 +381,10 @@ where
         };
         request.extensions_mut().insert(scope.context().clone());
         // With keep rules, the response's trailers say whether this process kept the trace.
-        let keep = decisions::active()
-            .then(|| scope.context().span().span_context().trace_id())
-            .filter(|trace_id| *trace_id != TraceId::INVALID)
+        // (A public endpoint's trace is its own, not the caller's: no decisions cross it.)
+        let keep = (!self.layer.public_endpoint)
+            .then(|| decisions::served(request.headers()))
+            .flatten()
             .map(|trace_id| (grpc::Side::Server, trace_id));
         let inner = {
             let _attached = scope.attach();

@@ -112,6 +112,8 @@ struct Memory {
     told: Remembered<Arc<str>>,
     /// The peers this process called for them.
     callees: Remembered<Vec<Callee>>,
+    /// Their callers said they will tell their decision.
+    callers: Remembered<()>,
 }
 
 impl fmt::Debug for Keeper {
@@ -174,16 +176,17 @@ impl Keeper {
     }
 
     /// Decides the trace of `spans`, whose spans here have all ended: kept when a peer kept it
-    /// or a rule matches here; else, if a caller in another process may still keep it, held
+    /// or a rule matches here; else, if its caller said it will tell its own decision, held
     /// for the grace time; else dropped.
     fn decide(&self, spans: Vec<SpanData>, held: &mut OpenTraces, now: Instant, out: &mut Decided) {
         let Some(trace_id) = spans.first().map(|span| span.span_context.trace_id()) else { return };
-        let told = self.memory().told.get(trace_id).cloned();
+        let (told, caller_will_tell) = {
+            let mut memory = self.memory();
+            (memory.told.get(trace_id).cloned(), memory.callers.take(trace_id).is_some())
+        };
         match told.or_else(|| self.rules.matched(&spans).map(Arc::from)) {
             Some(rule) => self.keep(trace_id, spans, rule, out),
-            None if !self.limits.grace.is_zero() && spans.iter().any(|span| span.parent_span_is_remote) => {
-                held.wait(trace_id, spans, now);
-            }
+            None if caller_will_tell && !self.limits.grace.is_zero() => held.wait(trace_id, spans, now),
             None => self.discard(spans, out),
         }
     }
@@ -315,6 +318,10 @@ impl Decisions for Keeper {
         if let Some(rule) = kept {
             callee.tell(trace_id, &rule);
         }
+    }
+
+    fn caller_will_tell(&self, trace_id: TraceId) {
+        self.memory().callers.entry(trace_id, || ());
     }
 }
 

@@ -15,15 +15,26 @@ pub(crate) struct OpenTraces {
     /// Spans started and not yet ended, per trace.
     open: HashMap<TraceId, usize>,
     /// Ended spans held, per trace.
-    held: HashMap<TraceId, Vec<SpanData>>,
-    /// Traces with held spans, oldest first, for the bounds.
-    order: VecDeque<TraceId>,
+    held: HashMap<TraceId, Held>,
+    /// Traces as they began to be held, oldest first, for the bounds. An entry whose hold has
+    /// been taken since is skipped when it comes up (and swept when they outnumber the live),
+    /// so taking a trace never searches this.
+    order: VecDeque<(u64, TraceId)>,
     /// Traces whose spans here have all ended, held for a peer's decision, with when each
-    /// began to wait, oldest first.
-    waiting: VecDeque<(Instant, TraceId)>,
+    /// began to wait, oldest first (stale entries skipped as in `order`).
+    waiting: VecDeque<(Instant, u64, TraceId)>,
+    /// Numbers each hold, so that an entry of `order` or `waiting` names one hold, not a trace.
+    holds: u64,
     /// Spans held, and about the memory they hold.
     spans: usize,
     bytes: usize,
+}
+
+#[derive(Debug)]
+struct Held {
+    spans: Vec<SpanData>,
+    /// Which hold this is (see `OpenTraces::holds`).
+    hold: u64,
 }
 
 impl OpenTraces {
@@ -47,34 +58,46 @@ impl OpenTraces {
             }
         };
         if hold {
-            let spans = self.held.entry(trace_id).or_default();
-            if spans.is_empty() {
-                self.order.push_back(trace_id);
-            }
-            self.bytes += size(&span);
-            self.spans += 1;
-            spans.push(span);
+            self.hold(trace_id, vec![span]);
         }
         if still_open {
             return None;
         }
-        self.forget_order(trace_id);
         Some(self.take(trace_id))
     }
 
-    fn forget_order(&mut self, trace_id: TraceId) {
-        // Traces mostly end in the order they started: the search stops near the front.
-        if let Some(at) = self.order.iter().position(|id| *id == trace_id) {
-            self.order.remove(at);
+    /// Adds `spans` to what is held of `trace_id`.
+    fn hold(&mut self, trace_id: TraceId, spans: Vec<SpanData>) -> u64 {
+        self.spans += spans.len();
+        self.bytes += spans.iter().map(size).sum::<usize>();
+        let next = self.holds;
+        let held = self.held.entry(trace_id).or_insert_with(|| Held { spans: Vec::new(), hold: next });
+        held.spans.extend(spans);
+        let hold = held.hold;
+        if hold == next {
+            self.holds += 1;
+            self.order.push_back((next, trace_id));
+            if self.order.len() > 2 * self.held.len() + 1024 {
+                let held = &self.held;
+                self.order.retain(|(hold, id)| held.get(id).is_some_and(|h| h.hold == *hold));
+            }
         }
+        hold
+    }
+
+    /// Whether `hold` of `trace_id` is still held.
+    fn holds(&self, hold: u64, trace_id: TraceId) -> bool {
+        self.held.get(&trace_id).is_some_and(|held| held.hold == hold)
     }
 
     /// The oldest held traces, taken while `over(spans, bytes)` says the holdings are too large.
     pub(crate) fn evict_while(&mut self, over: impl Fn(usize, usize) -> bool) -> Vec<Vec<SpanData>> {
         let mut evicted = Vec::new();
         while over(self.spans, self.bytes) {
-            let Some(oldest) = self.order.pop_front() else { break };
-            evicted.push(self.take(oldest));
+            let Some((hold, oldest)) = self.order.pop_front() else { break };
+            if self.holds(hold, oldest) {
+                evicted.push(self.take(oldest));
+            }
         }
         evicted
     }
@@ -86,14 +109,12 @@ impl OpenTraces {
         if spans.is_empty() {
             return;
         }
-        self.spans += spans.len();
-        self.bytes += spans.iter().map(size).sum::<usize>();
-        let held = self.held.entry(trace_id).or_default();
-        if held.is_empty() {
-            self.order.push_back(trace_id);
+        let hold = self.hold(trace_id, spans);
+        self.waiting.push_back((now, hold, trace_id));
+        if self.waiting.len() > 2 * self.held.len() + 1024 {
+            let held = &self.held;
+            self.waiting.retain(|(_, hold, id)| held.get(id).is_some_and(|h| h.hold == *hold));
         }
-        held.extend(spans);
-        self.waiting.push_back((now, trace_id));
     }
 
     /// The spans of `trace_id` if it is waiting (complete here and held).
@@ -101,22 +122,21 @@ impl OpenTraces {
         if self.open.contains_key(&trace_id) || !self.held.contains_key(&trace_id) {
             return None;
         }
-        self.forget_order(trace_id);
         Some(self.take(trace_id))
     }
 
     /// The traces that began to wait before `since` and still wait, oldest first.
     pub(crate) fn waited(&mut self, since: Instant) -> Vec<Vec<SpanData>> {
         let mut done = Vec::new();
-        while let Some(&(began, trace_id)) = self.waiting.front() {
+        while let Some(&(began, hold, trace_id)) = self.waiting.front() {
             if began >= since {
                 break;
             }
             self.waiting.pop_front();
-            // Taken already (a peer's decision, a bound), or open again (another call of
-            // the same trace, decided at its own end): nothing to do here.
-            if let Some(spans) = self.take_waiting(trace_id) {
-                done.push(spans);
+            // Taken already (a peer's decision, a bound), or open again (another call of the
+            // same trace, decided at its own end): nothing to do here.
+            if self.holds(hold, trace_id) && !self.open.contains_key(&trace_id) {
+                done.push(self.take(trace_id));
             }
         }
         done
@@ -126,12 +146,17 @@ impl OpenTraces {
     pub(crate) fn drain(&mut self) -> Vec<Vec<SpanData>> {
         self.open.clear();
         self.waiting.clear();
-        let order = std::mem::take(&mut self.order);
-        order.into_iter().map(|trace_id| self.take(trace_id)).collect()
+        let mut drained = Vec::new();
+        for (hold, trace_id) in std::mem::take(&mut self.order) {
+            if self.holds(hold, trace_id) {
+                drained.push(self.take(trace_id));
+            }
+        }
+        drained
     }
 
     fn take(&mut self, trace_id: TraceId) -> Vec<SpanData> {
-        let spans = self.held.remove(&trace_id).unwrap_or_default();
+        let spans = self.held.remove(&trace_id).map(|held| held.spans).unwrap_or_default();
         self.spans -= spans.len();
         self.bytes -= spans.iter().map(size).sum::<usize>();
         spans

@@ -155,9 +155,14 @@ impl Client {
         let endpoint = request.endpoint();
         subject::check(endpoint, "endpoint").map_err(RpcError::Malformed)?;
         let subject = format!("{}.{endpoint}", self.subject);
-        let trace = decisions::trace_of(&request.metadata);
+        let mut metadata = request.metadata;
+        let trace = decisions::trace_of(&metadata);
+        if trace.is_some() {
+            // This process has keep rules: the worker waits for its decision.
+            metadata.append(decisions::WILL_TELL, decisions::WILL_TELL_VALUE);
+        }
         // The caller's window rides with the metadata, as one more header.
-        let (headers, headers_len) = headers_of(&request.metadata, self.stream_window)?;
+        let (headers, headers_len) = headers_of(&metadata, self.stream_window)?;
         let size = headers_len + request.payload.len();
         let max = self.nats.max_payload();
         if size > max {

@@ -446,7 +446,7 @@ async fn handle<S, St>(
         Ok(request_and_window) => request_and_window,
         Err(error) => return replies.fail(error.to_string()).await,
     };
-    let trace = decisions::trace_of(&request.metadata);
+    let trace = decisions::served(&request.metadata);
     let mut beats = interval_at(Instant::now() + heartbeat, heartbeat);
     beats.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let called = async {

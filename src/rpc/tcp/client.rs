@@ -211,14 +211,15 @@ impl Client {
     /// Registers a new stream for `request`: its encoded frame and its response items.
     fn open(&self, request: Request<Bytes>) -> Result<(Bytes, ResponseStream), RpcError> {
         let stream = self.shared.next_stream.fetch_add(1, Ordering::Relaxed);
-        let trace = decisions::trace_of(&request.metadata);
-        decisions::calling(trace, &self.shared.callee);
-        let frame = Frame::Request {
-            stream,
-            endpoint: request.endpoint().to_owned(),
-            metadata: request.metadata,
-            payload: request.payload,
-        };
+        let endpoint = request.endpoint().to_owned();
+        let mut metadata = request.metadata;
+        let trace = decisions::trace_of(&metadata);
+        if trace.is_some() {
+            // This process has keep rules: the worker waits for its decision.
+            metadata.append(decisions::WILL_TELL, decisions::WILL_TELL_VALUE);
+            decisions::calling(trace, &self.shared.callee);
+        }
+        let frame = Frame::Request { stream, endpoint, metadata, payload: request.payload };
         let bytes = self.shared.codec.encode_to_bytes(&frame)?;
         let (sender, items) = mpsc::unbounded_channel();
         {

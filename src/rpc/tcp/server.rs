@@ -402,7 +402,7 @@ where
     St: Stream<Item = Result<Bytes, RpcError>>,
 {
     let stream = sender.stream;
-    let trace = decisions::trace_of(&request.metadata);
+    let trace = decisions::served(&request.metadata);
     let mut guard = StreamGuard { sender, finished: false };
     if let Err(error) = poll_fn(|cx| service.poll_ready(cx)).await {
         return guard.fail(error.to_string()).await;

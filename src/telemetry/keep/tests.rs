@@ -52,9 +52,14 @@ impl Setup {
         cx.span().end();
     }
 
-    /// A worker's part of a request its caller in another process made: a server span with
-    /// a remote parent and one child; returns the trace.
+    /// A worker's part of a request its caller in another process made, the caller having
+    /// said it will tell its decision: a server span with a remote parent and one child;
+    /// returns the trace.
     fn served(&self, failed: bool) -> TraceId {
+        self.served_for(failed, true)
+    }
+
+    fn served_for(&self, failed: bool, caller_will_tell: bool) -> TraceId {
         let tracer = self.provider.tracer("t");
         let caller = SpanContext::new(
             TraceId::from(fastrand::u128(1..)),
@@ -63,6 +68,9 @@ impl Setup {
             true,
             TraceState::NONE,
         );
+        if caller_will_tell {
+            self.decisions.caller_will_tell(caller.trace_id());
+        }
         let cx = Context::new().with_remote_span_context(caller.clone());
         let cx = cx.with_span(tracer.start_with_context("handle_payload", &cx));
         let mut child = tracer.start_with_context("decode", &cx);
@@ -229,6 +237,15 @@ fn a_finished_part_waits_for_its_callers_decision() {
     assert_eq!(setup.decisions.kept(trace).as_deref(), Some("duration>30000ms"));
     setup.decisions.told(trace, "cancelled");
     assert_eq!(setup.exported().len(), 2, "a second notice changes nothing");
+}
+
+#[test]
+fn a_part_whose_caller_will_not_tell_is_dropped_at_once() {
+    let setup = setup("error", 0.0, true, PATIENT);
+    setup.served_for(false, false);
+    assert_eq!(setup.exported().len(), 1, "its summary, at once");
+    setup.served_for(true, false);
+    assert_eq!(setup.exported().len(), 3, "a part a rule keeps, at once");
 }
 
 #[test]
