@@ -26,6 +26,9 @@ use tracing::Dispatch;
 
 mod support;
 
+#[path = "../examples/serve/demo/receiver.rs"]
+mod receiver;
+
 const GROUP: &str = "server_layer";
 
 fn app() -> Router {
@@ -75,14 +78,13 @@ fn bench(c: &mut Criterion, provider: &SdkTracerProvider) {
     // it is recorded, held until the request ends, and dropped (no rule matches).
     let head = telemetry(&[]);
     let keep = telemetry(&[("TOKENTRACE_TRACES_KEEP", "error,cancelled,ttft>500ms")]);
-    // A request a rule keeps: held, decided, then handed to a batch exporter (whose exports,
-    // every 5 s, to a port nobody listens on, fail off the request path).
-    let kept = telemetry(&[
-        ("OTEL_EXPORT_ENABLED", "true"),
-        ("OTEL_TRACES_EXPORTER", "otlp"),
-        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9"),
-        ("TOKENTRACE_TRACES_KEEP", "duration>0ms"),
-    ]);
+    // Exported over OTLP to a receiver in this process: a request a rule keeps (held, decided,
+    // then exported) beside a sampled one exported the same way.
+    let receiver_runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let receiver = receiver_runtime.block_on(receiver::grpc());
+    let exported = support::exporting_traces_to(receiver.endpoint(), &[]);
+    let kept = support::exporting_traces_to(receiver.endpoint(), &[("TOKENTRACE_TRACES_KEEP", "duration>0ms")]);
     let (defaults, lean) = subscribers(provider);
     let none = Dispatch::none();
     let otel_axum = || app().layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default());
@@ -91,7 +93,7 @@ fn bench(c: &mut Criterion, provider: &SdkTracerProvider) {
             TraceLayer::new_for_http().make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO)),
         )
     };
-    let variants: [(&str, Router, &Dispatch, &str); 10] = [
+    let variants: [(&str, Router, &Dispatch, &str); 11] = [
         ("bare", app(), &none, "01"),
         (
             "tokentrace",
@@ -112,6 +114,12 @@ fn bench(c: &mut Criterion, provider: &SdkTracerProvider) {
             app().layer(tokentrace::http::ServerLayer::with_tracer(keep.tracer("tokentrace"))),
             &none,
             "00",
+        ),
+        (
+            "tokentrace_otlp",
+            app().layer(tokentrace::http::ServerLayer::with_tracer(exported.tracer("tokentrace"))),
+            &none,
+            "01",
         ),
         (
             "tokentrace_keep_kept",
@@ -161,7 +169,7 @@ fn main() {
     support::print_overhead_ratio(GROUP, "bare", "tokentrace_default", "tokentrace");
     // Budget: a request dropped in keep mode costs no more than one sampled and exported.
     support::print_overhead_ratio(GROUP, "bare", "tokentrace_keep_dropped", "tokentrace");
-    support::print_overhead_ratio(GROUP, "bare", "tokentrace_keep_kept", "tokentrace");
+    support::print_overhead_ratio(GROUP, "bare", "tokentrace_keep_kept", "tokentrace_otlp");
     support::print_overhead_ratio(GROUP, "bare", "tokentrace_sampled_out", "tokentrace");
     let _ = provider.shutdown();
 }
