@@ -84,7 +84,8 @@ fn bench(c: &mut Criterion, provider: &SdkTracerProvider) {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let receiver = receiver_runtime.block_on(receiver::grpc());
     let exported = support::exporting_traces_to(receiver.endpoint(), &[]);
-    let kept = support::exporting_traces_to(receiver.endpoint(), &[("TOKENTRACE_TRACES_KEEP", "duration>0ms")]);
+    let kept =
+        support::exporting_traces_to(receiver.endpoint(), &[("TOKENTRACE_TRACES_KEEP", "duration>0ms")]);
     let (defaults, lean) = subscribers(provider);
     let none = Dispatch::none();
     let otel_axum = || app().layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default());

@@ -13,7 +13,6 @@
 //! rules' span processor implements [`Decisions`]; with no keep rules nothing is installed and
 //! the transports skip all of this at the cost of one read lock per call.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -27,14 +26,11 @@ pub(crate) const WILL_TELL: &str = "tokentrace-keep";
 /// Its value.
 pub(crate) const WILL_TELL_VALUE: &str = "notify";
 
-/// Decisions remembered of each kind: more than the requests a process has in flight.
-pub(crate) const REMEMBERED: usize = 4096;
-
 /// Tells one peer this process called that the trace it served was kept, by a rule: a
 /// transport makes one per connection (TCP) or per worker (NATS), and sends the notice
 /// without waiting (it may run inside a span's end).
 #[derive(Clone)]
-pub(crate) struct Callee(Arc<Tell>);
+pub(crate) struct Callee(#[cfg_attr(not(feature = "telemetry"), allow(dead_code))] Arc<Tell>);
 
 type Tell = dyn Fn(TraceId, &str) + Send + Sync;
 
@@ -44,11 +40,13 @@ impl Callee {
     }
 
     /// Tells the peer that `trace_id` was kept by `rule`.
+    #[cfg_attr(not(feature = "telemetry"), allow(dead_code))]
     pub(crate) fn tell(&self, trace_id: TraceId, rule: &str) {
         (self.0)(trace_id, rule);
     }
 
     /// Whether both tell the same peer.
+    #[cfg_attr(not(feature = "telemetry"), allow(dead_code))]
     pub(crate) fn same(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
@@ -128,66 +126,5 @@ pub(crate) fn kept_by_peer(trace_id: Option<TraceId>, rule: &str) {
 pub(crate) fn calling(trace_id: Option<TraceId>, callee: &Callee) {
     if let (Some(decisions), Some(trace_id)) = (installed(), trace_id) {
         decisions.calling(trace_id, callee);
-    }
-}
-
-/// A bounded memory of something per trace: the most recent [`REMEMBERED`] traces.
-#[derive(Debug)]
-pub(crate) struct Remembered<V> {
-    values: HashMap<TraceId, V>,
-    order: VecDeque<TraceId>,
-}
-
-impl<V> Default for Remembered<V> {
-    fn default() -> Self {
-        Self { values: HashMap::new(), order: VecDeque::new() }
-    }
-}
-
-impl<V> Remembered<V> {
-    /// The value for `trace_id`, made by `new` if there is none (forgetting the oldest trace
-    /// past the bound).
-    pub(crate) fn entry(&mut self, trace_id: TraceId, new: impl FnOnce() -> V) -> &mut V {
-        if !self.values.contains_key(&trace_id) {
-            while self.order.len() >= REMEMBERED {
-                if let Some(oldest) = self.order.pop_front() {
-                    self.values.remove(&oldest);
-                }
-            }
-            self.order.push_back(trace_id);
-        }
-        self.values.entry(trace_id).or_insert_with(new)
-    }
-
-    pub(crate) fn get(&self, trace_id: TraceId) -> Option<&V> {
-        self.values.get(&trace_id)
-    }
-
-    /// Takes the value for `trace_id` (its place in the order is freed when it comes up).
-    pub(crate) fn take(&mut self, trace_id: TraceId) -> Option<V> {
-        let value = self.values.remove(&trace_id)?;
-        if let Some(at) = self.order.iter().rposition(|id| *id == trace_id) {
-            self.order.remove(at);
-        }
-        Some(value)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_most_recent_traces_are_remembered() {
-        let mut kept = Remembered::default();
-        for n in 0..REMEMBERED as u128 + 10 {
-            *kept.entry(TraceId::from(n + 1), || "") = "error";
-        }
-        assert_eq!(kept.get(TraceId::from(1)), None, "the oldest forgotten");
-        assert_eq!(kept.get(TraceId::from(REMEMBERED as u128 + 10)), Some(&"error"));
-        assert_eq!(kept.take(TraceId::from(REMEMBERED as u128 + 10)), Some("error"));
-        assert_eq!(kept.get(TraceId::from(REMEMBERED as u128 + 10)), None);
-        *kept.entry(TraceId::from(1), || "") = "cancelled";
-        assert_eq!(kept.values.len(), REMEMBERED, "taking one made room for another");
     }
 }

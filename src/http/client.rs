@@ -47,6 +47,12 @@ use crate::DefaultTracer;
 /// (trailers-only) or the trailers when the body ends; any code but OK marks the span failed.
 /// The trace context and request ids travel as gRPC metadata.
 ///
+/// With keep rules installed (`TOKENTRACE_TRACES_KEEP`), each call also asks for trailers
+/// (`te: trailers`) and says the process will tell its decision (`tokentrace-keep: notify`); a
+/// `tokentrace-kept-by` trailer keeps this process's part of the trace, and if this process
+/// keeps the trace later, a notice goes to the server through a clone of the inner service
+/// (hence `S: Clone` and a `Default` request body).
+///
 /// ```
 /// use http_body_util::Empty;
 /// use hyper_util::{client::legacy::Client, rt::TokioExecutor};

@@ -84,6 +84,11 @@ type Filter = Arc<dyn Fn(&http::Method, &http::Uri) -> bool + Send + Sync>;
 /// stream ends; only UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE and
 /// DATA_LOSS mark the span failed. A caller that drops a stream ends it as cancelled.
 ///
+/// With keep rules installed (`TOKENTRACE_TRACES_KEEP`), a response announces and ends with a
+/// `tokentrace-kept-by` trailer when this process kept the request's trace, and the layer
+/// answers a caller's keep notice (`POST /.well-known/tokentrace/kept`, 204) itself, without
+/// calling the service (hence a `Default` response body).
+///
 /// `ServerLayer::default()` starts each span with the global tracer provider installed at that
 /// moment ([`DefaultTracer`]), so it may be built before or after `telemetry::init`;
 /// [`ServerLayer::with_tracer`] takes any other tracer.
@@ -182,7 +187,9 @@ where
 
     /// For a service exposed to the public: an inbound trace context is not trusted. Each
     /// request starts a new trace whose root span links to the caller's context, the caller's
-    /// sampled flag is not obeyed, and inbound baggage is dropped.
+    /// sampled flag is not obeyed, and inbound baggage is dropped. With keep rules, no keep
+    /// decision crosses it either way: the caller's notices reach the application (an unknown
+    /// path) and the response carries no `tokentrace-kept-by` trailer.
     ///
     /// ```
     /// use tokentrace::http::ServerLayer;

@@ -8,8 +8,8 @@
 //! Each process decides on what it saw, and a decision travels both ways along the calls of the
 //! trace (`crate::decisions`): a worker that keeps says so in its reply's end, and its caller
 //! keeps its part too; a caller that keeps sends a notice to every peer it called for the
-//! trace. So that a notice finds something to keep, a trace dropped here whose local root was
-//! called from another process (a remote parent) waits a grace time before it is dropped.
+//! trace. So that a notice finds something to keep, a trace no rule kept here, whose caller
+//! announced it will tell its decision, waits a grace time before it is dropped.
 //!
 //! Held spans, waiting ones included, are bounded in count and bytes: past a bound the oldest
 //! undecided trace is decided as the head sampler decided it (dropped), and counted.
@@ -28,9 +28,12 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 
 use super::open_traces::OpenTraces;
-use crate::decisions::{Callee, Decisions, Remembered};
+use crate::decisions::{Callee, Decisions};
 
+mod remembered;
 mod rules;
+
+use remembered::Remembered;
 
 #[cfg(test)]
 use rules::attribute;
