@@ -300,3 +300,45 @@ fn head_sampled(span: &ReceivedSpan) -> bool {
 fn names(spans: &[ReceivedSpan]) -> Vec<(&str, &str)> {
     spans.iter().map(|s| (s.span.name.as_str(), s.service.as_str())).collect()
 }
+
+/// Summary mode at ratio 0 with `duration>300ms`: every ordinary request still arrives, as its
+/// local roots alone (one per process, marked `tokentrace.summary`), found by its request id;
+/// the long one arrives whole, unmarked as a summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_summary_mode_every_request_is_found_by_its_id() {
+    let receiver = receiver::grpc().await;
+    let mut deployment = Deployment::start(false, None, |service| {
+        let mut env = keep_env(&receiver, service, "0", "duration>300ms");
+        env.push(("TOKENTRACE_TRACES_SUMMARY".to_owned(), "true".to_owned()));
+        env
+    });
+    for n in 0..5 {
+        demo::stream_chat(deployment.frontend, &format!("ordinary-{n}"), "hi", 2).await.unwrap();
+    }
+    demo::stream_chat(deployment.frontend, "long", "hi", 20).await.unwrap();
+    deployment.stop().await; // the worker's summaries wait for its caller until then
+    let mut ids: Vec<String> = (0..5).map(|n| format!("ordinary-{n}")).collect();
+    ids.push("long".to_owned());
+    demo::wait_for_traces(&receiver.received, &ids, 2).await;
+    for id in &ids[..5] {
+        let spans = demo::trace_of(&receiver.received, id);
+        let mut roots = names(&spans);
+        roots.sort();
+        assert_eq!(
+            roots,
+            [("handle_payload", "dynamo-worker-vllm"), ("http-request", "dynamo-frontend")],
+            "{id}"
+        );
+        for span in &spans {
+            assert_eq!(attr(span, "tokentrace.summary").as_deref(), Some("true"), "{id}");
+        }
+        assert_eq!(
+            attr(one(&spans, "handle_payload", "dynamo-worker-vllm"), "x_request_id").as_deref(),
+            Some(id.as_str())
+        );
+    }
+    let long = demo::trace_of(&receiver.received, "long");
+    assert_eq!(long.len(), 6, "whole: {:?}", names(&long));
+    assert!(long.iter().all(|span| attr(span, "tokentrace.summary").is_none()));
+    receiver.stop().await;
+}
