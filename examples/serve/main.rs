@@ -18,6 +18,7 @@
 mod demo;
 mod engine;
 mod frontend;
+mod model;
 mod protocol;
 mod transport;
 mod worker;
