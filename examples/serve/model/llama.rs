@@ -79,7 +79,9 @@ impl Llama {
         let (dim, heads) = (count("llama.embedding_length")?, count("llama.attention.head_count")?);
         let kv_heads = count("llama.attention.head_count_kv").unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || dim % heads != 0 || heads % kv_heads != 0 {
-            return Err(EngineError(format!("unsupported attention shape: {heads} heads, {kv_heads} KV heads, width {dim}")));
+            return Err(EngineError(format!(
+                "unsupported attention shape: {heads} heads, {kv_heads} KV heads, width {dim}"
+            )));
         }
         let config = Config {
             layers: count("llama.block_count")?,
@@ -88,8 +90,11 @@ impl Llama {
             kv_heads,
             head_dim: dim / heads,
             context: count("llama.context_length")?,
-            rope_base: meta("llama.rope.freq_base").and_then(|v| v.to_f32().map_err(error("rope base"))).unwrap_or(10_000.0),
-            eps: meta("llama.attention.layer_norm_rms_epsilon")?.to_f32().map_err(error("rms epsilon"))? as f64,
+            rope_base: meta("llama.rope.freq_base")
+                .and_then(|v| v.to_f32().map_err(error("rope base")))
+                .unwrap_or(10_000.0),
+            eps: meta("llama.attention.layer_norm_rms_epsilon")?.to_f32().map_err(error("rms epsilon"))?
+                as f64,
         };
         let device = Device::Cpu;
         let mut tensor = |name: &str, transposed: bool| load(content, reader, name, transposed);
@@ -127,7 +132,8 @@ impl Llama {
     /// An empty cache for one sequence.
     pub fn cache(&self) -> Result<Cache, EngineError> {
         let c = &self.config;
-        let empty = Tensor::zeros((c.kv_heads, 0, c.head_dim), DType::F32, &Device::Cpu).map_err(error("cache"))?;
+        let empty =
+            Tensor::zeros((c.kv_heads, 0, c.head_dim), DType::F32, &Device::Cpu).map_err(error("cache"))?;
         Ok(Cache { keys: vec![empty.clone(); c.layers], values: vec![empty; c.layers], len: 0 })
     }
 
@@ -150,7 +156,9 @@ impl Llama {
         let sin = self.sin.narrow(0, start, t)?;
         let mask = (t > 1).then(|| causal_mask(t, start + t, start)).transpose()?;
         let repeat = c.heads / c.kv_heads;
-        for (layer, (keys, values)) in self.layers.iter().zip(cache.keys.iter_mut().zip(cache.values.iter_mut())) {
+        for (layer, (keys, values)) in
+            self.layers.iter().zip(cache.keys.iter_mut().zip(cache.values.iter_mut()))
+        {
             let h = rms_norm(&x, &layer.attn_norm, c.eps)?;
             let heads = |w: &Tensor, n: usize| -> candle_core::Result<Tensor> {
                 h.matmul(w)?.reshape((t, n, c.head_dim))?.transpose(0, 1)?.contiguous()

@@ -28,8 +28,8 @@ impl Model {
         let content = Content::read(&mut file)
             .map_err(|e| EngineError(format!("{} is not a readable GGUF file: {e}", path.display())))?;
         let tokenizer = ModelTokenizer::from_gguf(&content)?;
-        let llama = Llama::load(&content, &mut file)
-            .map_err(|e| EngineError(format!("{}: {e}", path.display())))?;
+        let llama =
+            Llama::load(&content, &mut file).map_err(|e| EngineError(format!("{}: {e}", path.display())))?;
         Ok(Self { llama, tokenizer })
     }
 }

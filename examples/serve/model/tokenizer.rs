@@ -34,7 +34,10 @@ impl ModelTokenizer {
             meta(key)?.to_string().cloned().map_err(|e| EngineError(format!("{key}: {e}")))
         };
         let list = |key: &str| {
-            meta(key)?.to_vec().map(|values| values.as_slice()).map_err(|e| EngineError(format!("{key}: {e}")))
+            meta(key)?
+                .to_vec()
+                .map(|values| values.as_slice())
+                .map_err(|e| EngineError(format!("{key}: {e}")))
         };
         if text("tokenizer.ggml.model")? != "gpt2" {
             return Err(EngineError("only byte-level BPE (gpt2) tokenizers are supported".into()));
@@ -52,7 +55,8 @@ impl ModelTokenizer {
         let merges = list("tokenizer.ggml.merges")?
             .iter()
             .map(|merge| {
-                let merge = merge.to_string().map_err(|e| EngineError(format!("tokenizer.ggml.merges: {e}")))?;
+                let merge =
+                    merge.to_string().map_err(|e| EngineError(format!("tokenizer.ggml.merges: {e}")))?;
                 let (left, right) = merge
                     .split_once(' ')
                     .ok_or_else(|| EngineError(format!("tokenizer.ggml.merges: {merge:?} is not a pair")))?;
@@ -94,7 +98,8 @@ impl ModelTokenizer {
 
     /// Token ids of `text`, special tokens recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        let encoding = self.tokenizer.encode_fast(text, false).map_err(|e| EngineError(format!("tokenize: {e}")))?;
+        let encoding =
+            self.tokenizer.encode_fast(text, false).map_err(|e| EngineError(format!("tokenize: {e}")))?;
         Ok(encoding.get_ids().to_vec())
     }
 
