@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
+use crate::sampling::argmax;
 use crate::engine::{
-    argmax, kv_bytes, kv_floats, Engine, EngineError, KvState, Weights, DIM, MAX_SEQ, VOCAB,
+    kv_bytes, kv_floats, Engine, EngineError, KvState, Weights, DIM, MAX_SEQ, VOCAB,
 };
 
 /// CUDA C, compiled once at start by NVRTC.
@@ -187,10 +188,6 @@ impl CudaEngine {
         Ok(())
     }
 
-    fn next(&self, kv: &CudaKv, last: u32) -> Result<u32, EngineError> {
-        Ok(argmax(&self.logits(kv, last)?))
-    }
-
     /// The logits after the cached rows, for the query `last`.
     fn logits(&self, kv: &CudaKv, last: u32) -> Result<Vec<f32>, EngineError> {
         let _step = self.launch.lock().map_err(|_| EngineError("engine lock poisoned".into()))?;
@@ -211,21 +208,25 @@ impl CudaEngine {
 impl Engine for CudaEngine {
     type Kv = CudaKv;
 
-    fn name(&self) -> &'static str {
-        "cuda"
+    fn name(&self) -> &str {
+        "cuda (the toy model)"
     }
 
-    fn prefill(&self, prompt: &[u32]) -> Result<(CudaKv, u32), EngineError> {
+    fn context(&self) -> usize {
+        MAX_SEQ
+    }
+
+    fn prefill(&self, prompt: &[u32]) -> Result<(CudaKv, Vec<f32>), EngineError> {
         let last = *prompt.last().ok_or_else(|| EngineError("empty prompt".into()))?;
         let mut kv = self.new_kv()?;
         self.push(&mut kv, prompt)?;
-        let first = self.next(&kv, last)?;
-        Ok((kv, first))
+        let logits = self.logits(&kv, last)?;
+        Ok((kv, logits))
     }
 
-    fn decode_step(&self, kv: &mut CudaKv, last: u32) -> Result<u32, EngineError> {
+    fn decode_step(&self, kv: &mut CudaKv, last: u32) -> Result<Vec<f32>, EngineError> {
         self.push(kv, &[last])?;
-        self.next(kv, last)
+        self.logits(kv, last)
     }
 
     fn kv_from_bytes(&self, bytes: &[u8]) -> Result<CudaKv, EngineError> {
@@ -283,6 +284,7 @@ mod tests {
         let weights = Weights::new();
         let prompt = tokenize("Tell me about tracing LLM inference across a frontend and workers.");
         let (mut kv, first) = cuda.prefill(&prompt).unwrap();
+        let first = argmax(&first);
 
         // KV rows: the kernel against the CPU's rows, one by one.
         let device_rows = kv.to_bytes().unwrap();
@@ -311,8 +313,8 @@ mod tests {
         let (mut cpu_kv, _) = cpu.prefill(&prompt).unwrap();
         let (mut token, mut agreed) = (first, 0);
         for _ in 0..64 {
-            let device_next = cuda.decode_step(&mut kv, token).unwrap();
-            let cpu_next = cpu.decode_step(&mut cpu_kv, token).unwrap();
+            let device_next = argmax(&cuda.decode_step(&mut kv, token).unwrap());
+            let cpu_next = argmax(&cpu.decode_step(&mut cpu_kv, token).unwrap());
             agreed += usize::from(device_next == cpu_next);
             token = device_next;
         }

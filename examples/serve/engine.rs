@@ -1,5 +1,6 @@
-//! Engines: a tiny deterministic "model" that does real work per token, on the CPU or on a
-//! CUDA device. The frontend and workers only see the `Engine` trait.
+//! Engines: what a worker runs. The real model (`crate::model`, SmolLM2 on the CPU) and a toy:
+//! a tiny deterministic "model" that does real work per token, on the CPU or on a CUDA device,
+//! for tests that need speed. The workers only see the `Engine` trait; the frontend tokenizes.
 
 use std::fmt;
 
@@ -39,17 +40,21 @@ pub trait KvState: Send {
     fn to_bytes(&self) -> Result<Vec<u8>, EngineError>;
 }
 
-/// What a worker runs: prefill a prompt, then decode one token at a time.
+/// What a worker runs: prefill a prompt, then decode one token at a time; the worker picks each
+/// token from the logits (greedy or sampled).
 pub trait Engine: Send + Sync + 'static {
     type Kv: KvState;
 
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
 
-    /// Caches the prompt and returns its state and the first generated token.
-    fn prefill(&self, prompt: &[u32]) -> Result<(Self::Kv, u32), EngineError>;
+    /// The longest sequence (prompt and output) it runs.
+    fn context(&self) -> usize;
 
-    /// Caches `last` and returns the next token.
-    fn decode_step(&self, kv: &mut Self::Kv, last: u32) -> Result<u32, EngineError>;
+    /// Caches the prompt and returns its state and the logits of the first token to generate.
+    fn prefill(&self, prompt: &[u32]) -> Result<(Self::Kv, Vec<f32>), EngineError>;
+
+    /// Caches `last` and returns the logits of the next token.
+    fn decode_step(&self, kv: &mut Self::Kv, last: u32) -> Result<Vec<f32>, EngineError>;
 
     /// Rebuilds a cache sent by a prefill worker.
     fn kv_from_bytes(&self, bytes: &[u8]) -> Result<Self::Kv, EngineError>;
@@ -155,15 +160,6 @@ pub fn logits(weights: &Weights, rows: &[f32], query: &[f32]) -> [f32; VOCAB] {
     out
 }
 
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, value) in logits.iter().enumerate() {
-        if *value > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
 
 impl CpuEngine {
     fn push(&self, kv: &mut CpuKv, token: u32) -> Result<(), EngineError> {
@@ -177,19 +173,23 @@ impl CpuEngine {
         Ok(())
     }
 
-    fn next(&self, kv: &CpuKv, last: u32) -> u32 {
-        argmax(&logits(&self.weights, &kv.rows, Weights::row(&self.weights.embed, last)))
+    fn next(&self, kv: &CpuKv, last: u32) -> Vec<f32> {
+        logits(&self.weights, &kv.rows, Weights::row(&self.weights.embed, last)).to_vec()
     }
 }
 
 impl Engine for CpuEngine {
     type Kv = CpuKv;
 
-    fn name(&self) -> &'static str {
-        "cpu"
+    fn name(&self) -> &str {
+        "toy"
     }
 
-    fn prefill(&self, prompt: &[u32]) -> Result<(CpuKv, u32), EngineError> {
+    fn context(&self) -> usize {
+        MAX_SEQ
+    }
+
+    fn prefill(&self, prompt: &[u32]) -> Result<(CpuKv, Vec<f32>), EngineError> {
         if prompt.is_empty() {
             return Err(EngineError("empty prompt".into()));
         }
@@ -201,7 +201,7 @@ impl Engine for CpuEngine {
         Ok((kv, first))
     }
 
-    fn decode_step(&self, kv: &mut CpuKv, last: u32) -> Result<u32, EngineError> {
+    fn decode_step(&self, kv: &mut CpuKv, last: u32) -> Result<Vec<f32>, EngineError> {
         self.push(kv, last)?;
         Ok(self.next(kv, last))
     }

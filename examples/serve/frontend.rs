@@ -20,7 +20,8 @@ use tokentrace::opentelemetry::Context;
 use tokentrace::propagation::RequestIds;
 use tokentrace::rpc::{Request, RpcError};
 
-use crate::engine::tokenize;
+use crate::engine::{detokenize, tokenize, MAX_SEQ};
+use crate::model::{chat_prompt, Detokenizer, ModelTokenizer};
 use crate::protocol::{GenerateRequest, TokenItem, GENERATE};
 use crate::transport::Peer;
 
@@ -29,6 +30,82 @@ pub struct Frontend {
     worker: Peer,
     model: String,
     metrics: FrontendMetrics,
+    preprocessor: Preprocessor,
+}
+
+/// What turns a request into the workers' token ids and their tokens back into text, as an
+/// inference server's frontend does: the real model's tokenizer and chat template, or the toy
+/// engine's one token per character.
+pub enum Preprocessor {
+    Toy,
+    Model { tokenizer: ModelTokenizer, context: usize },
+}
+
+impl Preprocessor {
+    /// The prompt's token ids: a chat's messages through the chat template, a completion's
+    /// prompt as it is.
+    fn tokens(&self, body: &Value, api: Api) -> Result<Vec<u32>, String> {
+        let required = "a non-empty prompt (or messages) is required";
+        let tokens = match (self, api) {
+            (Self::Toy, _) => tokenize(&prompt_of(body, api).filter(|p| !p.is_empty()).ok_or(required)?),
+            (Self::Model { tokenizer, .. }, Api::Completions) => {
+                tokenizer.encode(body["prompt"].as_str().filter(|p| !p.is_empty()).ok_or(required)?)
+                    .map_err(|e| e.to_string())?
+            }
+            (Self::Model { tokenizer, .. }, Api::Chat) => {
+                let messages = body["messages"].as_array().filter(|m| !m.is_empty()).ok_or(required)?;
+                let messages: Vec<(&str, &str)> = messages
+                    .iter()
+                    .map(|m| match (m["role"].as_str(), m["content"].as_str()) {
+                        (Some(role), Some(content)) => Ok((role, content)),
+                        _ => Err("each message needs a role and a text content".to_owned()),
+                    })
+                    .collect::<Result<_, _>>()?;
+                tokenizer.encode(&chat_prompt(messages)).map_err(|e| e.to_string())?
+            }
+        };
+        if tokens.is_empty() {
+            return Err(required.into());
+        }
+        let context = self.context();
+        if tokens.len() >= context {
+            return Err(format!("the prompt is {} tokens: the model's context is {context}", tokens.len()));
+        }
+        Ok(tokens)
+    }
+
+    fn context(&self) -> usize {
+        match self {
+            Self::Toy => MAX_SEQ,
+            Self::Model { context, .. } => *context,
+        }
+    }
+
+    /// Tokens that end an answer.
+    fn stop_tokens(&self) -> Vec<u32> {
+        match self {
+            Self::Toy => Vec::new(),
+            Self::Model { tokenizer, .. } => tokenizer.stop_tokens.clone(),
+        }
+    }
+}
+
+/// Fills each token's text in, in order.
+fn with_text<S>(tokens: S, frontend: Arc<Frontend>) -> impl Stream<Item = Result<TokenItem, RpcError>>
+where
+    S: Stream<Item = Result<TokenItem, RpcError>>,
+{
+    let mut detokenizer = Detokenizer::new();
+    tokens.map(move |item| {
+        let mut token = item?;
+        token.text = match &frontend.preprocessor {
+            Preprocessor::Toy => detokenize(token.token).to_string(),
+            Preprocessor::Model { tokenizer, .. } => {
+                detokenizer.push(tokenizer, token.token).map_err(|e| RpcError::Malformed(e.to_string()))?
+            }
+        };
+        Ok(token)
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -40,11 +117,17 @@ enum Api {
 /// The frontend: the OpenAI routes, traced, and `GET /metrics` (Dynamo's `dynamo_frontend_*`
 /// metrics, with trace exemplars), untraced. A `public_endpoint` trusts no caller's trace context
 /// ([`ServerLayer::public_endpoint`](tokentrace::http::ServerLayer::public_endpoint)).
-pub fn app(worker: Peer, model: String, metrics: FrontendMetrics, public_endpoint: bool) -> Router {
+pub fn app(
+    worker: Peer,
+    model: String,
+    metrics: FrontendMetrics,
+    public_endpoint: bool,
+    preprocessor: Preprocessor,
+) -> Router {
     let layer = tokentrace::http::ServerLayer::default().filter(|_, uri| uri.path() != "/health");
     let layer = if public_endpoint { layer.public_endpoint() } else { layer };
     let routes = metrics.router();
-    let frontend = Arc::new(Frontend { worker, model, metrics });
+    let frontend = Arc::new(Frontend { worker, model, metrics, preprocessor });
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -100,20 +183,35 @@ async fn complete(
     Json(body): Json<Value>,
     api: Api,
 ) -> Response {
-    let Some(prompt) = prompt_of(&body, api).filter(|p| !p.is_empty()) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "a non-empty prompt (or messages) is required",
-        );
-    };
     let model = body["model"].as_str().unwrap_or(&frontend.model).to_owned();
-    // The worker tokenizes the same way, so the count is the one its prefill sees.
-    let prompt_tokens = tokenize(&prompt).len() as u64;
+    if model != frontend.model {
+        let message = format!("the model `{model}` does not exist: this server serves `{}`", frontend.model);
+        return error(StatusCode::NOT_FOUND, "model_not_found", message);
+    }
+    let tokens = match frontend.preprocessor.tokens(&body, api) {
+        Ok(tokens) => tokens,
+        Err(why) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", why),
+    };
+    let prompt_tokens = tokens.len() as u64;
+    let max_tokens = match body["max_completion_tokens"].as_u64().or(body["max_tokens"].as_u64()) {
+        Some(0) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", "max_tokens must be at least 1"),
+        Some(n) => n.min(8192) as u32,
+        None => 16,
+    };
+    let temperature = body["temperature"].as_f64().unwrap_or(1.0);
+    let top_p = body["top_p"].as_f64().unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) || !(top_p > 0.0 && top_p <= 1.0) {
+        let why = "temperature must be within [0, 2] and top_p within (0, 1]";
+        return error(StatusCode::BAD_REQUEST, "invalid_request_error", why);
+    }
     let request = GenerateRequest {
-        prompt,
-        max_tokens: body["max_tokens"].as_u64().unwrap_or(16).clamp(1, 2048) as u32,
+        tokens,
+        max_tokens,
         model,
+        temperature: temperature as f32,
+        top_p: top_p as f32,
+        seed: body["seed"].as_u64(),
+        stop_tokens: frontend.preprocessor.stop_tokens(),
     };
     let stream_response = body["stream"].as_bool().unwrap_or(false);
     let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
@@ -137,6 +235,7 @@ async fn complete(
     };
     let tokens =
         items.map(|item| item.and_then(|bytes| TokenItem::parse(&bytes).map_err(RpcError::Malformed)));
+    let tokens = with_text(tokens, Arc::clone(&frontend));
     // TTFT counts from the request's arrival at the server layer.
     let options = StreamOptions::new().model(request.model.clone()).input_tokens(prompt_tokens);
     let tokens =

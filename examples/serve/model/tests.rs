@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use super::*;
+use crate::sampling::argmax;
 
 /// The model, loaded once for all the tests of this binary; `None` (and a note) without it.
 fn model() -> Option<&'static Model> {

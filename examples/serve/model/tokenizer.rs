@@ -22,9 +22,20 @@ pub struct ModelTokenizer {
     tokenizer: Tokenizer,
     /// `<|im_end|>` and the end-of-text token: generation stops at either.
     pub stop_tokens: Vec<u32>,
+    /// The model's context, in tokens.
+    pub context: usize,
 }
 
 impl ModelTokenizer {
+    /// The tokenizer of the GGUF file at `path` (its metadata only is read).
+    pub fn load(path: &std::path::Path) -> Result<Self, EngineError> {
+        let open = |e: std::io::Error| EngineError(format!("{}: {e}", path.display()));
+        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(open)?);
+        let content = Content::read(&mut file)
+            .map_err(|e| EngineError(format!("{} is not a readable GGUF file: {e}", path.display())))?;
+        Self::from_gguf(&content)
+    }
+
     /// The tokenizer the GGUF metadata describes; an error names what is missing or unsupported.
     pub fn from_gguf(content: &Content) -> Result<Self, EngineError> {
         let meta = |key: &str| {
@@ -93,7 +104,8 @@ impl ModelTokenizer {
             .collect();
         stop_tokens.sort_unstable();
         stop_tokens.dedup();
-        Ok(Self { tokenizer, stop_tokens })
+        let context = id("llama.context_length").unwrap_or(2048) as usize;
+        Ok(Self { tokenizer, stop_tokens, context })
     }
 
     /// Token ids of `text`, special tokens recognised.
@@ -106,11 +118,6 @@ impl ModelTokenizer {
     /// The text of `ids` (special tokens left out).
     pub fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
         self.tokenizer.decode(ids, true).map_err(|e| EngineError(format!("detokenize: {e}")))
-    }
-
-    /// The vocabulary's size.
-    pub fn vocab_size(&self) -> usize {
-        self.tokenizer.get_vocab_size(true)
     }
 }
 
