@@ -21,10 +21,16 @@ mod engine;
 #[path = "../examples/serve/frontend.rs"]
 mod frontend;
 #[allow(dead_code)]
+#[path = "../examples/serve/model/mod.rs"]
+mod model;
+#[allow(dead_code)]
 #[path = "../examples/serve/protocol.rs"]
 mod protocol;
 #[path = "../examples/serve/demo/receiver.rs"]
 mod receiver;
+#[allow(dead_code)]
+#[path = "../examples/serve/sampling.rs"]
+mod sampling;
 #[allow(dead_code)]
 #[path = "../examples/serve/transport.rs"]
 mod transport;
@@ -68,7 +74,8 @@ async fn deployment(step: Duration) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let peer = transport::Transport::Tcp.peer(worker_addr.to_string()).await.unwrap();
-    let app = frontend::app(peer, "bench".into(), tokentrace::metrics::FrontendMetrics::new(), false);
+    let metrics = tokentrace::metrics::FrontendMetrics::new();
+    let app = frontend::app(peer, "bench".into(), metrics, false, frontend::Preprocessor::Toy);
     let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
         let _ = socket.set_nodelay(true);
     });

@@ -7,10 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
-use crate::sampling::argmax;
-use crate::engine::{
-    kv_bytes, kv_floats, Engine, EngineError, KvState, Weights, DIM, MAX_SEQ, VOCAB,
-};
+use crate::engine::{kv_bytes, kv_floats, Engine, EngineError, KvState, Weights, DIM, MAX_SEQ, VOCAB};
 
 /// CUDA C, compiled once at start by NVRTC.
 const KERNELS: &str = r#"
@@ -253,6 +250,7 @@ mod tests {
     //! what the CPU engine computes.
     use super::*;
     use crate::engine::{kv_row, logits, tokenize, CpuEngine};
+    use crate::sampling::argmax;
 
     fn nvrtc() {
         // SAFETY: only loads the library, as the engine itself does.

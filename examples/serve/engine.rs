@@ -160,7 +160,6 @@ pub fn logits(weights: &Weights, rows: &[f32], query: &[f32]) -> [f32; VOCAB] {
     out
 }
 
-
 impl CpuEngine {
     fn push(&self, kv: &mut CpuKv, token: u32) -> Result<(), EngineError> {
         if kv.len() >= MAX_SEQ {

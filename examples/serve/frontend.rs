@@ -20,7 +20,7 @@ use tokentrace::opentelemetry::Context;
 use tokentrace::propagation::RequestIds;
 use tokentrace::rpc::{Request, RpcError};
 
-use crate::engine::{detokenize, tokenize, MAX_SEQ};
+use crate::engine::{detokenize, tokenize};
 use crate::model::{chat_prompt, Detokenizer, ModelTokenizer};
 use crate::protocol::{GenerateRequest, TokenItem, GENERATE};
 use crate::transport::Peer;
@@ -38,7 +38,7 @@ pub struct Frontend {
 /// engine's one token per character.
 pub enum Preprocessor {
     Toy,
-    Model { tokenizer: ModelTokenizer, context: usize },
+    Model(Box<ModelTokenizer>),
 }
 
 impl Preprocessor {
@@ -48,11 +48,10 @@ impl Preprocessor {
         let required = "a non-empty prompt (or messages) is required";
         let tokens = match (self, api) {
             (Self::Toy, _) => tokenize(&prompt_of(body, api).filter(|p| !p.is_empty()).ok_or(required)?),
-            (Self::Model { tokenizer, .. }, Api::Completions) => {
-                tokenizer.encode(body["prompt"].as_str().filter(|p| !p.is_empty()).ok_or(required)?)
-                    .map_err(|e| e.to_string())?
-            }
-            (Self::Model { tokenizer, .. }, Api::Chat) => {
+            (Self::Model(tokenizer), Api::Completions) => tokenizer
+                .encode(body["prompt"].as_str().filter(|p| !p.is_empty()).ok_or(required)?)
+                .map_err(|e| e.to_string())?,
+            (Self::Model(tokenizer), Api::Chat) => {
                 let messages = body["messages"].as_array().filter(|m| !m.is_empty()).ok_or(required)?;
                 let messages: Vec<(&str, &str)> = messages
                     .iter()
@@ -67,25 +66,24 @@ impl Preprocessor {
         if tokens.is_empty() {
             return Err(required.into());
         }
-        let context = self.context();
-        if tokens.len() >= context {
-            return Err(format!("the prompt is {} tokens: the model's context is {context}", tokens.len()));
+        // (The toy's workers enforce its limit themselves: tests use that to fail at a worker.)
+        if let Self::Model(tokenizer) = self {
+            let context = tokenizer.context;
+            if tokens.len() >= context {
+                return Err(format!(
+                    "the prompt is {} tokens: the model's context is {context}",
+                    tokens.len()
+                ));
+            }
         }
         Ok(tokens)
-    }
-
-    fn context(&self) -> usize {
-        match self {
-            Self::Toy => MAX_SEQ,
-            Self::Model { context, .. } => *context,
-        }
     }
 
     /// Tokens that end an answer.
     fn stop_tokens(&self) -> Vec<u32> {
         match self {
             Self::Toy => Vec::new(),
-            Self::Model { tokenizer, .. } => tokenizer.stop_tokens.clone(),
+            Self::Model(tokenizer) => tokenizer.stop_tokens.clone(),
         }
     }
 }
@@ -100,7 +98,7 @@ where
         let mut token = item?;
         token.text = match &frontend.preprocessor {
             Preprocessor::Toy => detokenize(token.token).to_string(),
-            Preprocessor::Model { tokenizer, .. } => {
+            Preprocessor::Model(tokenizer) => {
                 detokenizer.push(tokenizer, token.token).map_err(|e| RpcError::Malformed(e.to_string()))?
             }
         };
@@ -194,13 +192,16 @@ async fn complete(
     };
     let prompt_tokens = tokens.len() as u64;
     let max_tokens = match body["max_completion_tokens"].as_u64().or(body["max_tokens"].as_u64()) {
-        Some(0) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", "max_tokens must be at least 1"),
+        Some(0) => {
+            return error(StatusCode::BAD_REQUEST, "invalid_request_error", "max_tokens must be at least 1")
+        }
         Some(n) => n.min(8192) as u32,
         None => 16,
     };
     let temperature = body["temperature"].as_f64().unwrap_or(1.0);
     let top_p = body["top_p"].as_f64().unwrap_or(1.0);
-    if !(0.0..=2.0).contains(&temperature) || !(top_p > 0.0 && top_p <= 1.0) {
+    let valid = (0.0..=2.0).contains(&temperature) && top_p > 0.0 && top_p <= 1.0;
+    if !valid {
         let why = "temperature must be within [0, 2] and top_p within (0, 1]";
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", why);
     }

@@ -336,8 +336,7 @@ async fn run_frontend(args: &FrontendArgs) -> Result<(), String> {
         EngineKind::Cpu => {
             let path = args.model.locate()?;
             let tokenizer = model::ModelTokenizer::load(&path).map_err(|e| e.to_string())?;
-            let context = tokenizer.context;
-            frontend::Preprocessor::Model { tokenizer, context }
+            frontend::Preprocessor::Model(Box::new(tokenizer))
         }
         EngineKind::Toy | EngineKind::Cuda => frontend::Preprocessor::Toy,
     };

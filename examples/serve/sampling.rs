@@ -13,7 +13,9 @@ impl Sampler {
     /// `temperature` (0: greedy), `top_p` in (0, 1], `seed` (none: a random one).
     pub fn new(temperature: f32, top_p: f32, seed: Option<u64>) -> Self {
         let seed = seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
         });
         // splitmix64 of the seed: a well-mixed, non-zero start for the xorshift below.
         let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -86,14 +88,12 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn temperature_zero_is_greedy_and_a_seed_repeats() {
         let logits = [0.1, 2.0, 1.9, -1.0];
-        assert_eq!(Sampler::new(0.0, 1.0, None).pick(&logits), 1);
+        assert_eq!(super::Sampler::new(0.0, 1.0, None).pick(&logits), 1);
         let draw = |seed| {
-            let mut sampler = Sampler::new(1.0, 1.0, Some(seed));
+            let mut sampler = super::Sampler::new(1.0, 1.0, Some(seed));
             (0..64).map(|_| sampler.pick(&logits)).collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
@@ -105,9 +105,9 @@ mod tests {
     fn top_p_keeps_only_the_nucleus() {
         // Probabilities about 0.64, 0.24, 0.09, 0.03: top_p 0.5 keeps the first alone.
         let logits = [3.0, 2.0, 1.0, 0.0];
-        let mut sampler = Sampler::new(1.0, 0.5, Some(1));
+        let mut sampler = super::Sampler::new(1.0, 0.5, Some(1));
         assert!((0..200).all(|_| sampler.pick(&logits) == 0));
-        let mut sampler = Sampler::new(1.0, 0.9, Some(1));
+        let mut sampler = super::Sampler::new(1.0, 0.9, Some(1));
         let drawn: std::collections::HashSet<u32> = (0..400).map(|_| sampler.pick(&logits)).collect();
         assert_eq!(drawn, [0, 1, 2].into(), "0.64 + 0.24 < 0.9: the third is in, the fourth never");
     }

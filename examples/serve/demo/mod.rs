@@ -32,8 +32,9 @@ pub async fn deployment(disaggregated: bool, args: &DeploymentArgs) -> Result<()
     let step = args.step_ms.to_string();
     let engine = args.model.to_args(args.engine)?;
     let worker_args = |role: &str| -> Vec<String> {
-        let mut worker =
-            ["worker", "--role", role, "--listen", "127.0.0.1:0", "--step-ms", &step].map(str::to_owned).to_vec();
+        let mut worker = ["worker", "--role", role, "--listen", "127.0.0.1:0", "--step-ms", &step]
+            .map(str::to_owned)
+            .to_vec();
         worker.extend(engine.iter().cloned());
         worker.extend(args.transport.to_args());
         worker

@@ -49,7 +49,8 @@ impl ModelEngine {
         let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(open)?);
         let content = Content::read(&mut file)
             .map_err(|e| EngineError(format!("{} is not a readable GGUF file: {e}", path.display())))?;
-        let llama = Llama::load(&content, &mut file).map_err(|e| EngineError(format!("{}: {e}", path.display())))?;
+        let llama =
+            Llama::load(&content, &mut file).map_err(|e| EngineError(format!("{}: {e}", path.display())))?;
         let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("model").to_owned();
         Ok(Self { llama, name: format!("{name} (cpu)") })
     }
@@ -124,8 +125,12 @@ impl Engine for ModelEngine {
         let mut cache = self.llama.cache()?;
         for (l, chunk) in floats.chunks_exact(2 * part).enumerate() {
             let tensor = |floats: &[f32]| {
-                candle_core::Tensor::from_slice(floats, (c.kv_heads, tokens, c.head_dim), &candle_core::Device::Cpu)
-                    .map_err(|e| EngineError(format!("KV transfer: {e}")))
+                candle_core::Tensor::from_slice(
+                    floats,
+                    (c.kv_heads, tokens, c.head_dim),
+                    &candle_core::Device::Cpu,
+                )
+                .map_err(|e| EngineError(format!("KV transfer: {e}")))
             };
             cache.keys[l] = tensor(&chunk[..part])?;
             cache.values[l] = tensor(&chunk[part..])?;

@@ -103,6 +103,9 @@ fn templated(question: &[u32]) -> Vec<u32> {
     [&system[..], question, &[2, 198, 1, 520, 9531, 198]].concat()
 }
 
+/// A question, its prompt ids, the first five logits and the greedy answer's ids.
+type Case = (&'static str, Vec<u32>, [f32; 5], &'static [u32]);
+
 /// Greedy continuations and the first logits, against another implementation of the model:
 /// candle-transformers' `quantized_llama` with every weight dequantized
 /// (`CANDLE_DEQUANTIZE_ALL=1`), run on the same file and the same prompt ids (those of the
@@ -110,7 +113,7 @@ fn templated(question: &[u32]) -> Vec<u32> {
 #[test]
 fn greedy_answers_match_another_implementation() {
     let Some(model) = model() else { return };
-    let cases: [(&str, Vec<u32>, [f32; 5], &[u32]); 3] = [
+    let cases: [Case; 3] = [
         (
             "What is the capital of France?",
             templated(&[1780, 314, 260, 3575, 282, 4649, 47]),

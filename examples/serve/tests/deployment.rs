@@ -218,7 +218,15 @@ async fn the_official_openai_client_reads_usage_and_request_ids() {
     let worker = spawn("worker", &["worker", "--role", "agg", "--step-ms", "1"], Vec::new());
     let frontend = spawn(
         "frontend",
-        &["frontend", "--listen", "127.0.0.1:0", "--worker", &worker.addr, "--served-model-name", "demo-model"],
+        &[
+            "frontend",
+            "--listen",
+            "127.0.0.1:0",
+            "--worker",
+            &worker.addr,
+            "--served-model-name",
+            "demo-model",
+        ],
         Vec::new(),
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
