@@ -15,7 +15,7 @@ DEVICE="${DEVICE:-0}"
 start dynamo-worker-vllm worker --role agg --listen "127.0.0.1:$WORKER_PORT" --engine "$ENGINE" --device "$DEVICE" \
   --metrics-listen "0.0.0.0:$WORKER_METRICS_PORT"
 worker_ready "$WORKER_PORT" "$WORKER_METRICS_PORT"
-start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "$(peer "127.0.0.1:$WORKER_PORT" tokentrace.backend)"
+start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "$(peer "127.0.0.1:$WORKER_PORT" tokentrace.backend)" --engine "$ENGINE"
 ready "$FRONTEND_PORT"
 print_curl agg-try-1 "$WORKER_METRICS_PORT"
 wait_all

@@ -22,7 +22,7 @@ worker_ready "$PREFILL_PORT" "$PREFILL_METRICS_PORT"
 start dynamo-worker-decode worker --role decode --listen "127.0.0.1:$DECODE_PORT" --metrics-listen "0.0.0.0:$DECODE_METRICS_PORT" \
   --prefill "$(peer "127.0.0.1:$PREFILL_PORT" tokentrace.prefill)" --engine "$ENGINE" --device "$DECODE_DEVICE"
 worker_ready "$DECODE_PORT" "$DECODE_METRICS_PORT"
-start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "$(peer "127.0.0.1:$DECODE_PORT" tokentrace.decode)"
+start dynamo-frontend frontend --listen "0.0.0.0:$FRONTEND_PORT" --worker "$(peer "127.0.0.1:$DECODE_PORT" tokentrace.decode)" --engine "$ENGINE"
 ready "$FRONTEND_PORT"
 print_curl disagg-try-1 "$DECODE_METRICS_PORT" "$PREFILL_METRICS_PORT"
 wait_all

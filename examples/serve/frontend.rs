@@ -218,6 +218,7 @@ async fn complete(
     let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
     tracing::info!(
         model = request.model,
+        prompt_tokens,
         max_tokens = request.max_tokens,
         stream = stream_response,
         "completion request"

@@ -94,11 +94,11 @@ fn failed(message: impl Into<String>) -> RpcError {
     RpcError::Remote(message.into())
 }
 
-/// Runs engine work that may block its thread (a real GPU call does): the runtime first hands
-/// this worker thread's other tasks to another thread, so one slow request never stalls
-/// another's stream. The worker runs on a multi-threaded runtime, which this needs.
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(work)
+/// Runs engine work (a forward pass, a GPU call) on tokio's blocking pool, off the threads that
+/// run the async tasks, so one request's compute never stalls another's stream. A request
+/// dropped meanwhile stops after the step in flight: its result is discarded.
+async fn compute<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, RpcError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| failed(format!("engine task failed: {e}")))
 }
 
 impl<E: Engine> Worker<E> {
@@ -144,7 +144,9 @@ impl<E: Engine> Worker<E> {
         let permit = self.admit().await?;
         let mut sampler = Sampler::new(request.temperature, request.top_p, request.seed);
         let prefill = self.phases.prefill(prompt.len() as u64);
-        let (kv, first) = match blocking(|| self.engine.prefill(&prompt)) {
+        let engine = Arc::clone(&self.engine);
+        let tokens = prompt.clone();
+        let (kv, first) = match compute(move || engine.prefill(&tokens)).await? {
             Ok((kv, logits)) => (kv, sampler.pick(&logits)),
             Err(error) => {
                 prefill.fail("engine", error.to_string());
@@ -196,9 +198,14 @@ impl<E: Engine> Worker<E> {
                 let next = if finish.is_some() {
                     None
                 } else {
-                    match blocking(|| engine.decode_step(&mut kv, token)) {
-                        Ok(logits) => Some((kv, sampler.pick(&logits), produced, sampler)),
-                        Err(error) => return Some((Err(failed(error.to_string())), None)),
+                    let step = compute(move || {
+                        let logits = engine.decode_step(&mut kv, token);
+                        (kv, logits)
+                    });
+                    match step.await {
+                        Ok((kv, Ok(logits))) => Some((kv, sampler.pick(&logits), produced, sampler)),
+                        Ok((_, Err(error))) => return Some((Err(failed(error.to_string())), None)),
+                        Err(error) => return Some((Err(error), None)),
                     }
                 };
                 Some((Ok::<_, RpcError>(item), next))
@@ -215,11 +222,12 @@ impl<E: Engine> Worker<E> {
         let _slot = self.admit().await?;
         let mut sampler = Sampler::new(request.temperature, request.top_p, request.seed);
         let prefill = self.phases.prefill(prompt.len() as u64);
-        let result = blocking(|| {
-            self.engine.prefill(&prompt).and_then(|(kv, logits)| Ok((kv.to_bytes()?, sampler.pick(&logits))))
-        });
+        let (engine, tokens) = (Arc::clone(&self.engine), prompt.clone());
+        let result =
+            compute(move || engine.prefill(&tokens).and_then(|(kv, logits)| Ok((kv.to_bytes()?, logits))))
+                .await?;
         let (kv, first) = match result {
-            Ok(done) => done,
+            Ok((kv, logits)) => (kv, sampler.pick(&logits)),
             Err(error) => {
                 prefill.fail("engine", error.to_string());
                 return Err(failed(error.to_string()));
@@ -266,7 +274,8 @@ impl<E: Engine> Worker<E> {
             return Err(failed(message));
         }
         transfer.end();
-        let kv = blocking(|| self.engine.kv_from_bytes(&kv)).map_err(|e| failed(e.to_string()))?;
+        let engine = Arc::clone(&self.engine);
+        let kv = compute(move || engine.kv_from_bytes(&kv)).await?.map_err(|e| failed(e.to_string()))?;
         let prefill_span = header
             .traceparent
             .as_deref()

@@ -50,6 +50,8 @@ pub async fn stream_chat(
         "model": "tokentrace-demo",
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
+        // Greedy: the same question gives the same answer on every engine and deployment.
+        "temperature": 0,
         "stream": true,
     });
     let request = http::Request::post(format!("http://{frontend}/v1/chat/completions"))

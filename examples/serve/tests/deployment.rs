@@ -560,7 +560,8 @@ fn kubernetes_manifests_parse_and_set_the_tracing_variables() {
     assert_eq!(service["metadata"]["name"], "otel-collector");
     assert_eq!(service["metadata"]["namespace"], "observability");
 
-    // The CUDA overlays: each worker of the base gets a GPU, the CUDA image and the CUDA engine.
+    // The CUDA overlays: each worker of the base gets a GPU, the CUDA image and the CUDA engine,
+    // and the frontend tokenizes for that engine.
     for (overlay, workers) in [
         ("examples/deploy/k8s/cuda-agg", vec!["dynamo-worker-vllm"]),
         ("examples/deploy/k8s/cuda-disagg", vec!["dynamo-worker-decode", "dynamo-worker-prefill"]),
@@ -578,6 +579,10 @@ fn kubernetes_manifests_parse_and_set_the_tracing_variables() {
         let mut patched: Vec<String> = Vec::new();
         for patch in &patches {
             let container = &patch["spec"]["template"]["spec"]["containers"][0];
+            if patch["metadata"]["name"] == "dynamo-frontend" {
+                assert_eq!(arg(&args_of(container), "--engine"), Some("cuda"), "{overlay}");
+                continue;
+            }
             assert_eq!(container["resources"]["limits"]["nvidia.com/gpu"], 1, "{overlay}");
             assert_eq!(container["image"], "tokentrace-serve:cuda", "{overlay}");
             assert_eq!(arg(&args_of(container), "--engine"), Some("cuda"), "{overlay}");
@@ -853,7 +858,7 @@ fn the_launch_scripts_are_valid_bash_and_name_the_components() {
 }
 
 /// The prepared GPU check (`examples/launch/gpu_check.sh`) runs end to end here with
-/// `ENGINE=cpu`, so a session that has a GPU only has to run it; and the demo explains a worker
+/// `ENGINE=toy`, so a session that has a GPU only has to run it; and the demo explains a worker
 /// that cannot start (here: the CUDA engine without a driver, or without `--features cuda`).
 #[test]
 fn the_gpu_check_script_runs_on_the_cpu_engine_and_failures_explain_themselves() {
@@ -861,12 +866,12 @@ fn the_gpu_check_script_runs_on_the_cpu_engine_and_failures_explain_themselves()
     let output = std::process::Command::new("bash")
         .arg(&script)
         .arg(serve_exe())
-        .env("ENGINE", "cpu")
+        .env("ENGINE", "toy")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for line in ["ok    agg-cpu", "ok    disagg-cpu", "agg-cpu: 3 traced requests", "skip  text comparison"] {
+    for line in ["ok    agg-toy", "ok    disagg-toy", "agg-toy: 3 traced requests", "skip  text comparison"] {
         assert!(stdout.contains(line), "no `{line}` in:\n{stdout}");
     }
 

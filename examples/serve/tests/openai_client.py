@@ -1,6 +1,8 @@
 """The example's frontend, driven by OpenAI's official Python client (`pip install openai`).
 
-Run by `deployment.rs` as `python3 openai_client.py <base url> <model>`; exits non-zero with the
+Run by `deployment.rs` as `python3 openai_client.py <base url> <model>` against the toy engine
+(a token per character), and by `real_model.rs` with a third argument, `real`, against the real
+model (its chat template and tokenizer: "hello" as a chat is 31 tokens); exits non-zero with the
 failed check, 77 when the `openai` package is not installed.
 """
 
@@ -13,6 +15,7 @@ except ImportError:
     sys.exit(77)
 
 base_url, model = sys.argv[1], sys.argv[2]
+real = sys.argv[3:] == ["real"]
 client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
 
 
@@ -37,7 +40,19 @@ assert chat.choices[0].message.content, chat
 assert chat.choices[0].finish_reason == "length", chat
 check_usage(chat.usage, "chat")
 assert chat.usage.completion_tokens == 5, chat.usage
-assert chat.usage.prompt_tokens == len("hello".encode()), chat.usage
+# The toy: one token per byte; the real model: the chat template's 30 tokens around "hello".
+assert chat.usage.prompt_tokens == (31 if real else len("hello".encode())), chat.usage
+
+if real:
+    answer = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24,
+        temperature=0,
+    )
+    assert answer.choices[0].message.content == "The capital of France is Paris.", answer
+    assert answer.choices[0].finish_reason == "stop", answer
+    assert answer.usage.completion_tokens == 8, answer.usage
 
 stream = client.chat.completions.create(
     model=model,

@@ -166,3 +166,35 @@ async fn bad_requests_get_clear_answers_and_the_worker_keeps_serving() {
     assert_eq!(status, 200, "still serving: {answer}");
     stop(vec![frontend, worker]).await;
 }
+
+/// OpenAI's official Python client against the real model (`openai_client.py` with `real`):
+/// models, chat, a real answer at temperature 0, streamed chat with `include_usage`,
+/// completions, a 400. Skipped without the `openai` package unless `TOKENTRACE_REQUIRE_OPENAI`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_client_against_the_real_model() {
+    let Some(model) = model_path() else { return };
+    let worker = spawn(
+        "worker",
+        &[&["worker", "--role", "agg", "--step-ms", "0"][..], &engine(&model)].concat(),
+        Vec::new(),
+    );
+    let frontend = frontend(&worker.addr, &model, Vec::new());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let base_url = format!("http://{}/v1", frontend.addr);
+    let output = tokio::process::Command::new("python3")
+        .args([script, &base_url, "SmolLM2-135M-Instruct", "real"])
+        .output()
+        .await
+        .expect("python3 runs");
+    stop(vec![frontend, worker]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(77) {
+        assert!(
+            std::env::var_os("TOKENTRACE_REQUIRE_OPENAI").is_none(),
+            "TOKENTRACE_REQUIRE_OPENAI is set: {stderr}"
+        );
+        eprintln!("skipped: {stderr}");
+        return;
+    }
+    assert!(output.status.success(), "{stderr}{}", String::from_utf8_lossy(&output.stdout));
+}
