@@ -6,7 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export DYN_LOGGING_JSONL=true
 export OTEL_EXPORT_ENABLED=true
 export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="${OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:-http://localhost:4317}"
-ENGINE="${ENGINE:-toy}"
+ENGINE="${ENGINE:-cpu}"
 FRONTEND_PORT="${FRONTEND_PORT:-8000}"
 
 # SERVE=path runs a binary built elsewhere (a GPU machine without a Rust toolchain); otherwise

@@ -132,7 +132,7 @@ def main():
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}",
     })
     deployment = subprocess.Popen(
-        [args.serve, "agg", "--listen", f"127.0.0.1:{args.port}", "--step-ms", "0"],
+        [args.serve, "agg", "--engine", "toy", "--listen", f"127.0.0.1:{args.port}", "--step-ms", "0"],
         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:

@@ -74,8 +74,8 @@ struct DeploymentArgs {
     /// Frontend address (the demo picks a free port).
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: String,
-    /// Worker engine: toy, cpu (the real model) or cuda.
-    #[arg(long, value_enum, default_value_t = EngineKind::Toy)]
+    /// Worker engine: cpu (the real model), toy (the toy model, instant) or cuda.
+    #[arg(long, value_enum, default_value_t = EngineKind::Cpu)]
     engine: EngineKind,
     #[command(flatten)]
     model: ModelArgs,
@@ -101,9 +101,9 @@ struct FrontendArgs {
     /// The model name served.
     #[arg(long, default_value = "tokentrace-demo")]
     served_model_name: String,
-    /// The engine its workers run, for its tokenizer: toy (one token per character), cpu (the
-    /// real model's tokenizer and chat template) or cuda (the toy's).
-    #[arg(long, value_enum, default_value_t = EngineKind::Toy)]
+    /// The engine its workers run, for its tokenizer: cpu (the real model's tokenizer and chat
+    /// template), toy (one token per character) or cuda (the toy's).
+    #[arg(long, value_enum, default_value_t = EngineKind::Cpu)]
     engine: EngineKind,
     #[command(flatten)]
     model: ModelArgs,
@@ -139,8 +139,8 @@ struct WorkerArgs {
     /// subject (NATS; default tokentrace.prefill).
     #[arg(long)]
     prefill: Option<String>,
-    /// The engine: toy, cpu (the real model) or cuda.
-    #[arg(long, value_enum, default_value_t = EngineKind::Toy)]
+    /// The engine: cpu (the real model), toy or cuda.
+    #[arg(long, value_enum, default_value_t = EngineKind::Cpu)]
     engine: EngineKind,
     #[command(flatten)]
     model: ModelArgs,

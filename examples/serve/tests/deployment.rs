@@ -928,6 +928,7 @@ async fn launch_disaggregated(nats_url: Option<&str>) {
         std::process::Command::new("bash")
             .arg(format!("{}/../launch/disagg_tracing.sh", env!("CARGO_MANIFEST_DIR")))
             .env("SERVE", serve_exe())
+            .env("ENGINE", "toy")
             .env("FRONTEND_PORT", frontend.to_string())
             .env("DECODE_PORT", decode.to_string())
             .env("PREFILL_PORT", prefill.to_string())

@@ -198,3 +198,61 @@ async fn the_official_openai_client_against_the_real_model() {
     }
     assert!(output.status.success(), "{stderr}{}", String::from_utf8_lossy(&output.stdout));
 }
+
+/// A request cancelled mid-generation frees its slot for the next one: on a worker that runs one
+/// sequence at a time, a long count is dropped by its client after a few tokens, then another
+/// request is sent. The first request's decode ends cancelled, long before its 400 tokens, and
+/// the second one's wait for the slot (`queue`) ends only after it: the slot went from one to
+/// the other at the cancellation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_request_frees_its_slot_for_the_next() {
+    let Some(model) = model_path() else { return };
+    let receiver = receiver::grpc().await;
+    let worker = spawn(
+        "worker",
+        &[&["worker", "--role", "agg", "--step-ms", "0", "--slots", "1"][..], &engine(&model)].concat(),
+        export_env(&receiver, "dynamo-worker-vllm"),
+    );
+    let frontend = frontend(&worker.addr, &model, export_env(&receiver, "dynamo-frontend"));
+    let addr: SocketAddr = frontend.addr.parse().unwrap();
+    let count = json!({
+        "model": "SmolLM2-135M-Instruct", "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 400,
+        "temperature": 0, "stream": true,
+    });
+    let request = http::Request::post(format!("http://{addr}/v1/completions"))
+        .header("content-type", "application/json")
+        .header("x-request-id", "long-count")
+        .body(Full::new(Bytes::from(count.to_string())))
+        .unwrap();
+    let mut body = demo::http_client().request(request).await.unwrap().into_body();
+    for _ in 0..3 {
+        body.frame().await.unwrap().unwrap();
+    }
+    drop(body);
+    let (status, answer) = post(addr, "/v1/chat/completions", capital_of_france()).await;
+    assert_eq!(status, 200, "{answer}");
+    stop(vec![frontend, worker]).await;
+
+    receiver
+        .received
+        .wait_for("both requests' worker spans", |r| {
+            r.spans().iter().filter(|s| s.span.name == "queue").count() == 2
+        })
+        .await;
+    let spans = receiver.received.spans();
+    let long = demo::trace_of(&receiver.received, "long-count");
+    let decode = long.iter().find(|s| s.span.name == "decode").expect("the long request's decode");
+    assert_eq!(attr(decode, "cancelled").as_deref(), Some("true"));
+    let produced: u64 = attr(decode, "gen_ai.usage.output_tokens").and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(produced < 400, "cancelled after {produced} tokens");
+    let second_queue = spans
+        .iter()
+        .filter(|s| s.span.name == "queue")
+        .find(|s| s.span.trace_id != decode.span.trace_id)
+        .expect("the second request's queue");
+    assert!(
+        second_queue.span.end_time_unix_nano >= decode.span.end_time_unix_nano,
+        "the second request got the slot when the first let it go"
+    );
+    receiver.stop().await;
+}

@@ -31,8 +31,13 @@ pub fn export_env(receiver: &receiver::Receiver, service: &str) -> Vec<(String, 
     .collect()
 }
 
+/// Starts `serve <args>`. A worker or frontend runs the toy engine unless `args` name one: most
+/// tests need its speed, not the real model (which `real_model.rs` runs).
 pub fn spawn(name: &'static str, args: &[&str], env: Vec<(String, String)>) -> Component {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if matches!(args[0].as_str(), "worker" | "frontend") && !args.iter().any(|a| a == "--engine") {
+        args.extend(["--engine".to_owned(), "toy".to_owned()]);
+    }
     Component::spawn_program(&serve_exe(), name, &args, &env, true).unwrap()
 }
 
