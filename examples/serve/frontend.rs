@@ -88,22 +88,77 @@ impl Preprocessor {
     }
 }
 
-/// Fills each token's text in, in order.
-fn with_text<S>(tokens: S, frontend: Arc<Frontend>) -> impl Stream<Item = Result<TokenItem, RpcError>>
+/// Fills each token's text in, in order, and ends the answer at the first of `stops` (OpenAI's
+/// `stop` sequences) with `finish_reason: stop`, the sequence left out. Text that may be the
+/// start of a stop sequence is held back until the next token settles it.
+fn with_text<S>(
+    tokens: S,
+    frontend: Arc<Frontend>,
+    stops: Vec<String>,
+) -> impl Stream<Item = Result<TokenItem, RpcError>>
 where
     S: Stream<Item = Result<TokenItem, RpcError>>,
 {
     let mut detokenizer = Detokenizer::new();
-    tokens.map(move |item| {
-        let mut token = item?;
-        token.text = match &frontend.preprocessor {
-            Preprocessor::Toy => detokenize(token.token).to_string(),
-            Preprocessor::Model(tokenizer) => {
-                detokenizer.push(tokenizer, token.token).map_err(|e| RpcError::Malformed(e.to_string()))?
-            }
+    let mut pending = String::new();
+    let mut stopped = false;
+    tokens.scan((), move |(), item| {
+        let item = if stopped {
+            None
+        } else {
+            Some(item.and_then(|mut token| {
+                let text = match &frontend.preprocessor {
+                    Preprocessor::Toy => detokenize(token.token).to_string(),
+                    Preprocessor::Model(tokenizer) => detokenizer
+                        .push(tokenizer, token.token)
+                        .map_err(|e| RpcError::Malformed(e.to_string()))?,
+                };
+                pending.push_str(&text);
+                let stop_at = stops.iter().filter_map(|stop| pending.find(stop.as_str())).min();
+                let ready = match stop_at {
+                    Some(at) => {
+                        stopped = true;
+                        token.finish_reason = Some(tokentrace::inference::FinishReason::Stop);
+                        at
+                    }
+                    None if token.finish_reason.is_some() => pending.len(),
+                    None => pending.len() - held_back(&pending, &stops),
+                };
+                token.text = pending[..ready].to_owned();
+                pending.drain(..if stopped { pending.len() } else { ready });
+                Ok(token)
+            }))
         };
-        Ok(token)
+        std::future::ready(item)
     })
+}
+
+/// How many bytes at the end of `text` could begin one of `stops`.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|stop| {
+            (1..stop.len()).rev().filter(|n| stop.is_char_boundary(*n)).find(|n| text.ends_with(&stop[..*n]))
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// OpenAI's `stop`: a string or up to four.
+fn stops_of(body: &Value) -> Result<Vec<String>, String> {
+    let stops: Vec<String> = match &body["stop"] {
+        Value::Null => Vec::new(),
+        Value::String(stop) => vec![stop.clone()],
+        Value::Array(stops) => stops
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned).ok_or("stop must be a string or a list of strings"))
+            .collect::<Result<_, _>>()?,
+        _ => return Err("stop must be a string or a list of strings".into()),
+    };
+    if stops.len() > 4 || stops.iter().any(String::is_empty) {
+        return Err("stop takes up to 4 non-empty sequences".into());
+    }
+    Ok(stops)
 }
 
 #[derive(Clone, Copy)]
@@ -198,6 +253,10 @@ async fn complete(
         Some(n) => n.min(8192) as u32,
         None => 16,
     };
+    let stops = match stops_of(&body) {
+        Ok(stops) => stops,
+        Err(why) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", why),
+    };
     let temperature = body["temperature"].as_f64().unwrap_or(1.0);
     let top_p = body["top_p"].as_f64().unwrap_or(1.0);
     let valid = (0.0..=2.0).contains(&temperature) && top_p > 0.0 && top_p <= 1.0;
@@ -237,7 +296,7 @@ async fn complete(
     };
     let tokens =
         items.map(|item| item.and_then(|bytes| TokenItem::parse(&bytes).map_err(RpcError::Malformed)));
-    let tokens = with_text(tokens, Arc::clone(&frontend));
+    let tokens = with_text(tokens, Arc::clone(&frontend), stops);
     // TTFT counts from the request's arrival at the server layer.
     let options = StreamOptions::new().model(request.model.clone()).input_tokens(prompt_tokens);
     let tokens =
@@ -394,4 +453,17 @@ where
         "usage": completion.usage(count),
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_that_may_begin_a_stop_sequence_is_held_back() {
+        let stops = ["\n\n".to_owned(), "END".to_owned()];
+        let held_back = super::held_back;
+        assert_eq!(held_back("Paris.\n", &stops), 1);
+        assert_eq!(held_back("the EN", &stops), 2);
+        assert_eq!(held_back("Paris.", &stops), 0);
+        assert_eq!(held_back("é", &["éa".to_owned()]), 2, "whole characters only");
+    }
 }

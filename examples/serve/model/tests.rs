@@ -151,3 +151,24 @@ fn greedy_answers_match_another_implementation() {
         assert_eq!(greedy(model, &prompt, 64), answer, "{question}");
     }
 }
+
+/// A file that is not a GGUF model, or one cut short, is a clear error at load, not a panic.
+#[test]
+fn a_corrupt_or_truncated_model_file_is_a_clear_error() {
+    let Some(path) = fetch::cached() else { return };
+    let dir = std::env::temp_dir().join(format!("tokentrace-model-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_gguf = dir.join("not.gguf");
+    std::fs::write(&not_gguf, b"this is not a model").unwrap();
+    let error = Model::load(&not_gguf).err().expect("refused");
+    assert!(error.0.contains("is not a readable GGUF file"), "{error}");
+
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in [4 << 20, bytes.len() - 1000] {
+        let truncated = dir.join(format!("cut-{cut}.gguf"));
+        std::fs::write(&truncated, &bytes[..cut]).unwrap();
+        let error = Model::load(&truncated).err().expect("refused");
+        assert!(error.0.contains(&truncated.display().to_string()), "names the file: {error}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -95,7 +95,9 @@ impl ModelTokenizer {
             .filter(|(_, kind)| **kind == CONTROL)
             .map(|(token, _)| AddedToken::from(token.clone(), true))
             .collect();
-        tokenizer.add_special_tokens(&special);
+        tokenizer
+            .add_special_tokens(special)
+            .map_err(|e| EngineError(format!("the model's special tokens: {e}")))?;
         let id = |key: &str| meta(key).ok().and_then(|v| v.to_u32().ok());
         let mut stop_tokens: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
             .iter()

@@ -155,6 +155,11 @@ async fn bad_requests_get_clear_answers_and_the_worker_keeps_serving() {
         (json!({"messages": [{"role": "user", "content": long}]}), 400, "context is 8192"),
         (json!({"messages": []}), 400, "messages"),
         (json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 3}), 400, "temperature"),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}),
+            400,
+            "stop",
+        ),
     ];
     for (body, expected, says) in cases {
         let (status, answer) = post(addr, "/v1/chat/completions", body.clone()).await;
@@ -164,6 +169,13 @@ async fn bad_requests_get_clear_answers_and_the_worker_keeps_serving() {
     }
     let (status, answer) = post(addr, "/v1/chat/completions", capital_of_france()).await;
     assert_eq!(status, 200, "still serving: {answer}");
+    // A stop sequence ends the answer before it ("The capital of France is Paris." greedy).
+    let mut with_stop = capital_of_france();
+    with_stop["stop"] = json!([" is", "Lyon"]);
+    let (status, answer) = post(addr, "/v1/chat/completions", with_stop).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], "The capital of France");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
     stop(vec![frontend, worker]).await;
 }
 
