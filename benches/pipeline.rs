@@ -58,6 +58,15 @@ const MEASURE: Duration = Duration::from_secs(3);
 /// Starts a worker and a frontend whose layers take their tracers from the current global
 /// provider, and sends one request so every lazily built layer exists.
 async fn deployment(step: Duration) -> SocketAddr {
+    start(engine::CpuEngine::new(), frontend::Preprocessor::Toy, step).await
+}
+
+/// A worker running `engine` and a frontend tokenizing with `preprocessor`, as `deployment`.
+async fn start<E: engine::Engine>(
+    engine: E,
+    preprocessor: frontend::Preprocessor,
+    step: Duration,
+) -> SocketAddr {
     let worker_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let worker_addr = worker_listener.local_addr().unwrap();
     let config = worker::WorkerConfig {
@@ -70,12 +79,12 @@ async fn deployment(step: Duration) -> SocketAddr {
         metrics: tokentrace::metrics::WorkerMetrics::new("backend"),
     };
     let bound = transport::Bound::Tcp(worker_listener);
-    tokio::spawn(worker::serve(engine::CpuEngine::new(), config, bound, std::future::pending()));
+    tokio::spawn(worker::serve(engine, config, bound, std::future::pending()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let peer = transport::Transport::Tcp.peer(worker_addr.to_string()).await.unwrap();
     let metrics = tokentrace::metrics::FrontendMetrics::new();
-    let app = frontend::app(peer, "bench".into(), metrics, false, frontend::Preprocessor::Toy);
+    let app = frontend::app(peer, "bench".into(), metrics, false, preprocessor);
     let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
         let _ = socket.set_nodelay(true);
     });
@@ -90,7 +99,7 @@ async fn one_request(
     addr: SocketAddr,
 ) -> (Duration, usize) {
     let body = format!(
-        r#"{{"model":"bench","messages":[{{"role":"user","content":"measure the pipeline"}}],"max_tokens":{MAX_TOKENS},"stream":true}}"#
+        r#"{{"model":"bench","messages":[{{"role":"user","content":"Tell me about the pipeline of a factory."}}],"max_tokens":{MAX_TOKENS},"temperature":0,"stream":true}}"#
     );
     let request = http::Request::post(format!("http://{addr}/v1/chat/completions"))
         .header("content-type", "application/json")
@@ -121,7 +130,11 @@ struct Run {
 }
 
 async fn measure(addr: SocketAddr, concurrency: usize) -> Run {
-    let deadline = Instant::now() + MEASURE;
+    measure_for(addr, concurrency, MEASURE).await
+}
+
+async fn measure_for(addr: SocketAddr, concurrency: usize, time: Duration) -> Run {
+    let deadline = Instant::now() + time;
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -239,7 +252,74 @@ fn main() {
         );
         receiver.stop().await;
         rules_receiver.stop().await;
+        real_model().await;
     });
+}
+
+/// The real model (when it is in the cache): its own prefill and decode speed, then tokens/s
+/// and TTFT through the deployment with tracing off and on (exported over OTLP to a receiver
+/// here), in interleaved rounds so that both see the same machine.
+async fn real_model() {
+    let Some(path) = model::fetch::cached() else {
+        println!("real model: not in the cache (`cargo run -p serve -- fetch-model`), skipped");
+        return;
+    };
+    let engine = model::ModelEngine::load(&path).unwrap();
+    let tokenizer = model::ModelTokenizer::load(&path).unwrap();
+    let text = "Tracing follows one request across a frontend and its workers. ".repeat(12);
+    let prompt: Vec<u32> = tokenizer.encode(&text).unwrap().into_iter().take(100).collect();
+    use engine::Engine as _;
+    let started = Instant::now();
+    let (mut kv, logits) = engine.prefill(&prompt).unwrap();
+    let prefill = started.elapsed();
+    let mut token = sampling::argmax(&logits);
+    let started = Instant::now();
+    for _ in 0..64 {
+        token = sampling::argmax(&engine.decode_step(&mut kv, token).unwrap());
+    }
+    let decode = started.elapsed();
+    println!(
+        "real model: prefill of {} tokens {:.1} ms ({:.0} tokens/s); decode {:.1} tokens/s (64 steps)",
+        prompt.len(),
+        prefill.as_secs_f64() * 1e3,
+        prompt.len() as f64 / prefill.as_secs_f64(),
+        64.0 / decode.as_secs_f64()
+    );
+
+    let receiver = receiver::grpc().await;
+    let telemetry = support::exporting_traces_to(receiver.endpoint(), &[]);
+    let addr = start(engine, frontend::Preprocessor::Model(Box::new(tokenizer)), Duration::ZERO).await;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..4 {
+        for traced in if round % 2 == 0 { [false, true] } else { [true, false] } {
+            match traced {
+                true => opentelemetry::global::set_tracer_provider(telemetry.tracer_provider().clone()),
+                false => opentelemetry::global::set_tracer_provider(NoopTracerProvider::new()),
+            }
+            let run = measure_for(addr, 1, Duration::from_secs(3)).await;
+            println!(
+                "| real model | round {round} | {} | {} requests | {:.1} tokens/s | TTFT p50 {:.1} ms |",
+                if traced { "on" } else { "off" },
+                run.requests,
+                run.tokens_per_s,
+                run.ttft_p50_ms
+            );
+            if traced { &mut on } else { &mut off }.push(run);
+        }
+    }
+    opentelemetry::global::set_tracer_provider(NoopTracerProvider::new());
+    let median = |runs: &[Run], f: fn(&Run) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        (values[1] + values[2]) / 2.0
+    };
+    println!(
+        "ratio pipeline/real model: traced/untraced tokens/s = {:.3}, TTFT p50 = {:.3} (medians of 4 rounds)",
+        median(&on, |r| r.tokens_per_s) / median(&off, |r| r.tokens_per_s),
+        median(&on, |r| r.ttft_p50_ms) / median(&off, |r| r.ttft_p50_ms)
+    );
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await.unwrap();
+    receiver.stop().await;
 }
 
 fn rules_received(receiver: &receiver::Receiver) -> usize {

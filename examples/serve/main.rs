@@ -79,9 +79,10 @@ struct DeploymentArgs {
     engine: EngineKind,
     #[command(flatten)]
     model: ModelArgs,
-    /// Per-token step time of the workers, in milliseconds.
-    #[arg(long, default_value_t = 8)]
-    step_ms: u64,
+    /// A pause before each token after the first, in milliseconds, as a slower model's step
+    /// would take (default: 8 with the toy model, whose steps take microseconds; 0 with the real one).
+    #[arg(long)]
+    step_ms: Option<u64>,
     /// Show the components' logs in demo mode.
     #[arg(long)]
     verbose: bool,
@@ -147,9 +148,10 @@ struct WorkerArgs {
     /// The CUDA device, with `--engine cuda`.
     #[arg(long, default_value_t = 0)]
     device: usize,
-    /// Per-token step time, in milliseconds.
-    #[arg(long, default_value_t = 8)]
-    step_ms: u64,
+    /// A pause before each token after the first, in milliseconds, as a slower model's step
+    /// would take (default: 8 with the toy model, whose steps take microseconds; 0 with the real one).
+    #[arg(long)]
+    step_ms: Option<u64>,
     /// Requests served at once.
     #[arg(long, default_value_t = 64)]
     slots: usize,
@@ -221,6 +223,16 @@ enum EngineKind {
 }
 
 impl EngineKind {
+    /// The pause between tokens unless `--step-ms` says: the toy model's steps (on the CPU or
+    /// on CUDA) take microseconds, so it pauses as a real model's step would take; the real
+    /// model pauses not at all.
+    fn default_step_ms(self) -> u64 {
+        match self {
+            Self::Toy | Self::Cuda => 8,
+            Self::Cpu => 0,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Toy => "toy",
@@ -376,7 +388,7 @@ async fn run_worker(args: &WorkerArgs) -> Result<(), String> {
     };
     let config = WorkerConfig {
         role,
-        step: Duration::from_millis(args.step_ms),
+        step: Duration::from_millis(args.step_ms.unwrap_or(args.engine.default_step_ms())),
         slots: args.slots,
         instance_id: args.instance_id.unwrap_or_else(|| i64::from(std::process::id())),
         prefill,

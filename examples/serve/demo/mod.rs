@@ -29,7 +29,7 @@ pub async fn deployment(disaggregated: bool, args: &DeploymentArgs) -> Result<()
         env.push(("OTEL_SERVICE_NAME".into(), name.into()));
         env
     };
-    let step = args.step_ms.to_string();
+    let step = args.step_ms.unwrap_or(args.engine.default_step_ms()).to_string();
     let engine = args.model.to_args(args.engine)?;
     let worker_args = |role: &str| -> Vec<String> {
         let mut worker = ["worker", "--role", role, "--listen", "127.0.0.1:0", "--step-ms", &step]
