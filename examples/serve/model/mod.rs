@@ -5,6 +5,8 @@ pub mod fetch;
 mod llama;
 mod tokenizer;
 
+use std::fs::File;
+use std::io::BufReader;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
@@ -12,6 +14,16 @@ use candle_core::quantized::gguf_file::Content;
 use crate::engine::{Engine, EngineError, KvState};
 pub use llama::{Cache, Llama};
 pub use tokenizer::{chat_prompt, Detokenizer, ModelTokenizer};
+
+/// A GGUF file opened, its metadata read, ready for its tensors; a file that is not one is an
+/// error that names it.
+pub fn open_gguf(path: &Path) -> Result<(Content, BufReader<File>), EngineError> {
+    let open = |e: std::io::Error| EngineError(format!("{}: {e}", path.display()));
+    let mut file = BufReader::new(File::open(path).map_err(open)?);
+    let content = Content::read(&mut file)
+        .map_err(|e| EngineError(format!("{} is not a readable GGUF file: {e}", path.display())))?;
+    Ok((content, file))
+}
 
 /// A loaded model: the network and its tokenizer (the tests run both in one process).
 #[cfg(test)]
@@ -22,17 +34,8 @@ pub struct Model {
 
 #[cfg(test)]
 impl Model {
-    /// Loads a GGUF file of the llama family; a corrupt, truncated or foreign file is an error
-    /// that says which.
     pub fn load(path: &Path) -> Result<Self, EngineError> {
-        let open = |e: std::io::Error| EngineError(format!("{}: {e}", path.display()));
-        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(open)?);
-        let content = Content::read(&mut file)
-            .map_err(|e| EngineError(format!("{} is not a readable GGUF file: {e}", path.display())))?;
-        let tokenizer = ModelTokenizer::from_gguf(&content)?;
-        let llama =
-            Llama::load(&content, &mut file).map_err(|e| EngineError(format!("{}: {e}", path.display())))?;
-        Ok(Self { llama, tokenizer })
+        Ok(Self { llama: ModelEngine::load(path)?.llama, tokenizer: ModelTokenizer::load(path)? })
     }
 }
 
@@ -44,11 +47,10 @@ pub struct ModelEngine {
 }
 
 impl ModelEngine {
+    /// Loads a GGUF file of the llama family; a corrupt, truncated or foreign file is an error
+    /// that names it and says what is wrong.
     pub fn load(path: &Path) -> Result<Self, EngineError> {
-        let open = |e: std::io::Error| EngineError(format!("{}: {e}", path.display()));
-        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(open)?);
-        let content = Content::read(&mut file)
-            .map_err(|e| EngineError(format!("{} is not a readable GGUF file: {e}", path.display())))?;
+        let (content, mut file) = open_gguf(path)?;
         let llama =
             Llama::load(&content, &mut file).map_err(|e| EngineError(format!("{}: {e}", path.display())))?;
         let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("model").to_owned();

@@ -160,14 +160,17 @@ fn a_corrupt_or_truncated_model_file_is_a_clear_error() {
     std::fs::create_dir_all(&dir).unwrap();
     let not_gguf = dir.join("not.gguf");
     std::fs::write(&not_gguf, b"this is not a model").unwrap();
-    let error = Model::load(&not_gguf).err().expect("refused");
-    assert!(error.0.contains("is not a readable GGUF file"), "{error}");
+    // The worker's engine and the frontend's tokenizer each refuse it.
+    for error in [ModelEngine::load(&not_gguf).err(), ModelTokenizer::load(&not_gguf).err()] {
+        let error = error.expect("refused");
+        assert!(error.0.contains("is not a readable GGUF file"), "{error}");
+    }
 
     let bytes = std::fs::read(&path).unwrap();
     for cut in [4 << 20, bytes.len() - 1000] {
         let truncated = dir.join(format!("cut-{cut}.gguf"));
         std::fs::write(&truncated, &bytes[..cut]).unwrap();
-        let error = Model::load(&truncated).err().expect("refused");
+        let error = ModelEngine::load(&truncated).err().expect("refused");
         assert!(error.0.contains(&truncated.display().to_string()), "names the file: {error}");
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -29,11 +29,7 @@ pub struct ModelTokenizer {
 impl ModelTokenizer {
     /// The tokenizer of the GGUF file at `path` (its metadata only is read).
     pub fn load(path: &std::path::Path) -> Result<Self, EngineError> {
-        let open = |e: std::io::Error| EngineError(format!("{}: {e}", path.display()));
-        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(open)?);
-        let content = Content::read(&mut file)
-            .map_err(|e| EngineError(format!("{} is not a readable GGUF file: {e}", path.display())))?;
-        Self::from_gguf(&content)
+        Self::from_gguf(&super::open_gguf(path)?.0)
     }
 
     /// The tokenizer the GGUF metadata describes; an error names what is missing or unsupported.
