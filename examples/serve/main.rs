@@ -152,9 +152,10 @@ struct WorkerArgs {
     /// would take (default: 8 with the toy model, whose steps take microseconds; 0 with the real one).
     #[arg(long)]
     step_ms: Option<u64>,
-    /// Requests served at once.
-    #[arg(long, default_value_t = 64)]
-    slots: usize,
+    /// Sequences computed at once; the rest wait (the `queue` span). Default: one per CPU core
+    /// for the real model (each runs its own forward passes), 64 for the toy model.
+    #[arg(long)]
+    slots: Option<usize>,
     /// The instance id recorded on spans (default: the process id).
     #[arg(long)]
     instance_id: Option<i64>,
@@ -389,7 +390,10 @@ async fn run_worker(args: &WorkerArgs) -> Result<(), String> {
     let config = WorkerConfig {
         role,
         step: Duration::from_millis(args.step_ms.unwrap_or(args.engine.default_step_ms())),
-        slots: args.slots,
+        slots: args.slots.unwrap_or_else(|| match args.engine {
+            EngineKind::Cpu => std::thread::available_parallelism().map_or(1, usize::from),
+            EngineKind::Toy | EngineKind::Cuda => 64,
+        }),
         instance_id: args.instance_id.unwrap_or_else(|| i64::from(std::process::id())),
         prefill,
         name: format!("{}-{}", role.component(), std::process::id()),
