@@ -127,8 +127,9 @@ impl<E: Engine> Worker<E> {
         Ok(permit)
     }
 
-    /// The prompt, if it leaves room in the engine's context for at least one token.
-    fn prompt_of(&self, request: &GenerateRequest) -> Result<Vec<u32>, RpcError> {
+    /// Takes the prompt out of `request` (the rest of it is what decoding needs), if it leaves
+    /// room in the engine's context for at least one token.
+    fn take_prompt(&self, request: &mut GenerateRequest) -> Result<Vec<u32>, RpcError> {
         let context = self.engine.context();
         if request.tokens.len() >= context {
             return Err(failed(format!(
@@ -136,17 +137,17 @@ impl<E: Engine> Worker<E> {
                 request.tokens.len()
             )));
         }
-        Ok(request.tokens.clone())
+        Ok(std::mem::take(&mut request.tokens))
     }
 
-    async fn generate_local(self: Arc<Self>, request: GenerateRequest) -> Result<Items, RpcError> {
-        let prompt = self.prompt_of(&request)?;
+    async fn generate_local(self: Arc<Self>, mut request: GenerateRequest) -> Result<Items, RpcError> {
+        let prompt = self.take_prompt(&mut request)?;
+        let prompt_tokens = prompt.len() as u64;
         let permit = self.admit().await?;
         let mut sampler = Sampler::new(request.temperature, request.top_p, request.seed);
-        let prefill = self.phases.prefill(prompt.len() as u64);
+        let prefill = self.phases.prefill(prompt_tokens);
         let engine = Arc::clone(&self.engine);
-        let tokens = prompt.clone();
-        let (kv, first) = match compute(move || engine.prefill(&tokens)).await? {
+        let (kv, first) = match compute(move || engine.prefill(&prompt)).await? {
             Ok((kv, logits)) => (kv, sampler.pick(&logits)),
             Err(error) => {
                 prefill.fail("engine", error.to_string());
@@ -154,7 +155,7 @@ impl<E: Engine> Worker<E> {
             }
         };
         prefill.end();
-        Ok(self.decode(request, prompt.len() as u64, kv, first, sampler, None, permit))
+        Ok(self.decode(request, prompt_tokens, kv, first, sampler, None, permit))
     }
 
     /// The decode phase: the first token at once, then one per step, as a traced token stream.
@@ -217,14 +218,15 @@ impl<E: Engine> Worker<E> {
     }
 
     /// Prefill role: prefill, then send the first token and the KV cache to the decode worker.
-    async fn prefill_for_decode(self: Arc<Self>, request: GenerateRequest) -> Result<Items, RpcError> {
-        let prompt = self.prompt_of(&request)?;
+    async fn prefill_for_decode(self: Arc<Self>, mut request: GenerateRequest) -> Result<Items, RpcError> {
+        let prompt = self.take_prompt(&mut request)?;
+        let prompt_tokens = prompt.len() as u64;
         let _slot = self.admit().await?;
         let mut sampler = Sampler::new(request.temperature, request.top_p, request.seed);
-        let prefill = self.phases.prefill(prompt.len() as u64);
-        let (engine, tokens) = (Arc::clone(&self.engine), prompt.clone());
+        let prefill = self.phases.prefill(prompt_tokens);
+        let engine = Arc::clone(&self.engine);
         let result =
-            compute(move || engine.prefill(&tokens).and_then(|(kv, logits)| Ok((kv.to_bytes()?, logits))))
+            compute(move || engine.prefill(&prompt).and_then(|(kv, logits)| Ok((kv.to_bytes()?, logits))))
                 .await?;
         let (kv, first) = match result {
             Ok((kv, logits)) => (kv, sampler.pick(&logits)),
@@ -236,7 +238,7 @@ impl<E: Engine> Worker<E> {
         let header = PrefillHeader {
             first_token: first,
             kv_bytes: kv.len() as u64,
-            prompt_tokens: prompt.len() as u64,
+            prompt_tokens,
             traceparent: TraceParent::from_span_context(&prefill.span_context()).map(|tp| tp.to_string()),
         };
         prefill.end();

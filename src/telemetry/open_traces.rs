@@ -58,7 +58,7 @@ impl OpenTraces {
             }
         };
         if hold {
-            self.hold(trace_id, vec![span]);
+            self.hold(trace_id, [span]);
         }
         if still_open {
             return None;
@@ -67,12 +67,14 @@ impl OpenTraces {
     }
 
     /// Adds `spans` to what is held of `trace_id`.
-    fn hold(&mut self, trace_id: TraceId, spans: Vec<SpanData>) -> u64 {
-        self.spans += spans.len();
-        self.bytes += spans.iter().map(size).sum::<usize>();
+    fn hold(&mut self, trace_id: TraceId, spans: impl IntoIterator<Item = SpanData>) -> u64 {
         let next = self.holds;
         let held = self.held.entry(trace_id).or_insert_with(|| Held { spans: Vec::new(), hold: next });
-        held.spans.extend(spans);
+        for span in spans {
+            self.spans += 1;
+            self.bytes += size(&span);
+            held.spans.push(span);
+        }
         let hold = held.hold;
         if hold == next {
             self.holds += 1;
