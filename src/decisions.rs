@@ -102,12 +102,18 @@ pub(crate) fn trace_of<C: Carrier + ?Sized>(carrier: &C) -> Option<TraceId> {
 /// announced it will tell its decision.
 pub(crate) fn served<C: Carrier + ?Sized>(carrier: &C) -> Option<TraceId> {
     let trace_id = trace_of(carrier)?;
+    serving(trace_id, carrier);
+    Some(trace_id)
+}
+
+/// This process serves its part of `trace_id` for a request whose metadata (or headers) is
+/// `carrier`: notes whether its caller announced it will tell its decision.
+pub(crate) fn serving<C: Carrier + ?Sized>(trace_id: TraceId, carrier: &C) {
     if carrier.get_single(WILL_TELL) == Some(WILL_TELL_VALUE.as_bytes()) {
         if let Some(decisions) = installed() {
             decisions.caller_will_tell(trace_id);
         }
     }
-    Some(trace_id)
 }
 
 /// The rule that kept `trace_id` here, if the installed keep rules kept it.

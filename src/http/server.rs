@@ -363,9 +363,11 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        // A caller's keep notice is answered here, not by the application (a public endpoint
-        // takes none: see `keep`).
-        if !self.layer.public_endpoint && decisions::active() {
+        // Keep decisions cross this hop only with keep rules installed, and never a public
+        // endpoint, whose trace is its own, not the caller's (see `keep`). A caller's notice is
+        // answered here, not by the application.
+        let keep_decisions = !self.layer.public_endpoint && decisions::active();
+        if keep_decisions {
             if let Some((trace_id, rule)) = keep::notice(&request) {
                 decisions::kept_by_peer(Some(trace_id), &rule);
                 return ResponseFuture::noticed();
@@ -387,12 +389,14 @@ where
             None => ActiveSpan::untraced(cx),
         };
         request.extensions_mut().insert(scope.context().clone());
-        // With keep rules, the response's trailers say whether this process kept the trace.
-        // (A public endpoint's trace is its own, not the caller's: no decisions cross it.)
-        let keep = (!self.layer.public_endpoint)
-            .then(|| decisions::served(request.headers()))
-            .flatten()
-            .map(|trace_id| (grpc::Side::Server, trace_id));
+        // The response's trailers say whether this process kept the trace it continues.
+        let keep = keep_decisions.then(|| parent.span().span_context().clone()).and_then(|caller| {
+            let trace_id = caller.trace_id();
+            (caller.is_remote() && caller.is_valid()).then(|| {
+                decisions::serving(trace_id, request.headers());
+                (grpc::Side::Server, trace_id)
+            })
+        });
         let inner = {
             let _attached = scope.attach();
             self.inner.call(request)
