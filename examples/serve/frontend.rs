@@ -66,7 +66,8 @@ impl Preprocessor {
         if tokens.is_empty() {
             return Err(required.into());
         }
-        // (The toy's workers enforce its limit themselves: tests use that to fail at a worker.)
+        // The model's context comes from its file; the toy has none, and its workers enforce its
+        // limit themselves.
         if let Self::Model(tokenizer) = self {
             let context = tokenizer.context;
             if tokens.len() >= context {

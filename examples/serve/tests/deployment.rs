@@ -229,24 +229,8 @@ async fn the_official_openai_client_reads_usage_and_request_ids() {
         ],
         Vec::new(),
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let base_url = format!("http://{}/v1", frontend.addr);
-    let output = tokio::process::Command::new("python3")
-        .args([script, &base_url, "demo-model"])
-        .output()
-        .await
-        .expect("python3 runs");
-    stop(vec![frontend, worker]).await;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.code() == Some(77) {
-        assert!(
-            std::env::var_os("TOKENTRACE_REQUIRE_OPENAI").is_none(),
-            "TOKENTRACE_REQUIRE_OPENAI is set but {stderr}"
-        );
-        eprintln!("skipped: {stderr}");
-        return;
-    }
-    assert!(output.status.success(), "{stderr}{}", String::from_utf8_lossy(&output.stdout));
+    let addr = frontend.addr.clone();
+    run_openai_client(&addr, &["demo-model"], vec![frontend, worker]).await;
 }
 
 /// A GET to Prometheus's HTTP API, parsed.

@@ -64,6 +64,11 @@ fn engine(model: &str) -> [&str; 4] {
     ["--engine", "cpu", "--model", model]
 }
 
+/// A worker of the real model: `serve worker <args>` with the engine flags.
+fn worker(name: &'static str, args: &[&str], model: &str, env: Vec<(String, String)>) -> launcher::Component {
+    spawn(name, &[&["worker"][..], args, &engine(model)].concat(), env)
+}
+
 fn frontend(worker: &str, model: &str, env: Vec<(String, String)>) -> launcher::Component {
     let args = [
         &[
@@ -88,11 +93,7 @@ fn frontend(worker: &str, model: &str, env: Vec<(String, String)>) -> launcher::
 async fn aggregated_and_disaggregated_give_the_same_answer_with_the_real_kv_cache() {
     let Some(model) = model_path() else { return };
     let receiver = receiver::grpc().await;
-    let agg = spawn(
-        "worker",
-        &[&["worker", "--role", "agg", "--step-ms", "0"][..], &engine(&model)].concat(),
-        export_env(&receiver, "dynamo-worker-vllm"),
-    );
+    let agg = worker("worker", &["--role", "agg"], &model, export_env(&receiver, "dynamo-worker-vllm"));
     let agg_frontend = frontend(&agg.addr, &model, export_env(&receiver, "dynamo-frontend"));
     let (status, answer) =
         post(agg_frontend.addr.parse().unwrap(), "/v1/chat/completions", capital_of_france()).await;
@@ -104,15 +105,12 @@ async fn aggregated_and_disaggregated_give_the_same_answer_with_the_real_kv_cach
     assert_eq!(answer["usage"]["completion_tokens"], 8, "seven tokens of text and <|im_end|>");
     stop(vec![agg_frontend, agg]).await;
 
-    let prefill = spawn(
-        "prefill",
-        &[&["worker", "--role", "prefill", "--step-ms", "0"][..], &engine(&model)].concat(),
-        export_env(&receiver, "dynamo-worker-prefill"),
-    );
-    let decode = spawn(
+    let prefill =
+        worker("prefill", &["--role", "prefill"], &model, export_env(&receiver, "dynamo-worker-prefill"));
+    let decode = worker(
         "decode",
-        &[&["worker", "--role", "decode", "--step-ms", "0", "--prefill", &prefill.addr][..], &engine(&model)]
-            .concat(),
+        &["--role", "decode", "--prefill", &prefill.addr],
+        &model,
         export_env(&receiver, "dynamo-worker-decode"),
     );
     let disagg_frontend = frontend(&decode.addr, &model, export_env(&receiver, "dynamo-frontend"));
@@ -141,11 +139,7 @@ async fn aggregated_and_disaggregated_give_the_same_answer_with_the_real_kv_cach
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_answers_and_the_worker_keeps_serving() {
     let Some(model) = model_path() else { return };
-    let worker = spawn(
-        "worker",
-        &[&["worker", "--role", "agg", "--step-ms", "0"][..], &engine(&model)].concat(),
-        Vec::new(),
-    );
+    let worker = worker("worker", &["--role", "agg"], &model, Vec::new());
     let frontend = frontend(&worker.addr, &model, Vec::new());
     let addr: SocketAddr = frontend.addr.parse().unwrap();
     let long = "word ".repeat(9000);
@@ -185,30 +179,10 @@ async fn bad_requests_get_clear_answers_and_the_worker_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_openai_client_against_the_real_model() {
     let Some(model) = model_path() else { return };
-    let worker = spawn(
-        "worker",
-        &[&["worker", "--role", "agg", "--step-ms", "0"][..], &engine(&model)].concat(),
-        Vec::new(),
-    );
+    let worker = worker("worker", &["--role", "agg"], &model, Vec::new());
     let frontend = frontend(&worker.addr, &model, Vec::new());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let base_url = format!("http://{}/v1", frontend.addr);
-    let output = tokio::process::Command::new("python3")
-        .args([script, &base_url, "SmolLM2-135M-Instruct", "real"])
-        .output()
-        .await
-        .expect("python3 runs");
-    stop(vec![frontend, worker]).await;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if output.status.code() == Some(77) {
-        assert!(
-            std::env::var_os("TOKENTRACE_REQUIRE_OPENAI").is_none(),
-            "TOKENTRACE_REQUIRE_OPENAI is set: {stderr}"
-        );
-        eprintln!("skipped: {stderr}");
-        return;
-    }
-    assert!(output.status.success(), "{stderr}{}", String::from_utf8_lossy(&output.stdout));
+    let addr = frontend.addr.clone();
+    run_openai_client(&addr, &["SmolLM2-135M-Instruct", "real"], vec![frontend, worker]).await;
 }
 
 /// A request cancelled mid-generation frees its slot for the next one: on a worker that runs one
@@ -220,9 +194,10 @@ async fn the_official_openai_client_against_the_real_model() {
 async fn a_cancelled_request_frees_its_slot_for_the_next() {
     let Some(model) = model_path() else { return };
     let receiver = receiver::grpc().await;
-    let worker = spawn(
+    let worker = worker(
         "worker",
-        &[&["worker", "--role", "agg", "--step-ms", "0", "--slots", "1"][..], &engine(&model)].concat(),
+        &["--role", "agg", "--slots", "1"],
+        &model,
         export_env(&receiver, "dynamo-worker-vllm"),
     );
     let frontend = frontend(&worker.addr, &model, export_env(&receiver, "dynamo-frontend"));

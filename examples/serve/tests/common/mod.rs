@@ -109,3 +109,28 @@ pub async fn open_stream(addr: SocketAddr, id: &str, max_tokens: u32) -> hyper::
     assert_eq!(response.status(), 200);
     response.into_body()
 }
+
+/// Runs OpenAI's official Python client (`openai_client.py <base url> <args>`) against the
+/// frontend at `frontend`, and requires it to pass; without the `openai` package it says it
+/// skipped, unless `TOKENTRACE_REQUIRE_OPENAI` is set (CI). `components` stop once it has run.
+pub async fn run_openai_client(frontend: &str, args: &[&str], components: Vec<Component>) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let base_url = format!("http://{frontend}/v1");
+    let output = tokio::process::Command::new("python3")
+        .args([script, &base_url])
+        .args(args)
+        .output()
+        .await
+        .expect("python3 runs");
+    stop(components).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() == Some(77) {
+        assert!(
+            std::env::var_os("TOKENTRACE_REQUIRE_OPENAI").is_none(),
+            "TOKENTRACE_REQUIRE_OPENAI is set but {stderr}"
+        );
+        eprintln!("skipped: {stderr}");
+        return;
+    }
+    assert!(output.status.success(), "{stderr}{}", String::from_utf8_lossy(&output.stdout));
+}
