@@ -199,7 +199,7 @@ impl Keeper {
     fn keep(&self, trace_id: TraceId, spans: Vec<SpanData>, rule: Arc<str>, out: &mut Decided) {
         let callees = {
             let mut memory = self.memory();
-            *memory.kept.entry(trace_id, || Arc::clone(&rule)) = Arc::clone(&rule);
+            memory.kept.insert(trace_id, Arc::clone(&rule));
             memory.callees.take(trace_id).unwrap_or_default()
         };
         out.spans.extend(spans.into_iter().map(|mut span| {
@@ -292,7 +292,7 @@ impl Decisions for Keeper {
             if memory.kept.get(trace_id).is_some() {
                 return;
             }
-            *memory.told.entry(trace_id, || Arc::from(rule)) = Arc::from(rule);
+            memory.told.insert(trace_id, Arc::from(rule));
         }
         // A trace still open here is kept when it ends (`decide` asks); one waiting is kept now.
         let mut out = Decided::default();

@@ -24,6 +24,18 @@ impl<V> Remembered<V> {
     /// The value for `trace_id`, made by `new` if there is none (forgetting the oldest trace
     /// past the bound).
     pub(crate) fn entry(&mut self, trace_id: TraceId, new: impl FnOnce() -> V) -> &mut V {
+        self.make_room_for(trace_id);
+        self.values.entry(trace_id).or_insert_with(new)
+    }
+
+    /// Remembers `value` for `trace_id`, in place of any earlier one.
+    pub(crate) fn insert(&mut self, trace_id: TraceId, value: V) {
+        self.make_room_for(trace_id);
+        self.values.insert(trace_id, value);
+    }
+
+    /// A trace not remembered yet takes the newest place, the oldest forgotten past the bound.
+    fn make_room_for(&mut self, trace_id: TraceId) {
         if !self.values.contains_key(&trace_id) {
             while self.order.len() >= REMEMBERED {
                 if let Some(oldest) = self.order.pop_front() {
@@ -32,7 +44,6 @@ impl<V> Remembered<V> {
             }
             self.order.push_back(trace_id);
         }
-        self.values.entry(trace_id).or_insert_with(new)
     }
 
     pub(crate) fn get(&self, trace_id: TraceId) -> Option<&V> {
@@ -57,13 +68,13 @@ mod tests {
     fn the_most_recent_traces_are_remembered() {
         let mut kept = Remembered::default();
         for n in 0..REMEMBERED as u128 + 10 {
-            *kept.entry(TraceId::from(n + 1), || "") = "error";
+            kept.insert(TraceId::from(n + 1), "error");
         }
         assert_eq!(kept.get(TraceId::from(1)), None, "the oldest forgotten");
         assert_eq!(kept.get(TraceId::from(REMEMBERED as u128 + 10)), Some(&"error"));
         assert_eq!(kept.take(TraceId::from(REMEMBERED as u128 + 10)), Some("error"));
         assert_eq!(kept.get(TraceId::from(REMEMBERED as u128 + 10)), None);
-        *kept.entry(TraceId::from(1), || "") = "cancelled";
+        kept.insert(TraceId::from(1), "cancelled");
         assert_eq!(kept.values.len(), REMEMBERED, "taking one made room for another");
     }
 }
