@@ -69,6 +69,7 @@ impl GenerateRequest {
 #[derive(Clone, Debug)]
 pub struct TokenItem {
     pub token: u32,
+    /// Filled in by the frontend, which turns tokens into text; not on the wire.
     pub text: String,
     pub finish_reason: Option<FinishReason>,
 }
@@ -76,7 +77,6 @@ pub struct TokenItem {
 impl TokenItem {
     pub fn to_bytes(&self) -> Bytes {
         let finish = self.finish_reason.map(FinishReason::as_str);
-        // The frontend turns tokens into text; a worker sends only the ids.
         Bytes::from(json!({"token": self.token, "finish_reason": finish}).to_string())
     }
 
@@ -84,7 +84,7 @@ impl TokenItem {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("bad token item: {e}"))?;
         Ok(Self {
             token: value["token"].as_u64().ok_or("bad token item: no token")? as u32,
-            text: value["text"].as_str().unwrap_or_default().to_owned(),
+            text: String::new(),
             finish_reason: match value["finish_reason"].as_str() {
                 Some("stop") => Some(FinishReason::Stop),
                 Some("length") => Some(FinishReason::Length),
