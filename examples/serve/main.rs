@@ -102,8 +102,8 @@ struct FrontendArgs {
     /// The model name served.
     #[arg(long, default_value = "tokentrace-demo")]
     served_model_name: String,
-    /// The engine its workers run, for its tokenizer: cpu (the real model's tokenizer and chat
-    /// template), toy (one token per character) or cuda (the toy's).
+    /// The engine its workers run, for its tokenizer: cpu or cuda (the real model's tokenizer
+    /// and chat template), or toy (one token per character).
     #[arg(long, value_enum, default_value_t = EngineKind::Cpu)]
     engine: EngineKind,
     #[command(flatten)]
@@ -153,7 +153,8 @@ struct WorkerArgs {
     #[arg(long)]
     step_ms: Option<u64>,
     /// Sequences computed at once; the rest wait (the `queue` span). Default: one per CPU core
-    /// for the real model (each runs its own forward passes), 64 for the toy model.
+    /// for the real model on the CPU (each runs its own forward passes), 16 on CUDA (each holds a
+    /// whole context's KV cache on the device), 64 for the toy model.
     #[arg(long)]
     slots: Option<usize>,
     /// The instance id recorded on spans (default: the process id).
@@ -219,19 +220,24 @@ enum EngineKind {
     Toy,
     /// The real model (SmolLM2-135M-Instruct, or `--model PATH`) on the CPU.
     Cpu,
-    /// The toy model on a CUDA device (the real model on CUDA is still to come).
+    /// The real model (as `cpu`) on a CUDA device (`--device`).
     Cuda,
 }
 
 impl EngineKind {
-    /// The pause between tokens unless `--step-ms` says: the toy model's steps (on the CPU or
-    /// on CUDA) take microseconds, so it pauses as a real model's step would take; the real
-    /// model pauses not at all.
+    /// The pause between tokens unless `--step-ms` says: the toy model's steps take
+    /// microseconds, so it pauses as a real model's step would take; the real model pauses not
+    /// at all.
     fn default_step_ms(self) -> u64 {
         match self {
-            Self::Toy | Self::Cuda => 8,
-            Self::Cpu => 0,
+            Self::Toy => 8,
+            Self::Cpu | Self::Cuda => 0,
         }
+    }
+
+    /// Whether it runs the real model (and its components need the model's file).
+    fn real(self) -> bool {
+        self != Self::Toy
     }
 
     fn name(self) -> &'static str {
@@ -261,7 +267,7 @@ impl ModelArgs {
     /// missing, once, before the components start).
     fn to_args(&self, engine: EngineKind) -> Result<Vec<String>, String> {
         let mut args = vec!["--engine".to_owned(), engine.name().to_owned()];
-        if engine == EngineKind::Cpu {
+        if engine.real() {
             args.extend(["--model".to_owned(), self.locate()?.display().to_string()]);
         }
         Ok(args)
@@ -346,12 +352,12 @@ async fn run_frontend(args: &FrontendArgs) -> Result<(), String> {
     let worker = peer_target(&args.transport, args.worker.as_ref(), "--worker", "tokentrace.backend")?;
     let model = args.served_model_name.clone();
     let preprocessor = match args.engine {
-        EngineKind::Cpu => {
+        EngineKind::Cpu | EngineKind::Cuda => {
             let path = args.model.locate()?;
             let tokenizer = model::ModelTokenizer::load(&path).map_err(|e| e.to_string())?;
             frontend::Preprocessor::Model(Box::new(tokenizer))
         }
-        EngineKind::Toy | EngineKind::Cuda => frontend::Preprocessor::Toy,
+        EngineKind::Toy => frontend::Preprocessor::Toy,
     };
     let peer = args.transport.transport().peer(worker.clone()).await?;
     let buckets = tokentrace::metrics::FrontendBuckets::from_env().map_err(|e| e.to_string())?;
@@ -392,7 +398,9 @@ async fn run_worker(args: &WorkerArgs) -> Result<(), String> {
         step: Duration::from_millis(args.step_ms.unwrap_or(args.engine.default_step_ms())),
         slots: args.slots.unwrap_or_else(|| match args.engine {
             EngineKind::Cpu => std::thread::available_parallelism().map_or(1, usize::from),
-            EngineKind::Toy | EngineKind::Cuda => 64,
+            // Each sequence holds a whole context's KV cache on the device (377 MB for SmolLM2).
+            EngineKind::Cuda => 16,
+            EngineKind::Toy => 64,
         }),
         instance_id: args.instance_id.unwrap_or_else(|| i64::from(std::process::id())),
         prefill,
@@ -440,10 +448,11 @@ async fn run_cuda_worker(
     config: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let device = args.device;
-    // Fails with a clear message when there is no driver or device; checked before binding.
-    let engine = cuda::CudaEngine::new(device).map_err(|e| e.to_string())?;
-    tracing::info!(device, "CUDA engine ready");
+    // A missing driver or device is a clear error before the model is looked for or read.
+    let device = cuda::Cuda::open(args.device).map_err(|e| e.to_string())?;
+    let path = args.model.locate()?;
+    let engine = cuda::CudaEngine::load(device, &path).map_err(|e| e.to_string())?;
+    tracing::info!(device = args.device, "CUDA engine ready");
     serve_worker(engine, args, config, shutdown).await
 }
 

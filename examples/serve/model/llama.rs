@@ -25,30 +25,30 @@ pub struct Config {
     pub eps: f64,
 }
 
-struct Layer {
-    attn_norm: Tensor,
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Tensor,
     /// Projections, transposed for `x · W`: (in, out).
-    wq: Tensor,
-    wk: Tensor,
-    wv: Tensor,
-    wo: Tensor,
-    ffn_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    pub(crate) wq: Tensor,
+    pub(crate) wk: Tensor,
+    pub(crate) wv: Tensor,
+    pub(crate) wo: Tensor,
+    pub(crate) ffn_norm: Tensor,
+    pub(crate) gate: Tensor,
+    pub(crate) up: Tensor,
+    pub(crate) down: Tensor,
 }
 
 pub struct Llama {
     pub config: Config,
     /// (vocab, dim): rows looked up by token.
-    embed: Tensor,
+    pub(crate) embed: Tensor,
     /// (dim, vocab): the output projection.
-    output: Tensor,
-    norm: Tensor,
-    layers: Vec<Layer>,
+    pub(crate) output: Tensor,
+    pub(crate) norm: Tensor,
+    pub(crate) layers: Vec<Layer>,
     /// (context, head_dim / 2): the rotary angles' cosines and sines.
-    cos: Tensor,
-    sin: Tensor,
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
 }
 
 /// One sequence's keys and values, per layer (kv_heads, tokens, head_dim), f32.

@@ -25,6 +25,19 @@ pub fn open_gguf(path: &Path) -> Result<(Content, BufReader<File>), EngineError>
     Ok((content, file))
 }
 
+/// The network of a GGUF file of the llama family; a corrupt, truncated or foreign file is an
+/// error that names it and says what is wrong.
+pub fn load_llama(path: &Path) -> Result<Llama, EngineError> {
+    let (content, mut file) = open_gguf(path)?;
+    Llama::load(&content, &mut file).map_err(|e| EngineError(format!("{}: {e}", path.display())))
+}
+
+/// What a worker calls the engine running the model in `path` on `device`.
+pub fn engine_name(path: &Path, device: &str) -> String {
+    let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("model");
+    format!("{name} ({device})")
+}
+
 /// A loaded model: the network and its tokenizer (the tests run both in one process).
 #[cfg(test)]
 pub struct Model {
@@ -50,11 +63,11 @@ impl ModelEngine {
     /// Loads a GGUF file of the llama family; a corrupt, truncated or foreign file is an error
     /// that names it and says what is wrong.
     pub fn load(path: &Path) -> Result<Self, EngineError> {
-        let (content, mut file) = open_gguf(path)?;
-        let llama =
-            Llama::load(&content, &mut file).map_err(|e| EngineError(format!("{}: {e}", path.display())))?;
-        let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("model").to_owned();
-        Ok(Self { llama, name: format!("{name} (cpu)") })
+        Ok(Self::new(load_llama(path)?, engine_name(path, "cpu")))
+    }
+
+    pub fn new(llama: Llama, name: String) -> Self {
+        Self { llama, name }
     }
 
     /// KV-cache bytes per token: every layer's keys and values, f32.
