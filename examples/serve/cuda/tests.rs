@@ -186,6 +186,32 @@ fn the_emulator_refuses_a_barrier_that_some_threads_skip() {
     assert!(error.to_string().contains("rope_store") && error.to_string().contains("barrier"), "{error}");
 }
 
+/// The real model's shapes (a context of 8192, 49152 tokens, heads of 64 in groups of 3) on the
+/// emulation: a short prompt's logits and one decode step's, as the CPU engine's. Minutes on a
+/// CPU (every GPU thread of every block is a fiber), so run by hand:
+/// `cargo test -p serve --features cuda --bin serve -- --ignored the_real_model_on_the_emulation`.
+#[test]
+#[ignore = "minutes on the CPU: run with -- --ignored the_real_model_on_the_emulation"]
+fn the_real_model_on_the_emulation_computes_what_the_cpu_engine_computes() {
+    let Some(path) = fetch::cached() else {
+        eprintln!("skipped: the model is not cached (`serve fetch-model`)");
+        return;
+    };
+    let llama = crate::model::load_llama(&path).unwrap();
+    let gpu = CudaEngine::new(Emulator::new(), &llama, "emulated".into()).unwrap_or_else(|e| panic!("{e}"));
+    let cpu = ModelEngine::new(llama, "cpu".into());
+    // "<|im_start|>user\nHi"
+    let prompt = [1, 4093, 198, 26843];
+    let (mut gpu_kv, gpu_logits) = gpu.prefill(&prompt).unwrap();
+    let (mut cpu_kv, cpu_logits) = cpu.prefill(&prompt).unwrap();
+    eprintln!("prefill: logits within {:.2e} of their scale", distance(&gpu_logits, &cpu_logits));
+    assert_close("prefill", &gpu_logits, &cpu_logits, 1e-4);
+    let token = argmax(&cpu_logits);
+    let (g, c) = (gpu.decode_step(&mut gpu_kv, token).unwrap(), cpu.decode_step(&mut cpu_kv, token).unwrap());
+    eprintln!("decode: logits within {:.2e} of their scale", distance(&g, &c));
+    assert_close("decode", &g, &c, 1e-4);
+}
+
 fn nvrtc() {
     // SAFETY: only loads the library, as the engine itself does.
     assert!(
