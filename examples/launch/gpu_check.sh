@@ -69,7 +69,7 @@ run() { # name, args...
 }
 
 if [[ -n "$TESTS" ]]; then
-  TOKENTRACE_REQUIRE_MODEL=1 "$TESTS" --include-ignored --skip the_real_model_on_the_emulation --test-threads 1 --nocapture >"$OUT/engine-tests.log" 2>&1 \
+  TOKENTRACE_REQUIRE_MODEL=1 "$TESTS" --include-ignored --skip emulated_ --test-threads 1 --nocapture >"$OUT/engine-tests.log" 2>&1 \
     || { echo "FAIL  engine tests:"; tail -40 "$OUT/engine-tests.log"; exit 1; }
   echo "ok    engine tests: $(grep -o '[0-9]* passed.*ignored' "$OUT/engine-tests.log")"
   grep -E '^(engine: |"|decode at batch 1)' "$OUT/engine-tests.log" | sed 's/^/      /'

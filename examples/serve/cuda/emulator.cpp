@@ -1,20 +1,22 @@
 // The CUDA execution model on the CPU, as much of it as kernels.cu uses, so that the engine's
 // forward pass (its launches and its kernels, from the same source NVRTC compiles) runs in the
 // tests of a machine without a GPU. Blocks run one after another; each thread of a block is a
-// fiber (ucontext) that runs until it waits at a barrier or a warp shuffle, or ends. A barrier
+// fiber that runs until it waits at a barrier or a warp shuffle, or ends. A barrier
 // lets the block go on once every thread waits at it; a shuffle, once every lane of its warp
 // does. Threads that wait at different barriers, or a barrier that some threads of the block
 // never reach, are reported instead of hanging (on a GPU either is undefined).
 //
 // Built by the tests: g++ -std=c++17 -O2 -shared -fPIC -I DIR emulator.cpp, with DIR/kernels.cu
-// the source the engine gives NVRTC.
+// the source the engine gives NVRTC. A fiber switch is a few instructions of x86-64 assembly
+// (callee-saved registers and the stack pointer): ucontext's would make a system call per
+// switch, and a forward pass of the real model switches hundreds of millions of times.
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <ucontext.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -27,12 +29,49 @@ struct alignas(16) float4 {
     float x, y, z, w;
 };
 
+#if !defined(__x86_64__)
+#error "the kernels' emulation switches fibers in x86-64 assembly"
+#endif
+
+// Saves the callee-saved registers and the SSE and x87 control words on the current stack,
+// stores the stack pointer in *from, and resumes the fiber whose stack pointer is `to`.
+extern "C" void emu_switch(void** from, void* to);
+asm(R"(
+    .text
+    .globl emu_switch
+    .hidden emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+
 namespace emu {
 
 enum class State { Ready, Barrier, Shuffle, Done };
 
 struct Thread {
-    ucontext_t context;
+    void* stack_pointer;
     State state;
     dim3 index;
     float value;
@@ -44,7 +83,7 @@ struct Grid {
     dim3 size, block, block_index;
     std::vector<Thread> threads;
     std::vector<char> stacks;
-    ucontext_t scheduler;
+    void* scheduler = nullptr;
     unsigned current = 0;
     void (*kernel)(void**) = nullptr;
     void** args = nullptr;
@@ -59,7 +98,7 @@ static Thread& self() { return grid.threads[grid.current]; }
 static void wait(State state) {
     Thread& thread = self();
     thread.state = state;
-    swapcontext(&thread.context, &grid.scheduler);
+    emu_switch(&thread.stack_pointer, grid.scheduler);
 }
 
 static float shuffle_xor(float value, int mask) {
@@ -120,9 +159,25 @@ static const Entry KERNELS[] = {
     {"attention", run<attention>},
 };
 
+// A fiber's first and only frame: the kernel, then back to the scheduler for good.
 static void thread_main() {
     grid.kernel(grid.args);
-    self().state = State::Done;  // then back to the scheduler, through uc_link
+    wait(State::Done);
+    __builtin_unreachable();
+}
+
+// A fiber's stack, ready for emu_switch to start thread_main on it: the saved control words
+// and registers emu_switch restores, then thread_main as its return address, above it a null
+// return address, so that thread_main starts as if called (its stack pointer 8 past a 16-byte
+// boundary).
+static void* fiber_stack(char* base) {
+    uintptr_t top = ((uintptr_t)(base + STACK)) & ~(uintptr_t)15;
+    uint64_t* slot = (uint64_t*)top;
+    *--slot = 0;
+    *--slot = (uint64_t)(uintptr_t)thread_main;
+    for (int i = 0; i < 6; i++) *--slot = 0;       // rbp, rbx, r12-r15
+    *--slot = 0x1F80ull | (0x037Full << 32);         // MXCSR and the x87 control word: defaults
+    return slot;
 }
 
 // Runs the block at grid.block_index to its end; an error message, or nullptr.
@@ -132,17 +187,13 @@ static const char* run_block() {
         Thread& thread = grid.threads[i];
         thread.state = State::Ready;
         thread.index = dim3{i, 0, 0};
-        getcontext(&thread.context);
-        thread.context.uc_stack.ss_sp = &grid.stacks[i * STACK];
-        thread.context.uc_stack.ss_size = STACK;
-        thread.context.uc_link = &grid.scheduler;
-        makecontext(&thread.context, thread_main, 0);
+        thread.stack_pointer = fiber_stack(&grid.stacks[i * STACK]);
     }
     for (;;) {
         for (unsigned i = 0; i < n; i++) {
             if (grid.threads[i].state != State::Ready) continue;
             grid.current = i;
-            swapcontext(&grid.scheduler, &grid.threads[i].context);
+            emu_switch(&grid.scheduler, grid.threads[i].stack_pointer);
         }
         // Every thread now waits or is done: release the warps whose lanes all wait at a
         // shuffle, else the block if all its threads wait at the barrier.

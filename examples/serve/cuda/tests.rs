@@ -1,8 +1,10 @@
 //! The CUDA engine against the CPU engine. Always: the kernels compile with NVRTC (the CUDA
 //! toolkit's, or NVIDIA's `nvidia-cuda-nvrtc` wheel on `LD_LIBRARY_PATH`, as `.ci/run` sets up),
 //! and the whole forward pass runs on the kernels' CPU emulation (`emulator.rs`) for a small
-//! random llama of the real model's structure (grouped queries, a tied output projection).
-//! With `-- --ignored` on a machine with a GPU and the model: the real model on the device.
+//! random llama of the real model's structure (grouped queries, a tied output projection), and
+//! for the real model when it is cached.
+//! With `-- --ignored` on a machine with a GPU and the model: the real model on the device
+//! (`gpu_check.sh` skips the `emulated_` tests there, which need g++).
 
 use std::io::Cursor;
 use std::time::Instant;
@@ -99,7 +101,7 @@ fn assert_close(what: &str, a: &[f32], b: &[f32], tolerance: f32) {
 const PROMPT: [u32; 8] = [17, 4, 250, 99, 3, 3, 281, 0];
 
 #[test]
-fn the_emulated_forward_pass_computes_what_the_cpu_engine_computes() {
+fn emulated_forward_pass_computes_what_the_cpu_engine_computes() {
     // Chunks of 3: the prompt of 8 goes through the layers as 3 + 3 + 2; 5 blocks of 4 warps
     // take the output's 300 rows 20 at a time.
     let (gpu, cpu) = emulated(3, 5);
@@ -124,7 +126,7 @@ fn the_emulated_forward_pass_computes_what_the_cpu_engine_computes() {
 }
 
 #[test]
-fn a_prefill_on_either_engine_decodes_on_the_other() {
+fn emulated_prefill_on_either_engine_decodes_on_the_other() {
     let (gpu, cpu) = emulated(CHUNK, MATVEC_BLOCKS);
     let (cpu_kv, cpu_first) = cpu.prefill(&PROMPT).unwrap();
     let (gpu_kv, gpu_first) = gpu.prefill(&PROMPT).unwrap();
@@ -151,7 +153,7 @@ fn a_prefill_on_either_engine_decodes_on_the_other() {
 }
 
 #[test]
-fn what_the_engine_cannot_run_is_a_clear_error() {
+fn emulated_engine_refuses_what_it_cannot_run_clearly() {
     let (gpu, _) = emulated(CHUNK, MATVEC_BLOCKS);
     let error = |result: Result<(), EngineError>| result.expect_err("accepted").to_string();
     let message = error(gpu.prefill(&[1, 300]).map(drop));
@@ -171,7 +173,7 @@ fn what_the_engine_cannot_run_is_a_clear_error() {
 /// an error, not a hang or a silently right answer (so the comparisons above mean the kernels'
 /// barriers are where every thread reaches them).
 #[test]
-fn the_emulator_refuses_a_barrier_that_some_threads_skip() {
+fn emulated_barrier_that_some_threads_skip_is_refused() {
     let llama = small_llama();
     let mut device = Emulator::new();
     let source = kernel_source(40, 160).replace(
@@ -187,16 +189,10 @@ fn the_emulator_refuses_a_barrier_that_some_threads_skip() {
 }
 
 /// The real model's shapes (a context of 8192, 49152 tokens, heads of 64 in groups of 3) on the
-/// emulation: a short prompt's logits and one decode step's, as the CPU engine's. Minutes on a
-/// CPU (every GPU thread of every block is a fiber), so run by hand:
-/// `cargo test -p serve --features cuda --bin serve -- --ignored the_real_model_on_the_emulation`.
+/// emulation: a short prompt's logits and one decode step's, as the CPU engine's.
 #[test]
-#[ignore = "minutes on the CPU: run with -- --ignored the_real_model_on_the_emulation"]
-fn the_real_model_on_the_emulation_computes_what_the_cpu_engine_computes() {
-    let Some(path) = fetch::cached() else {
-        eprintln!("skipped: the model is not cached (`serve fetch-model`)");
-        return;
-    };
+fn emulated_real_model_computes_what_the_cpu_engine_computes() {
+    let Some(path) = crate::model::tests::cached_model() else { return };
     let llama = crate::model::load_llama(&path).unwrap();
     let gpu = CudaEngine::new(Emulator::new(), &llama, "emulated".into()).unwrap_or_else(|e| panic!("{e}"));
     let cpu = ModelEngine::new(llama, "cpu".into());

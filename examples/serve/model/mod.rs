@@ -156,4 +156,4 @@ impl Engine for ModelEngine {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -7,27 +7,29 @@ use std::sync::OnceLock;
 use super::*;
 use crate::sampling::argmax;
 
+/// The cached model's file; `None` (and a note) without it, unless `TOKENTRACE_REQUIRE_MODEL`
+/// says the tests must have it.
+pub(crate) fn cached_model() -> Option<std::path::PathBuf> {
+    let path = fetch::cached();
+    if path.is_none() {
+        assert!(
+            std::env::var_os("TOKENTRACE_REQUIRE_MODEL").is_none(),
+            "TOKENTRACE_REQUIRE_MODEL is set but {} is not in {}",
+            fetch::FILE,
+            fetch::cache_dir().display()
+        );
+        eprintln!(
+            "skipped: the model is not in {} (`serve fetch-model` puts it there)",
+            fetch::cache_dir().display()
+        );
+    }
+    path
+}
+
 /// The model, loaded once for all the tests of this binary; `None` (and a note) without it.
 fn model() -> Option<&'static Model> {
     static MODEL: OnceLock<Option<Model>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let Some(path) = fetch::cached() else {
-                assert!(
-                    std::env::var_os("TOKENTRACE_REQUIRE_MODEL").is_none(),
-                    "TOKENTRACE_REQUIRE_MODEL is set but {} is not in {}",
-                    fetch::FILE,
-                    fetch::cache_dir().display()
-                );
-                eprintln!(
-                    "skipped: the model is not in {} (`serve fetch-model` puts it there)",
-                    fetch::cache_dir().display()
-                );
-                return None;
-            };
-            Some(Model::load(&path).expect("the cached model loads"))
-        })
-        .as_ref()
+    MODEL.get_or_init(|| Some(Model::load(&cached_model()?).expect("the cached model loads"))).as_ref()
 }
 
 /// Greedy continuation of `prompt` (token ids), up to `max` tokens or a stop token.
