@@ -282,7 +282,10 @@ impl<D: Device> CudaEngine<D> {
     /// last one.
     fn forward(&self, kv: &mut CudaKv<D>, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
         let s = &self.shape;
-        if tokens.is_empty() || kv.len + tokens.len() > s.context {
+        if tokens.is_empty() {
+            return Err(EngineError("empty prompt".into()));
+        }
+        if kv.len + tokens.len() > s.context {
             return Err(EngineError(format!(
                 "{} tokens after {} exceed the context of {}",
                 tokens.len(),
