@@ -340,9 +340,8 @@ impl<D: Device> CudaEngine<D> {
         // below the vocabulary), the table vocab rows of dim, x a row of dim per token.
         unsafe { device.launch(Kernel::Embed, (tokens, 1), TOKEN_THREADS, &args)? };
 
-        let layout = kv.layout;
         for (l, layer) in self.layers.iter().enumerate() {
-            let (keys, values) = (layout.block(l, 0, 0), layout.block(l, 1, 0));
+            let cache = self.layer_cache(kv, l)?;
             self.matvec(
                 &layer.qkv,
                 s.qkv_rows(),
@@ -353,8 +352,8 @@ impl<D: Device> CudaEngine<D> {
                 STORE,
                 tokens,
             )?;
-            self.rope_store(scratch, kv, keys, values, tokens)?;
-            self.attention(scratch, kv, keys, values, tokens)?;
+            self.rope_store(scratch, kv, cache, tokens)?;
+            self.attention(scratch, kv, cache, tokens)?;
             self.matvec(&layer.wo, s.dim, s.dim, (&scratch.attention, 0), None, &scratch.x, ADD, tokens)?;
             self.matvec(
                 &layer.gate_up,
@@ -381,6 +380,15 @@ impl<D: Device> CudaEngine<D> {
                 "a launch would reach {offset} + {len} of a buffer of {have} floats"
             ))),
         }
+    }
+
+    /// The offsets of `layer`'s keys and values in `kv`'s cache, each checked to hold a layer's
+    /// (kv_heads, capacity, head_dim): what `rope_store` and `attention` reach through them.
+    fn layer_cache(&self, kv: &CudaKv<D>, layer: usize) -> Result<(usize, usize), EngineError> {
+        let (keys, values) = (kv.layout.block(layer, 0, 0), kv.layout.block(layer, 1, 0));
+        self.fits(&kv.cache, keys, values - keys)?;
+        self.fits(&kv.cache, values, values - keys)?;
+        Ok((keys, values))
     }
 
     /// y = W · x for `tokens` rows of x (`matvec` in kernels.cu).
@@ -425,8 +433,7 @@ impl<D: Device> CudaEngine<D> {
         &self,
         scratch: &Scratch<D::Buffer>,
         kv: &CudaKv<D>,
-        keys: usize,
-        values: usize,
+        (keys, values): (usize, usize),
         tokens: u32,
     ) -> Result<(), EngineError> {
         let s = &self.shape;
@@ -434,8 +441,6 @@ impl<D: Device> CudaEngine<D> {
         self.fits(&scratch.qkv, 0, t * s.qkv_rows())?;
         self.fits(&self.cos, 0, end * s.head_dim / 2)?;
         self.fits(&self.sin, 0, end * s.head_dim / 2)?;
-        self.fits(&kv.cache, keys, kv.layout.block(0, 1, 0))?;
-        self.fits(&kv.cache, values, kv.layout.block(0, 1, 0))?;
         let args = [
             Arg::Buffer(&scratch.qkv, 0),
             Arg::U32(s.heads as u32),
@@ -450,8 +455,8 @@ impl<D: Device> CudaEngine<D> {
         ];
         // SAFETY: rope_store(qkv, heads, kv_heads, head_dim, cos, sin, start, keys, values,
         // capacity): qkv holds the chunk's rows, the tables its positions, and keys and values
-        // a layer's (kv_heads, capacity, head_dim) each, with start + tokens within capacity
-        // (checked by `forward`).
+        // a layer's (kv_heads, capacity, head_dim) each (`layer_cache`), with start + tokens
+        // within capacity (checked by `forward`).
         unsafe { self.device.launch(Kernel::RopeStore, (tokens, 1), TOKEN_THREADS, &args) }
     }
 
@@ -459,16 +464,13 @@ impl<D: Device> CudaEngine<D> {
         &self,
         scratch: &Scratch<D::Buffer>,
         kv: &CudaKv<D>,
-        keys: usize,
-        values: usize,
+        (keys, values): (usize, usize),
         tokens: u32,
     ) -> Result<(), EngineError> {
         let s = &self.shape;
         let t = tokens as usize;
         self.fits(&scratch.qkv, 0, t * s.qkv_rows())?;
         self.fits(&scratch.attention, 0, t * s.dim)?;
-        self.fits(&kv.cache, keys, kv.layout.block(0, 1, 0))?;
-        self.fits(&kv.cache, values, kv.layout.block(0, 1, 0))?;
         let args = [
             Arg::Buffer(&scratch.qkv, 0),
             Arg::U32(s.heads as u32),
@@ -520,19 +522,10 @@ impl<D: Device> Engine for CudaEngine<D> {
 
     fn kv_from_bytes(&self, bytes: &[u8]) -> Result<CudaKv<D>, EngineError> {
         let layout = self.layout();
-        let per_token = layout.bytes_per_token();
-        if bytes.is_empty()
-            || !bytes.len().is_multiple_of(per_token)
-            || bytes.len() / per_token > layout.capacity
-        {
-            return Err(EngineError(format!(
-                "a KV transfer of {} bytes is not whole tokens of {per_token} bytes within {}",
-                bytes.len(),
-                layout.capacity
-            )));
-        }
+        let tokens =
+            crate::model::kv_transfer_tokens(bytes.len(), layout.bytes_per_token(), layout.capacity)?;
         let mut kv = self.new_kv()?;
-        kv.len = bytes.len() / per_token;
+        kv.len = tokens;
         let floats = kv_floats(bytes);
         let rows = kv.len * layout.head_dim;
         for (block, part) in layout.blocks().zip(floats.chunks_exact(rows)) {

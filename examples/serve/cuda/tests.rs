@@ -125,11 +125,16 @@ fn emulated_forward_pass_computes_what_the_cpu_engine_computes() {
     }
 }
 
-#[test]
-fn emulated_prefill_on_either_engine_decodes_on_the_other() {
-    let (gpu, cpu) = emulated(CHUNK, MATVEC_BLOCKS);
-    let (cpu_kv, cpu_first) = cpu.prefill(&PROMPT).unwrap();
-    let (gpu_kv, gpu_first) = gpu.prefill(&PROMPT).unwrap();
+/// A prefill on the CPU engine decoded on the CUDA engine, and the other way round: the first
+/// token the same, and the next step's logits within `tolerance` of a CPU-only decode's.
+fn assert_transfers_both_ways<D: Device>(
+    gpu: &CudaEngine<D>,
+    cpu: &ModelEngine,
+    prompt: &[u32],
+    tolerance: f32,
+) {
+    let (cpu_kv, cpu_first) = cpu.prefill(prompt).unwrap();
+    let (gpu_kv, gpu_first) = gpu.prefill(prompt).unwrap();
     let token = argmax(&cpu_first);
     assert_eq!(token, argmax(&gpu_first));
 
@@ -137,19 +142,17 @@ fn emulated_prefill_on_either_engine_decodes_on_the_other() {
     let mut gpu_to_cpu = cpu.kv_from_bytes(&gpu_kv.to_bytes().unwrap()).unwrap();
     let mut cpu_only = cpu_kv;
     let expected = cpu.decode_step(&mut cpu_only, token).unwrap();
-    assert_close(
-        "CPU prefill, emulated decode",
-        &gpu.decode_step(&mut cpu_to_gpu, token).unwrap(),
-        &expected,
-        1e-5,
-    );
-    assert_close(
-        "emulated prefill, CPU decode",
-        &cpu.decode_step(&mut gpu_to_cpu, token).unwrap(),
-        &expected,
-        1e-5,
-    );
-    assert_eq!(cpu_to_gpu.len(), PROMPT.len() + 1);
+    let moved = gpu.decode_step(&mut cpu_to_gpu, token).unwrap();
+    assert_close("CPU prefill, CUDA engine's decode", &moved, &expected, tolerance);
+    let back = cpu.decode_step(&mut gpu_to_cpu, token).unwrap();
+    assert_close("CUDA engine's prefill, CPU decode", &back, &expected, tolerance);
+    assert_eq!(cpu_to_gpu.len(), prompt.len() + 1);
+}
+
+#[test]
+fn emulated_prefill_on_either_engine_decodes_on_the_other() {
+    let (gpu, cpu) = emulated(CHUNK, MATVEC_BLOCKS);
+    assert_transfers_both_ways(&gpu, &cpu, &PROMPT, 1e-5);
 }
 
 #[test]
@@ -271,21 +274,7 @@ fn the_cuda_engine_runs_the_real_model_as_the_cpu_engine_does() {
         assert_eq!(gpu_answer, cpu_answer, "{question:?}: the engines answer differently");
         assert!(worst <= 1e-3, "{question:?}: logits differ by {worst} of their scale");
 
-        // A CPU prefill decoded on the GPU, and the other way round.
-        let (cpu_prefill, first) = cpu.prefill(&prompt).unwrap();
-        let mut moved = gpu.kv_from_bytes(&cpu_prefill.to_bytes().unwrap()).unwrap();
-        let (gpu_prefill, _) = gpu.prefill(&prompt).unwrap();
-        let mut back = cpu.kv_from_bytes(&gpu_prefill.to_bytes().unwrap()).unwrap();
-        let token = argmax(&first);
-        let mut reference = cpu_prefill;
-        let expected = cpu.decode_step(&mut reference, token).unwrap();
-        assert_close(
-            "CPU prefill, GPU decode",
-            &gpu.decode_step(&mut moved, token).unwrap(),
-            &expected,
-            1e-3,
-        );
-        assert_close("GPU prefill, CPU decode", &cpu.decode_step(&mut back, token).unwrap(), &expected, 1e-3);
+        assert_transfers_both_ways(&gpu, &cpu, &prompt, 1e-3);
     }
 }
 

@@ -32,6 +32,17 @@ pub fn load_llama(path: &Path) -> Result<Llama, EngineError> {
     Llama::load(&content, &mut file).map_err(|e| EngineError(format!("{}: {e}", path.display())))
 }
 
+/// The tokens a KV transfer of `len` bytes holds, `per_token` bytes each: an error unless it is
+/// one or more whole tokens within `context` (every engine takes the same transfer).
+pub fn kv_transfer_tokens(len: usize, per_token: usize, context: usize) -> Result<usize, EngineError> {
+    if len == 0 || !len.is_multiple_of(per_token) || len / per_token > context {
+        return Err(EngineError(format!(
+            "a KV transfer of {len} bytes is not whole tokens of {per_token} bytes within {context}"
+        )));
+    }
+    Ok(len / per_token)
+}
+
 /// What a worker calls the engine running the model in `path` on `device`.
 pub fn engine_name(path: &Path, device: &str) -> String {
     let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("model");
@@ -125,16 +136,8 @@ impl Engine for ModelEngine {
     }
 
     fn kv_from_bytes(&self, bytes: &[u8]) -> Result<ModelKv, EngineError> {
-        let per_token = self.bytes_per_token();
         let c = &self.llama.config;
-        if bytes.is_empty() || !bytes.len().is_multiple_of(per_token) || bytes.len() / per_token > c.context {
-            return Err(EngineError(format!(
-                "a KV transfer of {} bytes is not whole tokens of {per_token} bytes within {}",
-                bytes.len(),
-                c.context
-            )));
-        }
-        let tokens = bytes.len() / per_token;
+        let tokens = kv_transfer_tokens(bytes.len(), self.bytes_per_token(), c.context)?;
         let floats = crate::engine::kv_floats(bytes);
         let part = c.kv_heads * tokens * c.head_dim;
         let mut cache = self.llama.cache()?;
